@@ -1,0 +1,5 @@
+import sys
+
+from prediff.cli import main
+
+sys.exit(main())
