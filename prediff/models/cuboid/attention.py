@@ -1,0 +1,554 @@
+"""Cuboid self- and cross-attention layers with global vectors, and their attention backends.
+
+Backends compute the same function (DESIGN.md section 3):
+
+* ``"reference"`` - the official algorithm as written: explicit scores, relative bias, a mask tensor even when
+  nothing is masked, ``masked_fill`` + softmax + multiplication by the mask. It is the ground truth in tests.
+* ``"sdpa"`` (default) - :func:`torch.nn.functional.scaled_dot_product_attention` with the relative bias and
+  the masks merged into one additive bias per shape; global keys are concatenated to each cuboid's keys so one
+  call computes the joint softmax.
+* ``"xformers"`` - ``xformers.ops.memory_efficient_attention`` on the same inputs (CUDA, optional extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decomposition import (
+    Size3,
+    Strategy,
+    check_padding_type,
+    check_strategy,
+    cross_attention_mask,
+    cuboid_reorder,
+    cuboid_reorder_reverse,
+    effective_cuboid_and_shift,
+    global_key_mask,
+    pad_thw,
+    padding_amounts,
+    relative_position_index,
+    self_attention_mask,
+    unpad_thw,
+)
+
+ATTENTION_BACKENDS = ("sdpa", "reference", "xformers")
+
+
+def _masked_value(dtype: torch.dtype) -> float:
+    # The official code fills masked scores with -1e4 in float16 and -1e18 otherwise; any finite value far below
+    # the scores makes exp() exactly 0, and finite keeps fully masked rows free of NaN.
+    return -1e4 if dtype == torch.float16 else -1e18
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last axis where masked entries get 0 weight; a fully masked row gives all zeros."""
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, _masked_value(scores.dtype))
+    return torch.softmax(scores, dim=-1) * mask
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if backend == "xformers":
+        require_xformers()
+    return backend
+
+
+def require_xformers() -> None:
+    """Raise a clear error when xformers' memory-efficient attention cannot be used here."""
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "xformers is not installed: `pip install \"prediff[xformers]\"` (it needs a CUDA build of PyTorch), "
+            "or keep the default 'sdpa' attention backend"
+        ) from error
+    if not torch.cuda.is_available():
+        raise ValueError("xformers memory-efficient attention needs a CUDA device; none is available")
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    dropout_p: float,
+    backend: str,
+) -> torch.Tensor:
+    """``softmax(q k^T + bias) v`` with ``q`` already scaled; shapes ``(..., L, E)``, ``(..., S, E)``, ``(..., S, Ev)``.
+
+    ``bias`` broadcasts to ``(..., L, S)`` and already holds the masks as large negative values.
+    """
+    if backend == "xformers":
+        import xformers.ops as xops
+
+        lead = q.shape[:-2]
+        q4, k4, v4 = (t.reshape(-1, 1, *t.shape[-2:]).transpose(1, 2) for t in (q, k, v))
+        attn_bias = None
+        if bias is not None:
+            attn_bias = bias.to(q.dtype).expand(*lead, q.shape[-2], k.shape[-2]).reshape(-1, 1, q.shape[-2], k.shape[-2])
+        out = xops.memory_efficient_attention(q4, k4, v4, attn_bias=attn_bias, p=dropout_p, scale=1.0)
+        return out.transpose(1, 2).reshape(*lead, q.shape[-2], v.shape[-1])
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
+
+
+class CuboidSelfAttentionLayer(nn.Module):
+    """Self attention inside the cuboids of a ``(B, T, H, W, C)`` tensor, optionally with global vectors.
+
+    Pre-norm is inside the layer; the residual add is done by the caller. Module names and parameter shapes
+    match the official Earthformer checkpoints.
+
+    Args:
+        dim (`int`): channels ``C``.
+        num_heads (`int`): attention heads; must divide ``dim``.
+        cuboid_size (`tuple[int, int, int]`): cuboid extent over (T, H, W); shrunk on axes that are shorter.
+        shift_size (`tuple[int, int, int]`): Swin-style shift per axis (ignored on dilated axes).
+        strategy (`tuple[str, str, str]`): "l" (local) or "d" (dilated) per axis.
+        padding_type (`str`): "ignore", "zeros" or "nearest".
+        use_global_vector (`bool`): exchange information with ``P`` global vectors.
+        use_global_self_attn (`bool`): global vectors also attend to each other.
+        separate_global_qkv (`bool`): separate projections for the global paths (needed when the ratio is not 1).
+        global_dim_ratio (`int`): width of the global vectors as a multiple of ``dim``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        cuboid_size: Size3 = (2, 7, 7),
+        shift_size: Size3 = (0, 0, 0),
+        strategy: Strategy = ("l", "l", "l"),
+        padding_type: str = "ignore",
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        use_final_proj: bool = True,
+        use_global_vector: bool = False,
+        use_global_self_attn: bool = False,
+        separate_global_qkv: bool = False,
+        global_dim_ratio: int = 1,
+        use_relative_pos: bool = True,
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} must be a multiple of num_heads={num_heads}")
+        if global_dim_ratio != 1 and not separate_global_qkv:
+            raise ValueError(f"global_dim_ratio={global_dim_ratio} != 1 needs separate_global_qkv=True")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.cuboid_size = tuple(cuboid_size)
+        self.shift_size = tuple(shift_size)
+        self.strategy = check_strategy(strategy)
+        self.padding_type = check_padding_type(padding_type)
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.use_final_proj = use_final_proj
+        self.use_global_vector = use_global_vector
+        self.use_global_self_attn = use_global_self_attn
+        self.separate_global_qkv = separate_global_qkv
+        self.global_dim_ratio = global_dim_ratio
+        self.use_relative_pos = use_relative_pos
+        self.attn_drop = attn_drop
+        self.attention_backend = "sdpa"
+
+        if use_relative_pos:
+            cT, cH, cW = self.cuboid_size
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * cT - 1) * (2 * cH - 1) * (2 * cW - 1), num_heads)
+            )
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index", relative_position_index(self.cuboid_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_dropout = nn.Dropout(attn_drop)
+        if use_final_proj:
+            self.proj = nn.Linear(dim, dim)
+            self.proj_drop = nn.Dropout(proj_drop)
+            if use_global_vector:
+                self.global_proj = nn.Linear(global_dim_ratio * dim, global_dim_ratio * dim)
+        if use_global_vector:
+            global_dim = global_dim_ratio * dim
+            if separate_global_qkv:
+                self.l2g_q_net = nn.Linear(dim, dim, bias=qkv_bias)
+                self.l2g_global_kv_net = nn.Linear(global_dim, dim * 2, bias=qkv_bias)
+                self.g2l_global_q_net = nn.Linear(global_dim, dim, bias=qkv_bias)
+                self.g2l_k_net = nn.Linear(dim, dim, bias=qkv_bias)
+                self.g2l_v_net = nn.Linear(dim, global_dim, bias=qkv_bias)
+                if use_global_self_attn:
+                    self.g2g_global_qkv_net = nn.Linear(global_dim, global_dim * 3, bias=qkv_bias)
+            else:
+                self.global_qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.global_vec_norm = nn.LayerNorm(global_dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def set_use_memory_efficient_attention_xformers(
+        self, valid: bool, attention_op: Callable | None = None
+    ) -> None:
+        self.attention_backend = _check_backend("xformers" if valid else "sdpa")
+
+    def _relative_bias(self, volume: int) -> torch.Tensor:
+        """``(heads, V, V)``; a shrunk cuboid reuses the top-left block of the index, as the official code does."""
+        index = self.relative_position_index[:volume, :volume].reshape(-1)
+        return self.relative_position_bias_table[index].reshape(volume, volume, -1).permute(2, 0, 1)
+
+    def forward(
+        self, x: torch.Tensor, global_vectors: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x: (B, T, H, W, C)``, ``global_vectors: (B, P, g*C)`` -> ``(x_out, global_out)`` of the same shapes."""
+        x = self.norm(x)
+        B, T, H, W, C = x.shape
+        if self.use_global_vector:
+            if global_vectors is None:
+                raise ValueError("this layer uses global vectors: pass global_vectors of shape (B, P, g*C)")
+            global_vectors = self.global_vec_norm(global_vectors)
+        cuboid_size, shift_size = effective_cuboid_and_shift((T, H, W), self.cuboid_size, self.shift_size, self.strategy)
+        pad = padding_amounts((T, H, W), cuboid_size)
+        padded_shape = (T + pad[0], H + pad[1], W + pad[2])
+        x = pad_thw(x, pad, self.padding_type)
+        shifted = any(s > 0 for s in shift_size)
+        if shifted:
+            x = torch.roll(x, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
+        x = cuboid_reorder(x, cuboid_size, self.strategy)
+        mask_args = ((T, H, W), cuboid_size, shift_size, self.strategy, self.padding_type, x.device)
+        if self.attention_backend == "reference":
+            out, new_global = self._attend_reference(x, global_vectors, mask_args)
+        else:
+            out, new_global = self._attend_fused(x, global_vectors, mask_args)
+        if self.use_final_proj:
+            out = self.proj_drop(self.proj(out))
+            if new_global is not None:
+                new_global = self.proj_drop(self.global_proj(new_global))
+        out = cuboid_reorder_reverse(out, cuboid_size, self.strategy, padded_shape)
+        if shifted:
+            out = torch.roll(out, shifts=shift_size, dims=(1, 2, 3))
+        return unpad_thw(out, pad, self.padding_type), new_global
+
+    def _project(self, x: torch.Tensor, global_vectors: torch.Tensor | None):
+        """Queries, keys and values of the local and global paths, heads split, queries scaled."""
+        B, N, V, C = x.shape
+        heads, hd = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).reshape(B, N, V, 3, heads, hd).permute(3, 0, 4, 1, 2, 5)
+        q = q * self.scale
+        if not self.use_global_vector:
+            return {"q": q, "k": k, "v": v}
+        P = global_vectors.shape[1]
+        ghd = self.global_dim_ratio * hd
+        if self.separate_global_qkv:
+            l2g_q = self.l2g_q_net(x).reshape(B, N, V, heads, hd).permute(0, 3, 1, 2, 4) * self.scale
+            l2g_k, l2g_v = self.l2g_global_kv_net(global_vectors).reshape(B, P, 2, heads, hd).permute(2, 0, 3, 1, 4)
+            g2l_q = self.g2l_global_q_net(global_vectors).reshape(B, P, heads, hd).permute(0, 2, 1, 3) * self.scale
+            g2l_k = self.g2l_k_net(x).reshape(B, N, V, heads, hd).permute(0, 3, 1, 2, 4)
+            g2l_v = self.g2l_v_net(x).reshape(B, N, V, heads, ghd).permute(0, 3, 1, 2, 4)
+            g2g = None
+            if self.use_global_self_attn:
+                g2g_q, g2g_k, g2g_v = self.g2g_global_qkv_net(global_vectors).reshape(B, P, 3, heads, ghd).permute(
+                    2, 0, 3, 1, 4
+                )
+                g2g = (g2g_q * self.scale, g2g_k, g2g_v)
+        else:
+            gq, gk, gv = self.global_qkv(global_vectors).reshape(B, P, 3, heads, hd).permute(2, 0, 3, 1, 4)
+            gq = gq * self.scale
+            l2g_q, l2g_k, l2g_v = q, gk, gv
+            g2l_q, g2l_k, g2l_v = gq, k, v
+            g2g = (gq, gk, gv) if self.use_global_self_attn else None
+        return {
+            "q": q, "k": k, "v": v, "l2g_q": l2g_q, "l2g_k": l2g_k, "l2g_v": l2g_v,
+            "g2l_q": g2l_q, "g2l_k": g2l_k, "g2l_v": g2l_v, "g2g": g2g,
+        }  # fmt: skip
+
+    def _attend_reference(self, x, global_vectors, mask_args):
+        """The official computation: explicit scores and an explicit mask tensor."""
+        B, N, V, C = x.shape
+        p = self._project(x, global_vectors)
+        mask = self_attention_mask(*mask_args)
+        if mask is None:
+            mask = torch.ones((N, V, V), dtype=torch.bool, device=x.device)
+        scores = p["q"] @ p["k"].transpose(-2, -1)
+        if self.use_relative_pos:
+            scores = scores + self._relative_bias(V).unsqueeze(1)
+        if not self.use_global_vector:
+            attn = self.attn_dropout(masked_softmax(scores, mask))
+            return (attn @ p["v"]).permute(0, 2, 3, 1, 4).reshape(B, N, V, C), None
+        P = global_vectors.shape[1]
+        l2g_scores = p["l2g_q"] @ p["l2g_k"].unsqueeze(2).transpose(-2, -1)
+        scores = torch.cat((scores, l2g_scores), dim=-1)
+        mask = F.pad(mask, (0, P), value=True)
+        values = torch.cat((p["v"], p["l2g_v"].unsqueeze(2).expand(-1, -1, N, -1, -1)), dim=3)
+        attn = self.attn_dropout(masked_softmax(scores, mask))
+        out = (attn @ values).permute(0, 2, 3, 1, 4).reshape(B, N, V, C)
+
+        heads = self.num_heads
+        g2l_k = p["g2l_k"].reshape(B, heads, N * V, -1)
+        g2l_v = p["g2l_v"].reshape(B, heads, N * V, -1)
+        g_scores = p["g2l_q"] @ g2l_k.transpose(-2, -1)
+        g_mask = global_key_mask(*mask_args)
+        if p["g2g"] is not None:
+            g2g_q, g2g_k, g2g_v = p["g2g"]
+            g_scores = torch.cat((g_scores, g2g_q @ g2g_k.transpose(-2, -1)), dim=-1)
+            g2l_v = torch.cat((g2l_v, g2g_v), dim=2)
+            if g_mask is not None:
+                g_mask = F.pad(g_mask, (0, P), value=True)
+        g_attn = self.attn_dropout(masked_softmax(g_scores, g_mask))
+        new_global = (g_attn @ g2l_v).permute(0, 2, 1, 3).reshape(B, P, -1)
+        return out, new_global
+
+    def _attention_bias(self, V: int, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """Relative bias and mask merged into one additive ``(heads, N or 1, V, V)`` tensor."""
+        bias = self._relative_bias(V).unsqueeze(1).to(dtype) if self.use_relative_pos else None
+        if mask is None:
+            return bias
+        masked = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, _masked_value(dtype))
+        return masked if bias is None else bias + masked
+
+    def _attend_fused(self, x, global_vectors, mask_args):
+        B, N, V, C = x.shape
+        heads = self.num_heads
+        dropout_p = self.attn_drop if self.training else 0.0
+        backend = self.attention_backend
+        p = self._project(x, global_vectors)
+        mask = self_attention_mask(*mask_args)
+        bias = self._attention_bias(V, mask, x.dtype)
+        q, k, v = p["q"], p["k"], p["v"]
+        if self.use_global_vector:
+            P = global_vectors.shape[1]
+            global_k = p["l2g_k"].unsqueeze(2).expand(-1, -1, N, -1, -1)
+            if p["l2g_q"] is not q:
+                # Different queries for local and global keys: stacking them along the feature axis against
+                # zero-padded keys gives q_l.k_l on local keys and q_g.k_g on global keys in one product.
+                k, global_k = F.pad(k, (0, self.head_dim)), F.pad(global_k, (self.head_dim, 0))
+                q = torch.cat((q, p["l2g_q"]), dim=-1)
+            k = torch.cat((k, global_k), dim=3)
+            v = torch.cat((v, p["l2g_v"].unsqueeze(2).expand(-1, -1, N, -1, -1)), dim=3)
+            if bias is None:
+                bias = torch.zeros((1, 1, V, V), dtype=x.dtype, device=x.device)
+            bias = F.pad(bias, (0, P))
+        out = fused_attention(q, k, v, bias, dropout_p, backend)
+        if mask is not None:
+            # Rows whose keys are all masked (padded queries under "ignore") are 0 in the official code.
+            out = out * mask.any(-1).to(out.dtype)[None, None, :, :, None]
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, N, V, C)
+        if not self.use_global_vector:
+            return out, None
+        return out, self._attend_global_fused(p, B, N, V, dropout_p, mask_args)
+
+    def _attend_global_fused(self, p, B, N, V, dropout_p, mask_args):
+        heads = self.num_heads
+        g2l_k = p["g2l_k"].reshape(B, heads, N * V, -1)
+        g2l_v = p["g2l_v"].reshape(B, heads, N * V, -1)
+        q = p["g2l_q"]
+        P = q.shape[2]
+        key_mask = global_key_mask(*mask_args)
+        k, v = g2l_k, g2l_v
+        if p["g2g"] is not None:
+            g2g_q, g2g_k, g2g_v = p["g2g"]
+            v = torch.cat((g2l_v, g2g_v), dim=2)
+            if g2g_q is not q:
+                # Joint softmax over local keys (g2l query) and global keys (g2g query): see _attend_fused.
+                q = torch.cat((q, g2g_q), dim=-1)
+                g2l_k, g2g_k = F.pad(g2l_k, (0, g2g_k.shape[-1])), F.pad(g2g_k, (g2l_k.shape[-1], 0))
+            k = torch.cat((g2l_k, g2g_k), dim=2)
+            if key_mask is not None:
+                key_mask = F.pad(key_mask, (0, P), value=True)
+        bias = None
+        if key_mask is not None:
+            bias = torch.zeros((1, key_mask.shape[0]), dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~key_mask, _masked_value(q.dtype))
+        out = fused_attention(q, k, v, bias, dropout_p, self.attention_backend)
+        return out.permute(0, 2, 1, 3).reshape(B, P, -1)
+
+
+class CuboidCrossAttentionLayer(nn.Module):
+    """Decoder queries ``x`` attend to encoder memory inside spatial cuboids (Earthformer's decoder).
+
+    Each spatial cuboid ``(h, w)`` is split in time into ``n_temporal`` groups; the memory is padded on the left
+    in time and the queries on the right. Module names and shapes match the official checkpoints.
+
+    Args:
+        dim (`int`): channels of queries and memory.
+        num_heads (`int`): attention heads.
+        n_temporal (`int`): temporal groups.
+        cuboid_hw (`tuple[int, int]`): spatial cuboid.
+        shift_hw (`tuple[int, int]`): spatial shift (ignored on dilated axes).
+        strategy (`tuple[str, str, str]`): "l"/"d" per (T, H, W).
+        max_temporal_relative (`int`): extent of the temporal relative-position table (``T_in + T_out``).
+        cross_last_n_frames (`int`, *optional*): only the last frames of the memory are attended.
+        use_global_vector (`bool`): queries also attend to the memory's global vectors.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        n_temporal: int = 1,
+        cuboid_hw: tuple[int, int] = (7, 7),
+        shift_hw: tuple[int, int] = (0, 0),
+        strategy: Strategy = ("d", "l", "l"),
+        padding_type: str = "ignore",
+        cross_last_n_frames: int | None = None,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        max_temporal_relative: int = 50,
+        use_global_vector: bool = True,
+        separate_global_qkv: bool = False,
+        global_dim_ratio: int = 1,
+        use_relative_pos: bool = True,
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} must be a multiple of num_heads={num_heads}")
+        if global_dim_ratio != 1 and not separate_global_qkv:
+            raise ValueError(f"global_dim_ratio={global_dim_ratio} != 1 needs separate_global_qkv=True")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.n_temporal = n_temporal
+        self.cuboid_hw = tuple(cuboid_hw)
+        self.strategy = check_strategy(strategy)
+        self.shift_hw = tuple(0 if self.strategy[i + 1] == "d" else s for i, s in enumerate(shift_hw))
+        self.padding_type = check_padding_type(padding_type)
+        self.max_temporal_relative = max_temporal_relative
+        self.cross_last_n_frames = cross_last_n_frames
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.use_global_vector = use_global_vector
+        self.separate_global_qkv = separate_global_qkv
+        self.use_relative_pos = use_relative_pos
+        self.attn_drop = attn_drop
+        self.attention_backend = "sdpa"
+        if use_relative_pos:
+            ch, cw = self.cuboid_hw
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * max_temporal_relative - 1) * (2 * ch - 1) * (2 * cw - 1), num_heads)
+            )
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer(
+                "relative_position_index", relative_position_index((max_temporal_relative, ch, cw))
+            )
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv_proj = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.attn_dropout = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if use_global_vector and separate_global_qkv:
+            self.l2g_q_net = nn.Linear(dim, dim, bias=qkv_bias)
+            self.l2g_global_kv_net = nn.Linear(global_dim_ratio * dim, dim * 2, bias=qkv_bias)
+        self.norm = nn.LayerNorm(dim)
+
+    def set_use_memory_efficient_attention_xformers(
+        self, valid: bool, attention_op: Callable | None = None
+    ) -> None:
+        self.attention_backend = _check_backend("xformers" if valid else "sdpa")
+
+    def forward(
+        self, x: torch.Tensor, mem: torch.Tensor, mem_global_vectors: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x: (B, T_x, H, W, C)``, ``mem: (B, T_mem, H, W, C)``, globals ``(B, P, g*C)`` -> ``(B, T_x, H, W, C)``."""
+        if self.cross_last_n_frames is not None:
+            mem = mem[:, -min(self.cross_last_n_frames, mem.shape[1]) :]
+        x = self.norm(x)
+        B, T_x, H, W, C = x.shape
+        T_mem = mem.shape[1]
+        if mem.shape[0] != B or mem.shape[2:] != x.shape[2:]:
+            raise ValueError(f"memory {tuple(mem.shape)} does not match queries {tuple(x.shape)} in B, H, W or C")
+        if max(T_x, T_mem) >= self.max_temporal_relative:
+            raise ValueError(
+                f"time lengths {T_x} (queries) and {T_mem} (memory) must be below max_temporal_relative="
+                f"{self.max_temporal_relative}"
+            )
+        n_t, cuboid_hw, shift_hw = self.n_temporal, self.cuboid_hw, self.shift_hw
+        pad_t_mem = (n_t - T_mem % n_t) % n_t
+        pad_t_x = (n_t - T_x % n_t) % n_t
+        pad_h, pad_w = padding_amounts((H, W, 1), (*cuboid_hw, 1))[:2]
+        mem = pad_thw(mem, (pad_t_mem, pad_h, pad_w), self.padding_type, t_pad_left=True)
+        x = pad_thw(x, (pad_t_x, pad_h, pad_w), self.padding_type)
+        shifted = any(s > 0 for s in shift_hw)
+        if shifted:
+            x = torch.roll(x, shifts=(-shift_hw[0], -shift_hw[1]), dims=(2, 3))
+            mem = torch.roll(mem, shifts=(-shift_hw[0], -shift_hw[1]), dims=(2, 3))
+        x_shape = tuple(x.shape[1:4])
+        x_cuboid = (x.shape[1] // n_t, *cuboid_hw)
+        mem_cuboid = (mem.shape[1] // n_t, *cuboid_hw)
+        x = cuboid_reorder(x, x_cuboid, self.strategy)
+        mem = cuboid_reorder(mem, mem_cuboid, self.strategy)
+        N, Vx, Vm = x.shape[1], x.shape[2], mem.shape[2]
+        mask = cross_attention_mask(
+            T_x, T_mem, (H, W), n_t, cuboid_hw, shift_hw, self.strategy, self.padding_type, x.device
+        )
+        heads, hd = self.num_heads, self.head_dim
+        k, v = self.kv_proj(mem).reshape(B, N, Vm, 2, heads, hd).permute(3, 0, 4, 1, 2, 5)
+        q = self.q_proj(x).reshape(B, N, Vx, heads, hd).permute(0, 3, 1, 2, 4) * self.scale
+        bias = None
+        if self.use_relative_pos:
+            index = self.relative_position_index[:Vx, :Vm].reshape(-1)
+            bias = self.relative_position_bias_table[index].reshape(Vx, Vm, -1).permute(2, 0, 1).unsqueeze(1)
+        l2g = None
+        if self.use_global_vector:
+            if mem_global_vectors is None:
+                raise ValueError("this layer uses global vectors: pass mem_global_vectors of shape (B, P, g*C)")
+            P = mem_global_vectors.shape[1]
+            if self.separate_global_qkv:
+                l2g_q = self.l2g_q_net(x).reshape(B, N, Vx, heads, hd).permute(0, 3, 1, 2, 4) * self.scale
+                gk, gv = self.l2g_global_kv_net(mem_global_vectors).reshape(B, P, 2, heads, hd).permute(2, 0, 3, 1, 4)
+            else:
+                l2g_q = q
+                gk, gv = self.kv_proj(mem_global_vectors).reshape(B, P, 2, heads, hd).permute(2, 0, 3, 1, 4)
+            l2g = (l2g_q, gk.unsqueeze(2), gv.unsqueeze(2).expand(-1, -1, N, -1, -1))
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.attention_backend == "reference":
+            out = self._attend_reference(q, k, v, bias, mask, l2g)
+        else:
+            out = self._attend_fused(q, k, v, bias, mask, l2g, dropout_p)
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, N, Vx, C)
+        out = self.proj_drop(self.proj(out))
+        out = cuboid_reorder_reverse(out, x_cuboid, self.strategy, x_shape)
+        if shifted:
+            out = torch.roll(out, shifts=shift_hw, dims=(2, 3))
+        return unpad_thw(out, (pad_t_x, pad_h, pad_w), self.padding_type)
+
+    def _attend_reference(self, q, k, v, bias, mask, l2g):
+        N, Vx, Vm = q.shape[2], q.shape[3], k.shape[3]
+        if mask is None:
+            mask = torch.ones((N, Vx, Vm), dtype=torch.bool, device=q.device)
+        scores = q @ k.transpose(-2, -1)
+        if bias is not None:
+            scores = scores + bias
+        if l2g is not None:
+            l2g_q, gk, gv = l2g
+            scores = torch.cat((scores, l2g_q @ gk.transpose(-2, -1)), dim=-1)
+            mask = F.pad(mask, (0, gk.shape[-2]), value=True)
+            v = torch.cat((v, gv), dim=3)
+        return self.attn_dropout(masked_softmax(scores, mask)) @ v
+
+    def _attend_fused(self, q, k, v, bias, mask, l2g, dropout_p):
+        dtype = q.dtype
+        if bias is not None:
+            bias = bias.to(dtype)
+        if mask is not None:
+            masked = torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill(~mask, _masked_value(dtype))
+            bias = masked if bias is None else bias + masked
+        if l2g is not None:
+            l2g_q, gk, gv = l2g
+            N, P = q.shape[2], gk.shape[-2]
+            if l2g_q is not q:
+                hd = q.shape[-1]
+                q = torch.cat((q, l2g_q), dim=-1)
+                k = F.pad(k, (0, hd))
+                gk = F.pad(gk, (hd, 0))
+            k = torch.cat((k, gk.expand(-1, -1, N, -1, -1)), dim=3)
+            v = torch.cat((v, gv), dim=3)
+            if bias is None:
+                bias = torch.zeros((1, 1, q.shape[3], k.shape[3] - P), dtype=dtype, device=q.device)
+            bias = F.pad(bias, (0, P))
+        out = fused_attention(q, k, v, bias, dropout_p, self.attention_backend)
+        if mask is not None:
+            out = out * mask.any(-1).to(out.dtype)[None, None, :, :, None]
+        return out
