@@ -24,6 +24,7 @@ from prediff.models.cuboid.decomposition import (
     self_attention_mask,
     unpad_thw,
 )
+from tests.conftest import relative_error
 
 STRATEGIES = list(itertools.product("ld", repeat=3))
 CPU = torch.device("cpu")
@@ -106,8 +107,10 @@ def brute_force_self_mask(data_shape, cuboid, shift, strategy, padding_type):
         for a in range(V):
             for b in range(V):
                 pa, pb = coords[n, a].tolist(), coords[n, b].tolist()
-                same = all(region(pa[d], padded[d], cuboid[d], shift[d]) == region(pb[d], padded[d], cuboid[d], shift[d])
-                           for d in range(3))
+                same = all(
+                    region(pa[d], padded[d], cuboid[d], shift[d]) == region(pb[d], padded[d], cuboid[d], shift[d])
+                    for d in range(3)
+                )
                 # Position p of the rolled tensor holds original index (p + s) mod L.
                 valid = [all((p[d] + shift[d]) % padded[d] < data_shape[d] for d in range(3)) for p in (pa, pb)]
                 if padding_type == "ignore" and any(pad):
@@ -191,10 +194,6 @@ def test_pos_embed_types():
         PosEmbed(8, 3, 4, 5, "t+h")
 
 
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def compare_backends(layer, inputs):
     """Forward outputs and parameter gradients of the default backend against the reference backend."""
     layer.eval()
@@ -205,7 +204,7 @@ def compare_backends(layer, inputs):
         leaves = [t.clone().requires_grad_(True) if t is not None else None for t in inputs]
         out = layer(*leaves)
         outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
-        sum(((o * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum() for o in outs)).backward()
+        sum((o * torch.linspace(-1, 1, o.numel()).reshape(o.shape)).sum() for o in outs).backward()
         grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
         grads.update({f"input{i}": t.grad.clone() for i, t in enumerate(leaves) if t is not None})
         results[backend] = (outs, grads)
@@ -270,9 +269,11 @@ def test_fully_masked_padded_queries_are_zero():
     for backend in ("reference", "sdpa"):
         layer.attention_backend = backend
         mask = self_attention_mask((3, 2, 2), (2, 2, 2), (0, 0, 0), ("l",) * 3, "ignore", CPU)
-        out, _ = layer._attend_fused(reordered, None, ((3, 2, 2), (2, 2, 2), (0, 0, 0), ("l",) * 3, "ignore", CPU)) \
-            if backend == "sdpa" else layer._attend_reference(
-                reordered, None, ((3, 2, 2), (2, 2, 2), (0, 0, 0), ("l",) * 3, "ignore", CPU))
+        out, _ = (
+            layer._attend_fused(reordered, None, ((3, 2, 2), (2, 2, 2), (0, 0, 0), ("l",) * 3, "ignore", CPU))
+            if backend == "sdpa"
+            else layer._attend_reference(reordered, None, ((3, 2, 2), (2, 2, 2), (0, 0, 0), ("l",) * 3, "ignore", CPU))
+        )
         dead_rows = ~mask.any(-1)
         assert dead_rows.any()
         assert out[0][dead_rows].abs().max() == 0

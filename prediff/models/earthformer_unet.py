@@ -51,7 +51,7 @@ class EarthformerUNetModel(CuboidModelMixin):
 
     Parameters:
         input_shape (`tuple[int, int, int, int]`): context latent shape `(T_in, h, w, c)`.
-        target_shape (`tuple[int, int, int, int]`): target latent shape `(T_out, h, w, c)`; h, w, c as in `input_shape`.
+        target_shape (`tuple[int, int, int, int]`): target latent shape `(T_out, h, w, c)`, same h, w, c.
         base_units (`int`, defaults to 256): width of the first level.
         block_units (`list[int]`, *optional*): width of every level; default `base * (downsample ** scale_alpha) ** i`.
         scale_alpha (`float`, defaults to 1.0): growth exponent of the widths.
@@ -124,9 +124,7 @@ class EarthformerUNetModel(CuboidModelMixin):
         if len(input_shape) != 4 or len(target_shape) != 4:
             raise ValueError(f"input_shape and target_shape must be (T, h, w, c), got {input_shape}, {target_shape}")
         if input_shape[1:] != target_shape[1:]:
-            raise ValueError(
-                f"input_shape {input_shape} and target_shape {target_shape} must share (h, w, c)"
-            )
+            raise ValueError(f"input_shape {input_shape} and target_shape {target_shape} must share (h, w, c)")
         num_levels = len(depth)
         if block_units is None:
             block_units = hierarchy_block_units(base_units, downsample, scale_alpha, num_levels)

@@ -25,7 +25,9 @@ class TimeEmbedLayer(nn.Module):
     def __init__(self, base_channels: int, time_embed_channels: int):
         super().__init__()
         self.layer = nn.Sequential(
-            nn.Linear(base_channels, time_embed_channels), nn.SiLU(), nn.Linear(time_embed_channels, time_embed_channels)
+            nn.Linear(base_channels, time_embed_channels),
+            nn.SiLU(),
+            nn.Linear(time_embed_channels, time_embed_channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,6 +90,10 @@ class TimeEmbedResBlock(nn.Module):
         # A channels-last (B,T,H,W,C) tensor viewed as (B,C,T,H,W) is already in channels_last_3d memory format,
         # so the convolutions and norms run on it without a copy.
         x = x.permute(0, 4, 1, 2, 3)
+        if torch.is_grad_enabled() and not x.requires_grad:
+            # PyTorch's CPU GroupNorm backward crashes on a channels-last input that needs no gradient (while the
+            # norm's weights do); the network input is such a tensor, so it gets the plain layout.
+            x = x.contiguous()
         h = self.in_layers(x)
         if self.use_embed:
             h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None, None]

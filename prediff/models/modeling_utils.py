@@ -56,11 +56,14 @@ def check_sequence(name: str, tensor: Any, expected: tuple[int | None, ...]) -> 
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.ndim != len(expected):
-        raise ValueError(f"{name} must have {len(expected)} dimensions {_fmt(expected)}, got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must have {len(expected)} dimensions {_fmt(expected)}, got shape {tuple(tensor.shape)}"
+        )
     for axis, (size, want) in enumerate(zip(tensor.shape, expected)):
         if want is not None and size != want:
             raise ValueError(
-                f"{name} has size {size} on axis {axis}, expected {want}: shape {tuple(tensor.shape)} vs {_fmt(expected)}"
+                f"{name} has size {size} on axis {axis}, expected {want}: "
+                f"shape {tuple(tensor.shape)} vs {_fmt(expected)}"
             )
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")

@@ -3,8 +3,8 @@
 from .attention import ATTENTION_BACKENDS, CuboidCrossAttentionLayer, CuboidSelfAttentionLayer, masked_softmax
 from .blocks import (
     PatchMerging3D,
-    PositionwiseFFN,
     PosEmbed,
+    PositionwiseFFN,
     StackCuboidCrossAttentionBlock,
     StackCuboidSelfAttentionBlock,
     Upsample3DLayer,

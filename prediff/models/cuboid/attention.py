@@ -66,7 +66,7 @@ def require_xformers() -> None:
         import xformers.ops  # noqa: F401
     except ImportError as error:
         raise ImportError(
-            "xformers is not installed: `pip install \"prediff[xformers]\"` (it needs a CUDA build of PyTorch), "
+            'xformers is not installed: `pip install "prediff[xformers]"` (it needs a CUDA build of PyTorch), '
             "or keep the default 'sdpa' attention backend"
         ) from error
     if not torch.cuda.is_available():
@@ -81,7 +81,7 @@ def fused_attention(
     dropout_p: float,
     backend: str,
 ) -> torch.Tensor:
-    """``softmax(q k^T + bias) v`` with ``q`` already scaled; shapes ``(..., L, E)``, ``(..., S, E)``, ``(..., S, Ev)``.
+    """``softmax(q k^T + bias) v``, ``q`` already scaled; shapes ``(..., L, E)``, ``(..., S, E)``, ``(..., S, Ev)``.
 
     ``bias`` broadcasts to ``(..., L, S)`` and already holds the masks as large negative values.
     """
@@ -92,7 +92,9 @@ def fused_attention(
         q4, k4, v4 = (t.reshape(-1, 1, *t.shape[-2:]).transpose(1, 2) for t in (q, k, v))
         attn_bias = None
         if bias is not None:
-            attn_bias = bias.to(q.dtype).expand(*lead, q.shape[-2], k.shape[-2]).reshape(-1, 1, q.shape[-2], k.shape[-2])
+            attn_bias = (
+                bias.to(q.dtype).expand(*lead, q.shape[-2], k.shape[-2]).reshape(-1, 1, q.shape[-2], k.shape[-2])
+            )
         out = xops.memory_efficient_attention(q4, k4, v4, attn_bias=attn_bias, p=dropout_p, scale=1.0)
         return out.transpose(1, 2).reshape(*lead, q.shape[-2], v.shape[-1])
     if bias is not None:
@@ -189,9 +191,7 @@ class CuboidSelfAttentionLayer(nn.Module):
             self.global_vec_norm = nn.LayerNorm(global_dim)
         self.norm = nn.LayerNorm(dim)
 
-    def set_use_memory_efficient_attention_xformers(
-        self, valid: bool, attention_op: Callable | None = None
-    ) -> None:
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
         self.attention_backend = _check_backend("xformers" if valid else "sdpa")
 
     def _relative_bias(self, volume: int) -> torch.Tensor:
@@ -209,7 +209,9 @@ class CuboidSelfAttentionLayer(nn.Module):
             if global_vectors is None:
                 raise ValueError("this layer uses global vectors: pass global_vectors of shape (B, P, g*C)")
             global_vectors = self.global_vec_norm(global_vectors)
-        cuboid_size, shift_size = effective_cuboid_and_shift((T, H, W), self.cuboid_size, self.shift_size, self.strategy)
+        cuboid_size, shift_size = effective_cuboid_and_shift(
+            (T, H, W), self.cuboid_size, self.shift_size, self.strategy
+        )
         pad = padding_amounts((T, H, W), cuboid_size)
         padded_shape = (T + pad[0], H + pad[1], W + pad[2])
         x = pad_thw(x, pad, self.padding_type)
@@ -249,8 +251,8 @@ class CuboidSelfAttentionLayer(nn.Module):
             g2l_v = self.g2l_v_net(x).reshape(B, N, V, heads, ghd).permute(0, 3, 1, 2, 4)
             g2g = None
             if self.use_global_self_attn:
-                g2g_q, g2g_k, g2g_v = self.g2g_global_qkv_net(global_vectors).reshape(B, P, 3, heads, ghd).permute(
-                    2, 0, 3, 1, 4
+                g2g_q, g2g_k, g2g_v = (
+                    self.g2g_global_qkv_net(global_vectors).reshape(B, P, 3, heads, ghd).permute(2, 0, 3, 1, 4)
                 )
                 g2g = (g2g_q * self.scale, g2g_k, g2g_v)
         else:
@@ -310,7 +312,6 @@ class CuboidSelfAttentionLayer(nn.Module):
 
     def _attend_fused(self, x, global_vectors, mask_args):
         B, N, V, C = x.shape
-        heads = self.num_heads
         dropout_p = self.attn_drop if self.training else 0.0
         backend = self.attention_backend
         p = self._project(x, global_vectors)
@@ -430,9 +431,7 @@ class CuboidCrossAttentionLayer(nn.Module):
                 torch.zeros((2 * max_temporal_relative - 1) * (2 * ch - 1) * (2 * cw - 1), num_heads)
             )
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-            self.register_buffer(
-                "relative_position_index", relative_position_index((max_temporal_relative, ch, cw))
-            )
+            self.register_buffer("relative_position_index", relative_position_index((max_temporal_relative, ch, cw)))
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv_proj = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.attn_dropout = nn.Dropout(attn_drop)
@@ -443,9 +442,7 @@ class CuboidCrossAttentionLayer(nn.Module):
             self.l2g_global_kv_net = nn.Linear(global_dim_ratio * dim, dim * 2, bias=qkv_bias)
         self.norm = nn.LayerNorm(dim)
 
-    def set_use_memory_efficient_attention_xformers(
-        self, valid: bool, attention_op: Callable | None = None
-    ) -> None:
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
         self.attention_backend = _check_backend("xformers" if valid else "sdpa")
 
     def forward(

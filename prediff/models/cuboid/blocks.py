@@ -227,7 +227,9 @@ class PatchMerging3D(nn.Module):
     ``(B, T, H, W, C) -> (B, ceil(T/dT), ceil(H/dH), ceil(W/dW), out_dim)``.
     """
 
-    def __init__(self, dim: int, out_dim: int | None = None, downsample: Size3 = (1, 2, 2), padding_type: str = "nearest"):
+    def __init__(
+        self, dim: int, out_dim: int | None = None, downsample: Size3 = (1, 2, 2), padding_type: str = "nearest"
+    ):
         super().__init__()
         self.downsample = tuple(downsample)
         self.padding_type = padding_type

@@ -113,9 +113,7 @@ def cuboid_reorder(x: torch.Tensor, cuboid_size: Size3, strategy: Strategy) -> t
     return x.reshape(B, -1, volume, C)
 
 
-def cuboid_reorder_reverse(
-    x: torch.Tensor, cuboid_size: Size3, strategy: Strategy, data_shape: Size3
-) -> torch.Tensor:
+def cuboid_reorder_reverse(x: torch.Tensor, cuboid_size: Size3, strategy: Strategy, data_shape: Size3) -> torch.Tensor:
     """Exact inverse of :func:`cuboid_reorder`: ``(B, N_cuboids, V, C) -> (B, T, H, W, C)``."""
     B, _, _, C = x.shape
     intermediate, n_axes, a_axes = _split_axes(data_shape, cuboid_size, strategy)
@@ -131,9 +129,9 @@ def cuboid_reorder_reverse(
 def relative_position_index(cuboid_size: Size3) -> torch.Tensor:
     """``(V, V)`` int64 index into a ``((2cT-1)(2cH-1)(2cW-1), heads)`` bias table, offset = query - key."""
     cT, cH, cW = cuboid_size
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(cT), torch.arange(cH), torch.arange(cW), indexing="ij")
-    ).flatten(1)
+    coords = torch.stack(torch.meshgrid(torch.arange(cT), torch.arange(cH), torch.arange(cW), indexing="ij")).flatten(
+        1
+    )
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
     relative = relative + torch.tensor([cT - 1, cH - 1, cW - 1])
     return relative[..., 0] * (2 * cH - 1) * (2 * cW - 1) + relative[..., 1] * (2 * cW - 1) + relative[..., 2]
@@ -184,7 +182,11 @@ def self_attention_mask(
 
 @lru_cache(maxsize=256)
 def global_key_mask(
-    data_shape: Size3, cuboid_size: Size3, shift_size: Size3, strategy: Strategy, padding_type: str,
+    data_shape: Size3,
+    cuboid_size: Size3,
+    shift_size: Size3,
+    strategy: Strategy,
+    padding_type: str,
     device: torch.device,
 ) -> torch.Tensor | None:
     """Boolean ``(N_cuboids * V,)`` mask of the local keys a global vector may read (None: all of them).

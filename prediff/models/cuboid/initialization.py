@@ -55,7 +55,10 @@ def init_norms(module: nn.Module) -> None:
 
 
 def init_cuboid_blocks(
-    module: nn.Module, attn: str = "kaiming_linear", ffn: str = "kaiming_linear", ffn2: str | None = None,
+    module: nn.Module,
+    attn: str = "kaiming_linear",
+    ffn: str = "kaiming_linear",
+    ffn2: str | None = None,
     attn_proj: str | None = None,
 ) -> None:
     """Attention and FFN linears of every cuboid block inside ``module``.
@@ -70,7 +73,9 @@ def init_cuboid_blocks(
         if isinstance(m, (CuboidSelfAttentionLayer, CuboidCrossAttentionLayer)):
             for name, child in m.named_children():
                 if isinstance(child, nn.Linear):
-                    init_linear(child, (attn_proj or ffn) if name == "proj" else ffn if name == "global_proj" else attn)
+                    init_linear(
+                        child, (attn_proj or ffn) if name == "proj" else ffn if name == "global_proj" else attn
+                    )
         elif isinstance(m, PositionwiseFFN):
             init_linear(m.ffn_1, ffn)
             if m.gated_proj:

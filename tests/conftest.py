@@ -1,0 +1,39 @@
+"""Shared test helpers: the official checkpoint listing in ../shared/reference."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+LISTING = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_state_dict_keys.txt"
+SECTIONS = {"unet": "(a)", "earthformer": "(b)", "alignment": "(c)", "vae": "(d)", "vae_released": "(e)"}
+
+
+def official_listing(section: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``key -> (shape, "param" | "buffer")`` of one section of the official listing."""
+    if not LISTING.is_file():
+        pytest.skip(f"official listing not found at {LISTING}")
+    entries, current = {}, None
+    for line in LISTING.read_text().splitlines():
+        if line.startswith("## "):
+            current = line.split()[1]
+            continue
+        if current != SECTIONS[section] or not line.strip() or line.startswith("#"):
+            continue
+        key, shape, kind = line.split("\t")
+        entries[key] = (tuple(ast.literal_eval(shape)), kind)
+    return entries
+
+
+def random_official_state_dict(section: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors of the listed shapes (index buffers as in the listing's models are filled by the caller)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn(shape, generator=generator) for key, (shape, _) in official_listing(section).items()}
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``expected`` (0 when both are 0)."""
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
