@@ -20,7 +20,10 @@ _VAE_ATTENTION_RENAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj
 _VAE_ATTENTION_KEY = re.compile(r"^(.*\.attentions\.\d+\.)(query|key|value|proj_attn)(\.(?:weight|bias))$")
 
 
-def _build_model(kind: str) -> torch.nn.Module:
+def build_official_model(kind: str) -> torch.nn.Module:
+    """The published configuration of ``kind``, randomly initialised (see :data:`OFFICIAL_KINDS`)."""
+    if kind not in OFFICIAL_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {OFFICIAL_KINDS}")
     if kind == "prediff-sevirlr-unet":
         from ..models.earthformer_unet import EarthformerUNetModel
 
@@ -113,19 +116,32 @@ def load_official_checkpoint(
         if not state_dict:
             raise ValueError(f"no entry of the checkpoint starts with prefix {prefix!r}")
     state_dict = _CONVERTERS.get(kind, dict)(state_dict)
-    model = _build_model(kind)
+    model = build_official_model(kind)
     expected = model.state_dict()
     unused = sorted(set(state_dict) - set(expected))
     missing = sorted(set(expected) - set(state_dict))
-    wrong_shape = sorted(
+    mismatched = sorted(
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in set(state_dict) & set(expected)
         if state_dict[k].shape != expected[k].shape
     )
-    if unused or missing or wrong_shape:
+    # The index buffers follow from the cuboid configuration; a checkpoint whose indices differ was made with
+    # another configuration, and its relative-position tables would be read in the wrong order.
+    mismatched += sorted(
+        f"{k}: relative position index differs from this configuration's"
+        for k in set(state_dict) & set(expected)
+        if k.endswith("relative_position_index")
+        and state_dict[k].shape == expected[k].shape
+        and not torch.equal(state_dict[k].to(expected[k].dtype), expected[k])
+    )
+    if unused or missing or mismatched:
         problems = []
-        for title, entries in (("unused checkpoint entries", unused), ("entries of the model not in the checkpoint",
-                                missing), ("shape mismatches", wrong_shape)):  # fmt: skip
+        sections = (
+            ("unused checkpoint entries", unused),
+            ("entries of the model not in the checkpoint", missing),
+            ("mismatches", mismatched),
+        )
+        for title, entries in sections:
             if entries:
                 problems.append(
                     f"{len(entries)} {title}: " + ", ".join(entries[:20]) + (" ..." if len(entries) > 20 else "")
