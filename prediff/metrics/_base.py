@@ -1,0 +1,122 @@
+"""What every metric shares: input conversion and checks, and the accumulate-then-compute interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+#: SEVIR VIL thresholds (0-255 units) used by Earthformer and PreDiff.
+SEVIR_THRESHOLDS: tuple[float, ...] = (16.0, 74.0, 133.0, 160.0, 181.0, 219.0)
+#: Max-pooling sizes of the pooled CSI variants (1 = no pooling).
+SEVIR_POOL_SIZES: tuple[int, ...] = (1, 4, 16)
+
+
+def as_tensor(name: str, value: Any, ndim: int | None = None) -> torch.Tensor:
+    """``value`` (numpy array or torch tensor) as a finite floating torch tensor with ``ndim`` dimensions.
+
+    Integer inputs (e.g. uint8 VIL) become float32; float64 stays float64. Raises ``ValueError`` naming
+    ``name`` for a wrong type, a wrong number of dimensions or a NaN / infinite value.
+    """
+    if isinstance(value, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.float32)
+    elif tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.to(torch.float32)
+    if ndim is not None and tensor.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return tensor
+
+
+def check_pair(pred: Any, target: Any, ensemble: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert and check a forecast against its observation.
+
+    Args:
+        pred: ``(B, T, H, W, C)`` or, with ``ensemble=True``, ``(B, M, T, H, W, C)``.
+        target: ``(B, T, H, W, C)``.
+
+    Returns:
+        Both as tensors on ``pred``'s device, in a common floating dtype.
+    """
+    pred = as_tensor("pred", pred, 6 if ensemble else 5)
+    target = as_tensor("target", target, 5)
+    want = pred.shape[:1] + pred.shape[2:] if ensemble else pred.shape
+    if tuple(target.shape) != tuple(want):
+        layout = "(B, M, T, H, W, C)" if ensemble else "(B, T, H, W, C)"
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match pred shape {tuple(pred.shape)} {layout}: "
+            f"expected target of shape {tuple(want)}"
+        )
+    dtype = torch.promote_types(pred.dtype, target.dtype)
+    return pred.to(dtype), target.to(device=pred.device, dtype=dtype)
+
+
+class Metric:
+    """Base of the accumulating metrics.
+
+    ``update(pred, target)`` adds one batch; ``compute()`` returns the scores over everything seen since
+    construction or the last ``reset()``. Scores are a ``dict`` name -> value: a Python ``float`` by default,
+    or a numpy array over lead times (first axis ``T``) with ``compute(per_lead_time=True)``.
+    """
+
+    #: Names of the scores ``compute`` returns, for tables.
+    names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._num_frames: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        self._num_frames = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        raise NotImplementedError
+
+    def _check_num_frames(self, num_frames: int) -> None:
+        # Per-lead-time accumulators need the same number of output frames in every batch.
+        if self._num_frames is None:
+            self._num_frames = num_frames
+        elif num_frames != self._num_frames:
+            raise ValueError(
+                f"{type(self).__name__}: every batch must have the same number of lead times; "
+                f"got T={num_frames} after T={self._num_frames}"
+            )
+
+    def _check_updated(self) -> None:
+        if self._num_frames is None:
+            raise ValueError(f"{type(self).__name__}.compute() called before any update()")
+
+    def update(self, pred: ArrayLike, target: ArrayLike) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def compute(self, per_lead_time: bool = False) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, pred: ArrayLike, target: ArrayLike, per_lead_time: bool = False) -> dict[str, Any]:
+        """Scores of one batch alone (the accumulated state is left untouched)."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.reset()
+        other.update(pred, target)
+        return other.compute(per_lead_time=per_lead_time)
+
+
+def finalize(values: torch.Tensor, per_lead_time: bool) -> float | np.ndarray:
+    """A per-lead-time score tensor as a numpy array, or an already reduced scalar tensor as a float."""
+    if per_lead_time:
+        return values.detach().cpu().numpy().astype(np.float64)
+    return float(values.detach().cpu())
