@@ -1,0 +1,165 @@
+"""The knowledge-control interface: what a control sees at a denoising step and how its gradient steers
+sampling.
+
+A control returns a per-sample violation ``L(z_t) >= 0``, differentiable in the noisy latents ``z_t``. Its
+gradient
+``g = dL/dz_t`` is applied in one of two forms:
+
+- ``"score"`` (every scheduler): the noise estimate becomes ``eps + scale * sqrt(1 - alpha_bar_t) * g``, the
+  classifier-guidance form; it does not vanish for deterministic samplers (DDIM, DPM-Solver++).
+- ``"official"`` (DDPM only, PreDiff's own form): the posterior mean of ``z_{t-1}`` moves by ``-scale *
+  sigma_t * g``, ``sigma_t`` the fixed-small posterior standard deviation (official SEVIR-LR scale: 50).
+
+Both move the sample down the gradient of the violation. Unlike the official code, which couples the batch
+through one norm over all samples, every violation here is per sample, so an ensemble member is never steered
+by another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CONTROL_FORMS",
+    "KnowledgeControl",
+    "KnowledgeControlState",
+    "knowledge_gradients",
+    "per_sample_values",
+]
+
+CONTROL_FORMS = ("score", "official")
+
+
+@dataclass
+class KnowledgeControlState:
+    """Everything a control may use at one denoising step. Rows are ordered (context sample, ensemble member).
+
+    Args:
+        latents (`torch.Tensor` of shape `(N, T_out, h, w, c)`): the noisy latents `z_t` (the denoiser's
+            input), a leaf that requires grad; `N = B * M` for `B` contexts and `M` ensemble members.
+        timestep (`torch.Tensor`, scalar): the scheduler's timestep `t`.
+        noise_pred (`torch.Tensor` of shape `(N, T_out, h, w, c)`): the denoiser's noise estimate; part of the
+            graph of `latents` only for controls with `differentiate_through_unet=True`.
+        context_latents (`torch.Tensor` of shape `(N, T_in, h, w, c)`): the encoded context.
+        alpha_prod_t (`torch.Tensor`, scalar): `alpha_bar_t` of the training schedule.
+        batch_index (`torch.Tensor` of shape `(N,)`): the context sample (0 to B-1) of each row.
+        decode (`Callable`): latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units,
+            differentiable.
+        value_range (`tuple[float, float]`): physical values mapped to 0 and 1 before encoding.
+        knowledge_model (`torch.nn.Module`, *optional*): the pipeline's knowledge-alignment network.
+    """
+
+    latents: torch.Tensor
+    timestep: torch.Tensor
+    noise_pred: torch.Tensor
+    context_latents: torch.Tensor
+    alpha_prod_t: torch.Tensor
+    batch_index: torch.Tensor
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    value_range: tuple[float, float]
+    knowledge_model: nn.Module | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def num_contexts(self) -> int:
+        return int(self.batch_index.max().item()) + 1
+
+    def pred_original_sample(self) -> torch.Tensor:
+        """The clean estimate `z_0 = (z_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t)`, `(N, T_out, h,
+        w, c)`."""
+        a = self.alpha_prod_t.to(self.latents.dtype)
+        return (self.latents - (1 - a).sqrt() * self.noise_pred) / a.sqrt()
+
+    def to_unit(self, value: torch.Tensor | float) -> torch.Tensor | float:
+        """Physical units -> the [0, 1] scale the models work in."""
+        lo, hi = self.value_range
+        return (value - lo) / (hi - lo)
+
+
+def per_sample_values(value: Any, state: KnowledgeControlState, name: str) -> torch.Tensor:
+    """A control argument given as a number, one value per context `(B,)` or one per row `(B * M,)`, as
+    `(N,)`."""
+    device, dtype = state.latents.device, state.latents.dtype
+    tensor = torch.as_tensor(value, dtype=torch.float64).to(device=device, dtype=dtype)
+    if tensor.ndim == 0:
+        return tensor.expand(state.num_rows)
+    if tensor.ndim == 1 and tensor.shape[0] == state.num_rows:
+        return tensor
+    if tensor.ndim == 1 and tensor.shape[0] == state.num_contexts:
+        return tensor[state.batch_index]
+    raise ValueError(
+        f"{name} must be a number, one value per context ({state.num_contexts},) or one per ensemble member "
+        f"({state.num_rows},), got shape {tuple(tensor.shape)}"
+    )
+
+
+class KnowledgeControl:
+    """Base class of a knowledge control. Subclasses implement [`~KnowledgeControl.violation`].
+
+    Args:
+        scale (`float`, defaults to 1.0): guidance strength; 0 leaves the forecast exactly unchanged.
+        form (`str`, defaults to `"score"`): `"score"` (every scheduler) or `"official"` (PreDiff's DDPM mean
+            shift).
+        differentiate_through_unet (`bool`, defaults to False): let the gradient flow through the denoiser's
+            noise estimate too (one extra backward pass through the denoiser per step). By default the
+            estimate is held fixed, which is exact for controls on `z_t` itself and much cheaper for controls
+            on the clean estimate.
+    """
+
+    def __init__(self, scale: float = 1.0, form: str = "score", differentiate_through_unet: bool = False):
+        scale = float(scale)
+        if not torch.isfinite(torch.tensor(scale)) or scale < 0:
+            raise ValueError(f"scale must be a finite number >= 0, got {scale}")
+        if form not in CONTROL_FORMS:
+            raise ValueError(f"form must be one of {CONTROL_FORMS}, got {form!r}")
+        self.scale = scale
+        self.form = form
+        self.differentiate_through_unet = bool(differentiate_through_unet)
+
+    def check(self, knowledge_model: nn.Module | None) -> None:
+        """Raise `ValueError` if this control cannot run with the pipeline's `knowledge_model` (called up
+        front)."""
+
+    def violation(self, state: KnowledgeControlState) -> torch.Tensor:
+        """The per-sample violation `L >= 0`, shape `(N,)`, differentiable in `state.latents`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement violation(state)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.scale}, form={self.form!r})"
+
+
+def knowledge_gradients(
+    controls: Sequence[KnowledgeControl], state: KnowledgeControlState
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The scaled gradients of the controls, summed per form.
+
+    Returns:
+        `(score, official)`: `sum(scale * dL/dz_t)` over the score-form and the official-form controls, each
+        `(N, T_out, h, w, c)` or None when no control of that form is active. Controls with scale 0 are
+        skipped entirely (no model call, no gradient), so they cannot change the result.
+    """
+    if not state.latents.requires_grad:
+        raise ValueError("state.latents must require grad so that the violation can be differentiated")
+    sums: dict[str, torch.Tensor | None] = {"score": None, "official": None}
+    active = [c for c in controls if c.scale != 0]
+    for i, control in enumerate(active):
+        loss = control.violation(state)
+        if not isinstance(loss, torch.Tensor) or loss.shape != (state.num_rows,):
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(f"{control!r}.violation must return shape ({state.num_rows},), got {shape}")
+        if not loss.requires_grad:
+            raise ValueError(f"{control!r}.violation does not depend on the latents (no gradient)")
+        # Samples are independent, so the gradient of the sum is every sample's own gradient.
+        (grad,) = torch.autograd.grad(loss.sum(), state.latents, retain_graph=i < len(active) - 1)
+        grad = control.scale * grad
+        current = sums[control.form]
+        sums[control.form] = grad if current is None else current + grad
+    return sums["score"], sums["official"]

@@ -1,0 +1,208 @@
+"""Built-in knowledge controls: anticipated intensity, energy conservation, any function of a forecast."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import KnowledgeControl, KnowledgeControlState, per_sample_values
+
+__all__ = [
+    "AnticipatedIntensityControl",
+    "EnergyConservationControl",
+    "FunctionControl",
+    "LearnedStatisticControl",
+]
+
+INTENSITY_METHODS = ("learned", "analytic")
+
+
+class LearnedStatisticControl(KnowledgeControl):
+    """Steer a statistic predicted by a knowledge-alignment network `U_phi(z_t, t) -> (N, T_out, K)` to a
+    target.
+
+    The network is this control's own `model` or, when None, the pipeline's `knowledge_model`. Subclasses
+    choose the reduction of the prediction and the target; the violation is the per-sample L2 norm of their
+    difference, as in the official code (whose norm runs over the whole batch instead).
+    """
+
+    def __init__(self, model: nn.Module | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def check(self, knowledge_model: nn.Module | None) -> None:
+        if self.model is None and knowledge_model is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a knowledge-alignment network: pass model=... or build the "
+                "pipeline with knowledge_model=..."
+            )
+
+    def predict(self, state: KnowledgeControlState) -> torch.Tensor:
+        """`U_phi(z_t, t)`, shape `(N, T_out, K)`."""
+        model = self.model if self.model is not None else state.knowledge_model
+        if model is None:
+            self.check(None)
+        latents = state.latents.to(model.dtype)
+        return model(latents, state.timestep.expand(latents.shape[0])).sample.to(state.latents.dtype)
+
+
+class AnticipatedIntensityControl(LearnedStatisticControl):
+    """Anticipated average intensity: the mean of the forecast over all future frames and pixels is steered to
+    a target (PreDiff's extreme-precipitation "what-if" experiments).
+
+    Args:
+        target (`float` or sequence, *optional*): anticipated mean intensity in the data's physical units
+            (e.g. VIL 0-255); a number, one per context `(B,)` or one per ensemble member `(B * M,)`.
+        scale (`float`, defaults to 1.0): guidance strength (official SEVIR-LR: 50 with `method="learned"` and
+            `form="official"`).
+        method (`str`, defaults to `"learned"`): `"learned"` predicts the per-frame mean intensity of the
+            clean forecast from `z_t` with a trained [`~prediff.KnowledgeAlignmentModel`] (the official
+            method); `"analytic"` decodes the current clean estimate with the autoencoder and averages it, no
+            training needed.
+        n_sigma, mean, std (`float`, *optional*): give the target as `mean + n_sigma * std` of the training
+            distribution of future mean intensity (physical units) instead of `target`; PreDiff uses n in
+            {-4, -2, 0, 2, 4}.
+        model (`torch.nn.Module`, *optional*): the alignment network for `method="learned"`; default: the
+        pipeline's. form, differentiate_through_unet: see [`~prediff.knowledge.KnowledgeControl`].
+
+    The violation is `|mean intensity - target|` in the [0, 1] scale of the models (the learned statistic and
+    the target are both divided by the pipeline's value range).
+    """
+
+    def __init__(
+        self,
+        target: Any = None,
+        scale: float = 1.0,
+        method: str = "learned",
+        n_sigma: float | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        model: nn.Module | None = None,
+        form: str = "score",
+        differentiate_through_unet: bool = False,
+    ):
+        super().__init__(
+            model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet
+        )
+        if method not in INTENSITY_METHODS:
+            raise ValueError(f"method must be one of {INTENSITY_METHODS}, got {method!r}")
+        sigma_form = (n_sigma, mean, std)
+        if target is None:
+            if any(v is None for v in sigma_form):
+                raise ValueError(
+                    f"give either target or all of n_sigma, mean and std; got target=None, "
+                    f"n_sigma={n_sigma}, "
+                    f"mean={mean}, std={std}"
+                )
+            if std < 0:
+                raise ValueError(f"std must be >= 0, got {std}")
+            target = mean + n_sigma * std
+        elif any(v is not None for v in sigma_form):
+            raise ValueError(
+                f"give either target or n_sigma/mean/std, not both (target={target}, n_sigma={n_sigma})"
+            )
+        self.target = target
+        self.method = method
+
+    def check(self, knowledge_model: nn.Module | None) -> None:
+        if self.method == "learned" and self.model is None and knowledge_model is None:
+            raise ValueError(
+                "AnticipatedIntensityControl(method='learned') needs a KnowledgeAlignmentModel: build the "
+                "pipeline with knowledge_model=..., pass model=..., or use method='analytic'"
+            )
+
+    def statistic(self, state: KnowledgeControlState) -> torch.Tensor:
+        """The current mean intensity of every sample in the [0, 1] scale, `(N,)`."""
+        if self.method == "learned":
+            return self.predict(state).mean(dim=(1, 2))
+        frames = state.decode(state.pred_original_sample())
+        return state.to_unit(frames).mean(dim=(1, 2, 3, 4))
+
+    def violation(self, state: KnowledgeControlState) -> torch.Tensor:
+        target = state.to_unit(per_sample_values(self.target, state, "target"))
+        return (self.statistic(state) - target).abs()
+
+    def __repr__(self) -> str:
+        return (
+            f"AnticipatedIntensityControl(target={self.target}, scale={self.scale}, method={self.method!r})"
+        )
+
+
+class EnergyConservationControl(LearnedStatisticControl):
+    """Energy conservation for N-body dynamics: every future frame's total energy, as predicted from `z_t` by
+    a knowledge-alignment network trained on simulator energies, is steered to the initial energy.
+
+    Args:
+        initial_energy (`float` or sequence): the conserved energy (kinetic + potential, in the units the
+            alignment network was trained on); a number, one per context `(B,)` or one per member `(B * M,)`.
+        scale (`float`, defaults to 1.0): guidance strength.
+        model (`torch.nn.Module`, *optional*): alignment network with output `(N, T_out, 1)`; default: the
+            pipeline's `knowledge_model`.
+        form, differentiate_through_unet: see [`~prediff.knowledge.KnowledgeControl`].
+
+    The violation is the L2 norm over the future frames of `E_pred(frame) - initial_energy`.
+    """
+
+    def __init__(
+        self,
+        initial_energy: Any,
+        scale: float = 1.0,
+        model: nn.Module | None = None,
+        form: str = "score",
+        differentiate_through_unet: bool = False,
+    ):
+        super().__init__(
+            model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet
+        )
+        self.initial_energy = initial_energy
+
+    def violation(self, state: KnowledgeControlState) -> torch.Tensor:
+        energy = self.predict(state)
+        if energy.shape[-1] != 1:
+            raise ValueError(
+                f"the energy network must predict one value per frame, got shape {tuple(energy.shape)}"
+            )
+        target = per_sample_values(self.initial_energy, state, "initial_energy")
+        return torch.linalg.vector_norm(energy[..., 0] - target[:, None], dim=1)
+
+    def __repr__(self) -> str:
+        return f"EnergyConservationControl(initial_energy={self.initial_energy}, scale={self.scale})"
+
+
+class FunctionControl(KnowledgeControl):
+    """A control from any differentiable function of the decoded forecast.
+
+    Args:
+        fn (`Callable`): `fn(forecast) -> violation`, forecast `(N, T_out, H, W, C)` in physical units (the
+            decoded current clean estimate, rows ordered (context, member)), violation `(N,)` and >= 0, e.g.
+            `lambda x: (x[..., :16, :16, :].mean(dim=(1, 2, 3, 4)) - 120).abs()`.
+        scale (`float`, defaults to 1.0): guidance strength.
+        form, differentiate_through_unet: see [`~prediff.knowledge.KnowledgeControl`].
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        scale: float = 1.0,
+        form: str = "score",
+        differentiate_through_unet: bool = False,
+    ):
+        if not callable(fn):
+            raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+        super().__init__(scale=scale, form=form, differentiate_through_unet=differentiate_through_unet)
+        self.fn = fn
+
+    def violation(self, state: KnowledgeControlState) -> torch.Tensor:
+        loss = self.fn(state.decode(state.pred_original_sample()))
+        if isinstance(loss, torch.Tensor) and loss.shape == (state.num_rows,) and (loss.detach() < 0).any():
+            raise ValueError(
+                f"the function of FunctionControl must return violations >= 0, got {loss.detach()}"
+            )
+        return loss
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return f"FunctionControl(fn={name}, scale={self.scale})"

@@ -1,0 +1,570 @@
+"""PreDiffPipeline: latent-diffusion ensemble forecasts of `(B, T, H, W, C)` sequences with knowledge
+control."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DDPMScheduler, DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..knowledge import KnowledgeControl, KnowledgeControlState, knowledge_gradients
+from ..models.alignment import KnowledgeAlignmentModel
+from ..models.autoencoder import autoencoder_from_preset, decode_sequence, encode_sequence
+from ..models.earthformer_unet import EarthformerUNetModel
+from ..schedulers import DEFAULT_INFERENCE_STEPS, SCHEDULER_PRESETS, prediff_scheduler
+from .pipeline_output import PreDiffPipelineOutput
+from .pipeline_utils import ForecastPipelineMixin, check_value_range, count_parameters, to_context_tensor
+
+__all__ = ["PREDIFF_PIPELINE_PRESETS", "PreDiffPipeline"]
+
+OUTPUT_TYPES = ("np", "pt", "latent")
+
+#: Pipeline presets: each component is a preset name of its class or the keyword arguments of its constructor.
+PREDIFF_PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
+    "prediff-sevirlr": dict(
+        vae="prediff-sevirlr",
+        unet="prediff-sevirlr",
+        knowledge_model="prediff-sevirlr-avg-intensity",
+        value_range=(0.0, 255.0),
+        units="VIL (vertically integrated liquid), 0-255 as stored in SEVIR",
+        training_data="SEVIR-LR: SEVIR VIL at 128x128 (3x3 block maxima of 384x384), every 2nd frame "
+        "(10 minutes); "
+        "7 context + 6 target frames, events before 2019-06-01",
+    ),
+    # 32x32 frames, 3 context + 2 target frames, ~0.3 M parameters: for tests and demos.
+    "prediff-tiny": dict(
+        vae="prediff-tiny",
+        unet=dict(
+            input_shape=(3, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
+        ),
+        knowledge_model=dict(
+            input_shape=(2, 8, 8, 4),
+            out_channels=1,
+            base_units=16,
+            depth=(1, 1),
+            num_heads=2,
+            pool_heads_channels=8,
+        ),
+        value_range=(0.0, 255.0),
+    ),
+}
+
+
+class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
+    r"""
+    Probabilistic forecasting with PreDiff: the context frames are encoded frame by frame with the
+    autoencoder, the Earthformer-UNet denoises target latents conditioned on them, optional knowledge controls
+    steer every step, and the result is decoded back to physical units. Every ensemble member is an
+    independent sample.
+
+    Args:
+        vae ([`~diffusers.AutoencoderKL`] or [`~diffusers.AutoencoderKLTemporalDecoder`]):
+            Frame autoencoder; frames enter it in [0, 1] (physical units scaled by `value_range`).
+        unet ([`EarthformerUNetModel`]): the latent denoiser (predicts epsilon).
+        scheduler ([`~diffusers.schedulers.SchedulerMixin`]): any epsilon scheduler on the training noise
+            schedule: DDPM, DDIM, DPM-Solver++, UniPC, Euler (see [`~prediff.schedulers.prediff_scheduler`]).
+        knowledge_model ([`KnowledgeAlignmentModel`], *optional*): predicts a statistic of the clean forecast
+            from the noisy latents, used by learned knowledge controls.
+        value_range (`tuple[float, float]`, defaults to `(0.0, 255.0)`): physical values mapped to 0 and 1.
+        units (`str`, *optional*): what the physical values are (model card only).
+        training_data (`str`, *optional*): what the components were trained on (model card only).
+    """
+
+    model_cpu_offload_seq = "vae->knowledge_model->unet->vae"
+    _optional_components = ["knowledge_model"]
+    _callback_tensor_inputs = ["latents", "context_latents"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL | AutoencoderKLTemporalDecoder,
+        unet: EarthformerUNetModel,
+        scheduler: SchedulerMixin,
+        knowledge_model: KnowledgeAlignmentModel | None = None,
+        value_range: tuple[float, float] = (0.0, 255.0),
+        units: str | None = None,
+        training_data: str | None = None,
+    ):
+        super().__init__()
+        value_range = check_value_range(value_range)
+        if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
+            raise ValueError(
+                f"vae must be an AutoencoderKL or AutoencoderKLTemporalDecoder, got {type(vae).__name__}"
+            )
+        if unet.input_shape[3] != vae.config.latent_channels:
+            raise ValueError(
+                f"unet input_shape {unet.input_shape} has {unet.input_shape[3]} channels but the vae has "
+                f"latent_channels={vae.config.latent_channels}"
+            )
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, knowledge_model=knowledge_model)
+        self.register_to_config(value_range=list(value_range), units=units, training_data=training_data)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
+        self.vae_chunk_size: int | None = 64
+        self._interrupt = False
+        self._num_timesteps = 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_preset(
+        cls, name: str, scheduler: str = "dpmsolver++", knowledge_model: bool = True
+    ) -> PreDiffPipeline:
+        """Build a randomly initialised pipeline of a published configuration (see
+        `PREDIFF_PIPELINE_PRESETS`).
+
+        Args:
+            name: "prediff-sevirlr" (the official SEVIR-LR components) or "prediff-tiny".
+            scheduler: a [`~prediff.schedulers.prediff_scheduler`] name; the default is the fast DPM-Solver++.
+            knowledge_model: include the knowledge-alignment network.
+        """
+        if name not in PREDIFF_PIPELINE_PRESETS:
+            raise ValueError(
+                f"unknown pipeline preset {name!r}; expected one of {sorted(PREDIFF_PIPELINE_PRESETS)}"
+            )
+        preset = PREDIFF_PIPELINE_PRESETS[name]
+
+        def build(model_cls, spec):
+            return model_cls.from_preset(spec) if isinstance(spec, str) else model_cls(**spec)
+
+        vae = autoencoder_from_preset(preset["vae"])
+        unet = build(EarthformerUNetModel, preset["unet"]).eval()
+        align = build(KnowledgeAlignmentModel, preset["knowledge_model"]).eval() if knowledge_model else None
+        return cls(
+            vae=vae,
+            unet=unet,
+            scheduler=prediff_scheduler(scheduler),
+            knowledge_model=align,
+            value_range=preset["value_range"],
+            units=preset.get("units"),
+            training_data=preset.get("training_data"),
+        )
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        lo, hi = self.config.value_range
+        return float(lo), float(hi)
+
+    @property
+    def context_shape(self) -> tuple[int, int, int, int]:
+        """`(T_in, H, W, C)` of one context sample."""
+        T_in, h, w, _ = self.unet.input_shape
+        return T_in, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae.config.in_channels
+
+    @property
+    def forecast_shape(self) -> tuple[int, int, int, int]:
+        """`(T_out, H, W, C)` of one forecast."""
+        T_out = self.unet.target_shape[0]
+        return (T_out, *self.context_shape[1:])
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    # ------------------------------------------------------------------ scaling and latent helpers
+
+    def scale_to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical units -> [0, 1]: `(x - lo) / (hi - lo)`."""
+        lo, hi = self.value_range
+        return (x - lo) / (hi - lo)
+
+    def scale_to_physical(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> physical units: `x * (hi - lo) + lo` (not clamped, as in the official code)."""
+        lo, hi = self.value_range
+        return x * (hi - lo) + lo
+
+    def encode_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Physical-unit context `(B, T_in, H, W, C)` -> posterior-mean latents `(B, T_in, h, w, c)`."""
+        device = self._execution_device
+        unit = self.scale_to_unit(context.to(device=device, dtype=torch.float32))
+        return encode_sequence(self.vae, unit, sample_posterior=False, chunk_size=self.vae_chunk_size)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units, float32,
+        differentiable."""
+        frames = decode_sequence(self.vae, latents, chunk_size=self.vae_chunk_size)
+        return self.scale_to_physical(frames.float())
+
+    # ------------------------------------------------------------------ checks
+
+    def check_inputs(
+        self,
+        context: Any,
+        num_inference_steps: Any,
+        num_ensemble_members: Any,
+        generator: Any,
+        latents: Any,
+        knowledge_controls: Sequence[KnowledgeControl],
+        output_type: Any,
+        callback_on_step_end_tensor_inputs: Sequence[str] | None,
+    ) -> torch.Tensor:
+        """Validate the arguments of `__call__`; returns the context as a tensor. Raises `ValueError` naming
+        the offending argument, the expected and the received value."""
+        context = to_context_tensor(context, (None, *self.context_shape))
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        train_steps = self.scheduler.config.get("num_train_timesteps", None)
+        if train_steps is not None and num_inference_steps > train_steps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} exceeds the scheduler's "
+                f"num_train_timesteps={train_steps}"
+            )
+        if (
+            not isinstance(num_ensemble_members, int)
+            or isinstance(num_ensemble_members, bool)
+            or num_ensemble_members < 1
+        ):
+            raise ValueError(f"num_ensemble_members must be a positive int, got {num_ensemble_members!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        self._check_scheduler()
+        rows = context.shape[0] * num_ensemble_members
+        if isinstance(generator, list) and len(generator) != rows:
+            raise ValueError(
+                f"a list of generators needs one per ensemble member of every context, batch_size * "
+                f"num_ensemble_members = {rows}, got {len(generator)}"
+            )
+        if latents is not None:
+            expected = [
+                (rows, *self.unet.target_shape),
+                (context.shape[0], num_ensemble_members, *self.unet.target_shape),
+            ]
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) not in expected:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(
+                    f"latents must be a torch.Tensor of shape {expected[0]} or {expected[1]}, got {got}"
+                )
+            if not latents.is_floating_point() or not torch.isfinite(latents).all():
+                raise ValueError("latents must be a finite floating-point tensor")
+        for control in knowledge_controls:
+            if not isinstance(control, KnowledgeControl):
+                raise ValueError(
+                    f"knowledge_controls must be KnowledgeControl instances, got {type(control).__name__}"
+                )
+            if (
+                control.form == "official"
+                and control.scale != 0
+                and not isinstance(self.scheduler, DDPMScheduler)
+            ):
+                raise ValueError(
+                    f"{control!r} uses the official DDPM mean-shift form, which needs a DDPMScheduler; "
+                    f"the pipeline has {type(self.scheduler).__name__} (use form='score' with other "
+                    "schedulers)"
+                )
+            control.check(self.knowledge_model)
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(
+                    "callback_on_step_end_tensor_inputs must be among "
+                    f"{self._callback_tensor_inputs}, got {unknown}"
+                )
+        return context
+
+    def _check_scheduler(self) -> None:
+        scheduler = self.scheduler
+        name = type(scheduler).__name__
+        for attr in ("set_timesteps", "step", "scale_model_input"):
+            if not callable(getattr(scheduler, attr, None)):
+                raise ValueError(
+                    f"the scheduler {name} cannot be driven by PreDiffPipeline: it has no {attr}()"
+                )
+        alphas = getattr(scheduler, "alphas_cumprod", None)
+        if not isinstance(alphas, torch.Tensor) or alphas.ndim != 1:
+            raise ValueError(
+                f"the scheduler {name} has no alphas_cumprod: PreDiffPipeline needs a discrete-time "
+                "diffusion scheduler on the training noise schedule (DDPM, DDIM, DPM-Solver++, UniPC, Euler)"
+            )
+        prediction_type = scheduler.config.get("prediction_type", None)
+        if prediction_type != "epsilon":
+            raise ValueError(
+                f"the denoiser predicts epsilon, but the scheduler {name} has "
+                f"prediction_type={prediction_type!r}"
+            )
+
+    # ------------------------------------------------------------------ sampling helpers
+
+    def prepare_latents(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Initial noise `(N, T_out, h, w, c)` in float32 (the scheduler runs in float32 whatever the model
+        dtype)."""
+        device = self._execution_device
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        else:
+            latents = latents.reshape(shape).to(device=device, dtype=torch.float32)
+        return latents * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None
+    ) -> dict[str, Any]:
+        # Not every scheduler's step() takes a generator (only the stochastic ones use it).
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        return {"generator": generator} if "generator" in accepted else {}
+
+    def _alpha_prod(self, t: torch.Tensor) -> torch.Tensor:
+        # Continuous-time samplers (Euler) may use fractional timesteps; the nearest trained level is used.
+        alphas = self.scheduler.alphas_cumprod
+        index = int(torch.as_tensor(t).round().clamp(0, alphas.shape[0] - 1).item())
+        return alphas[index].to(device=self._execution_device, dtype=torch.float32)
+
+    def _posterior_std(self, t: torch.Tensor) -> torch.Tensor:
+        """`sigma_t`: the fixed-small DDPM posterior standard deviation of the jump from `t` to the previous
+        step."""
+        scheduler = self.scheduler
+        alphas = scheduler.alphas_cumprod
+        t = int(t)
+        prev_t = int(scheduler.previous_timestep(t))
+        alpha_prod_t = alphas[t]
+        alpha_prod_prev = alphas[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        beta_t = 1 - alpha_prod_t / alpha_prod_prev
+        variance = (1 - alpha_prod_prev) / (1 - alpha_prod_t) * beta_t
+        # The official code clips the log-variance at log(1e-20), so sigma_0 is 1e-10 rather than 0.
+        return variance.clamp(min=1e-20).sqrt().to(device=self._execution_device, dtype=torch.float32)
+
+    def _noise_pred(
+        self,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        context_latents: torch.Tensor,
+        controls: list[KnowledgeControl],
+        batch_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (score-guided) noise estimate in float32 and the summed official-form gradient, if any."""
+        dtype = self.unet.dtype
+        if not controls:
+            return self.unet(model_input.to(dtype), t, context_latents).sample.float(), None
+        through_unet = any(c.differentiate_through_unet for c in controls)
+        with torch.enable_grad():
+            z = model_input.detach().requires_grad_(True)
+            if through_unet:
+                noise_pred = self.unet(z.to(dtype), t, context_latents).sample.float()
+            else:
+                with torch.no_grad():
+                    noise_pred = self.unet(model_input.to(dtype), t, context_latents).sample.float()
+            alpha_prod_t = self._alpha_prod(t)
+            state = KnowledgeControlState(
+                latents=z,
+                timestep=torch.as_tensor(t, device=z.device),
+                noise_pred=noise_pred,
+                context_latents=context_latents,
+                alpha_prod_t=alpha_prod_t,
+                batch_index=batch_index,
+                decode=self.decode_latents,
+                value_range=self.value_range,
+                knowledge_model=self.knowledge_model,
+            )
+            score_grad, official_grad = knowledge_gradients(controls, state)
+        noise_pred = noise_pred.detach()
+        if score_grad is not None:
+            # Classifier-guidance form: eps <- eps + scale * sqrt(1 - alpha_bar_t) * dL/dz_t.
+            noise_pred = noise_pred + (1 - alpha_prod_t).sqrt() * score_grad.float()
+        return noise_pred, official_grad
+
+    # ------------------------------------------------------------------ call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        context: torch.Tensor | np.ndarray,
+        num_inference_steps: int | None = None,
+        num_ensemble_members: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        knowledge_controls: KnowledgeControl | Sequence[KnowledgeControl] | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> PreDiffPipelineOutput | tuple:
+        r"""
+        Forecast an ensemble from a context sequence.
+
+        Args:
+            context (`torch.Tensor` or `np.ndarray` of shape `(B, T_in, H, W, C)`):
+                The observed frames in physical units (e.g. VIL 0-255); scaled to [0, 1] with `value_range`.
+            num_inference_steps (`int`, *optional*):
+                Denoising steps; default: the count the scheduler preset is meant for (DPM-Solver++ 20, DDIM
+                50, DDPM 1000), else 50.
+            num_ensemble_members (`int`, defaults to 1): independent samples per context.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Randomness; a list gives every ensemble member of every context its own generator, ordered
+                (context, member), length `B * num_ensemble_members`. The same seeds give the same ensemble.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise `(B * M, T_out, h, w, c)` or `(B, M, T_out, h, w, c)` instead of drawing it.
+            knowledge_controls ([`KnowledgeControl`] or list, *optional*):
+                Controls that steer every step, each with its own scale (see `prediff.knowledge`).
+            output_type (`str`, defaults to `"np"`): `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to True): return a [`PreDiffPipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called as `callback_on_step_end(self, i, t, callback_kwargs)` after every step with the
+                tensors named in `callback_on_step_end_tensor_inputs`; tensors in the returned dict replace
+                the pipeline's.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`):
+                Among `"latents"` `(B * M, T_out, h, w, c)` and `"context_latents"` `(B * M, T_in, h, w, c)`.
+
+        Returns:
+            [`PreDiffPipelineOutput`] or `tuple`: frames `(B, M, T_out, H, W, C)` in physical units (np/pt) or
+            latents `(B, M, T_out, h, w, c)` (latent).
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = ["latents"]
+        if knowledge_controls is None:
+            controls = []
+        elif isinstance(knowledge_controls, KnowledgeControl):
+            controls = [knowledge_controls]
+        else:
+            controls = list(knowledge_controls)
+        if num_inference_steps is None:
+            num_inference_steps = self._default_steps()
+
+        context = self.check_inputs(
+            context,
+            num_inference_steps,
+            num_ensemble_members,
+            generator,
+            latents,
+            controls,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        self._interrupt = False
+        device = self._execution_device
+        batch_size, members = context.shape[0], num_ensemble_members
+        # Scale 0 must leave the result bit for bit unchanged: such controls are dropped before anything runs.
+        controls = [c for c in controls if c.scale != 0]
+
+        # 1. Context latents (posterior mean), repeated for every member: rows ordered (context, member).
+        context_latents = self.encode_context(context).to(self.unet.dtype)
+        context_latents = context_latents.repeat_interleave(members, dim=0)
+        batch_index = torch.arange(batch_size, device=device).repeat_interleave(members)
+
+        # 2. Timesteps and initial noise.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents((batch_size * members, *self.unet.target_shape), generator, latents)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 3. Denoising loop.
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                model_input = self.scheduler.scale_model_input(latents, t)
+                noise_pred, official_grad = self._noise_pred(
+                    model_input, t, context_latents, controls, batch_index
+                )
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
+                    0
+                ]
+                if official_grad is not None:
+                    # PreDiff's own form: the posterior mean moves by -scale * sigma_t * g (noise is additive,
+                    # so shifting the sample after the step is the same as shifting the mean before it).
+                    latents = latents - self._posterior_std(t) * official_grad.float()
+
+                if callback_on_step_end is not None:
+                    scope = {"latents": latents, "context_latents": context_latents}
+                    callback_kwargs = {k: scope[k] for k in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+                    context_latents = callback_outputs.pop("context_latents", context_latents)
+                progress_bar.update()
+
+        # 4. Decode to physical units.
+        if output_type == "latent":
+            frames = latents.reshape(batch_size, members, *latents.shape[1:])
+        else:
+            frames = self.decode_latents(latents.to(self.vae.dtype))
+            frames = frames.reshape(batch_size, members, *frames.shape[1:])
+            if output_type == "np":
+                frames = frames.cpu().numpy()
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (frames,)
+        return PreDiffPipelineOutput(frames=frames)
+
+    def _default_steps(self) -> int:
+        for name, (scheduler_cls, _) in SCHEDULER_PRESETS.items():
+            if type(self.scheduler) is scheduler_cls:
+                return DEFAULT_INFERENCE_STEPS[name]
+        return 50
+
+    # ------------------------------------------------------------------ model card
+
+    def _card_text(self) -> str:
+        T_in, H, W, C = self.context_shape
+        T_out = self.forecast_shape[0]
+        _, h, w, c = self.unet.input_shape
+        lo, hi = self.value_range
+        units = self.config.get("units") or "the physical units of the training data"
+        training = self.config.get("training_data") or "not recorded for this pipeline"
+        return f"""# PreDiff pipeline
+
+Probabilistic precipitation / Earth-system forecasting with latent diffusion (PreDiff, NeurIPS 2023) and an
+Earthformer-UNet denoiser, with optional knowledge control.
+
+## Inputs and outputs
+
+- **Context**: `(B, {T_in}, {H}, {W}, {C})` = (batch, time, height, width, channels), channels last, in
+{units}.
+- **Scaling**: values are mapped to [0, 1] with `(x - {lo:g}) / ({hi:g} - {lo:g})` before encoding, and
+  back after decoding (`value_range = ({lo:g}, {hi:g})`); outputs are not clamped.
+- **Forecast**: `(B, M, {T_out}, {H}, {W}, {C})` for `M` ensemble members, in the same units.
+- **Latents**: every frame is encoded separately to `({h}, {w}, {c})` (no latent scaling factor).
+
+## Components
+
+| component | class | parameters |
+|---|---|---|
+| vae | `{type(self.vae).__name__}` | {count_parameters(self.vae)} |
+| unet | `{type(self.unet).__name__}` | {count_parameters(self.unet)} |
+| knowledge_model | `{type(self.knowledge_model).__name__ if self.knowledge_model is not None else "-"}` | \
+{count_parameters(self.knowledge_model)} |
+| scheduler | `{type(self.scheduler).__name__}` | - |
+
+## Training data
+
+{training}
+
+## Usage
+
+```python
+import numpy as np
+import torch
+from prediff import PreDiffPipeline
+
+pipe = PreDiffPipeline.from_pretrained("<this repository>")
+context = np.zeros((1, {T_in}, {H}, {W}, {C}), dtype=np.float32)  # observed frames, {units}
+generators = [torch.Generator().manual_seed(i) for i in range(8)]
+forecast = pipe(context, num_ensemble_members=8, generator=generators).frames  # (1, 8, {T_out}, {H}, {W},
+{C}) ```
+
+Weights are stored as safetensors; `from_pretrained` refuses pickle files unless `allow_pickle=True`.
+"""

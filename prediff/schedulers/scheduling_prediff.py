@@ -1,0 +1,102 @@
+"""PreDiff's noise schedule as stock Diffusers schedulers: the training DDPM schedule and fast inference
+presets.
+
+The official model was trained with LDM's "linear" schedule, which is Diffusers' ``scaled_linear``:
+``beta_t = linspace(sqrt(1e-4), sqrt(2e-2), 1000) ** 2``, epsilon prediction, fixed-small posterior variance.
+Every preset below is built from these same betas, so a denoiser trained with [`prediff_training_scheduler`]
+can be sampled with any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+__all__ = [
+    "DEFAULT_INFERENCE_STEPS",
+    "PREDIFF_NOISE_SCHEDULE",
+    "SCHEDULER_PRESETS",
+    "official_betas",
+    "prediff_scheduler",
+    "prediff_training_scheduler",
+]
+
+#: The official training schedule, shared by every preset.
+PREDIFF_NOISE_SCHEDULE: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=1e-4,
+    beta_end=2e-2,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+)
+
+#: Scheduler presets: name -> (class, keyword arguments on top of the noise schedule).
+SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    # The official sampler: ancestral DDPM with the fixed-small posterior variance, no clipping.
+    "ddpm": (DDPMScheduler, dict(variance_type="fixed_small", clip_sample=False)),
+    # Deterministic DDIM; "trailing" spacing starts at t=999 (the noise level the model was trained to start
+    # from) and the final step lands on the clean estimate (alpha_bar = 1).
+    "ddim": (DDIMScheduler, dict(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")),
+    # Second-order multistep DPM-Solver++ (data prediction), the default for inference.
+    "dpmsolver++": (
+        DPMSolverMultistepScheduler,
+        dict(
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            timestep_spacing="trailing",
+            final_sigmas_type="zero",
+        ),
+    ),
+    "unipc": (UniPCMultistepScheduler, dict(solver_order=2, timestep_spacing="trailing")),
+    "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
+}
+
+#: Number of inference steps each preset is meant for.
+DEFAULT_INFERENCE_STEPS: dict[str, int] = {
+    "ddpm": 1000,
+    "ddim": 50,
+    "dpmsolver++": 20,
+    "unipc": 20,
+    "euler": 50,
+}
+
+
+def official_betas(
+    num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2
+) -> torch.Tensor:
+    """The betas exactly as the official code computes them (float64 arithmetic, stored as float32), shape
+    `(T,)`."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    return betas.to(torch.float32)
+
+
+def prediff_scheduler(name: str = "dpmsolver++", **overrides: Any) -> SchedulerMixin:
+    """A Diffusers scheduler on PreDiff's noise schedule.
+
+    Args:
+        name: "ddpm" (the official 1000-step sampler and the training schedule), "ddim", "dpmsolver++"
+            (default), "unipc" or "euler". [`DEFAULT_INFERENCE_STEPS`] gives the step count each is meant for.
+        overrides: replace any scheduler argument, e.g. `algorithm_type="sde-dpmsolver++"`.
+
+    Returns:
+        A fresh scheduler instance.
+    """
+    if name not in SCHEDULER_PRESETS:
+        raise ValueError(f"unknown scheduler preset {name!r}; expected one of {sorted(SCHEDULER_PRESETS)}")
+    cls, kwargs = SCHEDULER_PRESETS[name]
+    return cls(**{**PREDIFF_NOISE_SCHEDULE, **kwargs, **overrides})
+
+
+def prediff_training_scheduler(**overrides: Any) -> DDPMScheduler:
+    """The official training schedule: `DDPMScheduler` (1000 steps, scaled_linear 1e-4..2e-2, epsilon,
+    fixed_small)."""
+    return prediff_scheduler("ddpm", **overrides)
