@@ -1,0 +1,71 @@
+"""PreDiff's noise schedule: the official betas, and every preset built on them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from prediff.schedulers import (
+    DEFAULT_INFERENCE_STEPS,
+    SCHEDULER_PRESETS,
+    official_betas,
+    prediff_scheduler,
+    prediff_training_scheduler,
+)
+
+
+def test_training_schedule_equals_the_official_betas():
+    scheduler = prediff_training_scheduler()
+    assert isinstance(scheduler, DDPMScheduler)
+    cfg = scheduler.config
+    assert (cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end) == (1000, 1e-4, 2e-2)
+    assert (cfg.beta_schedule, cfg.prediction_type, cfg.variance_type) == (
+        "scaled_linear",
+        "epsilon",
+        "fixed_small",
+    )
+    assert cfg.clip_sample is False
+    betas = official_betas()
+    assert (scheduler.betas - betas).abs().max() < 1e-8
+    # Plain float64 reference of the official alpha_bar.
+    ref = torch.cumprod(1 - betas.double(), dim=0)
+    assert ((scheduler.alphas_cumprod.double() - ref).abs() / ref).max() < 2e-6
+    assert abs(scheduler.alphas_cumprod[0].item() - 0.9999) < 1e-7
+    assert abs(scheduler.alphas_cumprod[999].item() - 7.334e-4) / 7.334e-4 < 1e-3
+
+
+def test_posterior_variance_matches_official_values():
+    scheduler = prediff_training_scheduler()
+    scheduler.set_timesteps(1000)
+    a = scheduler.alphas_cumprod.double()
+    for t, expected in [(1, 5.07e-5), (999, 0.0200)]:
+        beta_tilde = (1 - a[t - 1]) / (1 - a[t]) * (1 - a[t] / a[t - 1])
+        assert abs(beta_tilde.item() - expected) / expected < 5e-3
+        assert abs(scheduler._get_variance(t).item() - beta_tilde.item()) / beta_tilde.item() < 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULER_PRESETS))
+def test_every_preset_shares_the_training_noise_levels(name):
+    scheduler = prediff_scheduler(name)
+    reference = prediff_training_scheduler()
+    assert torch.equal(scheduler.alphas_cumprod, reference.alphas_cumprod)
+    assert scheduler.config.prediction_type == "epsilon"
+    scheduler.set_timesteps(DEFAULT_INFERENCE_STEPS[name])
+    timesteps = scheduler.timesteps
+    assert len(timesteps) == DEFAULT_INFERENCE_STEPS[name]
+    # Sampling starts from the noisiest trained level, where z_T ~ N(0, I) is what the model saw.
+    assert float(timesteps[0]) == 999.0
+    assert all(float(a) > float(b) for a, b in zip(timesteps[:-1], timesteps[1:]))
+
+
+def test_fast_presets_and_overrides():
+    assert isinstance(prediff_scheduler(), DPMSolverMultistepScheduler)
+    assert prediff_scheduler().config.algorithm_type == "dpmsolver++"
+    assert DEFAULT_INFERENCE_STEPS["dpmsolver++"] <= 50 and DEFAULT_INFERENCE_STEPS["ddim"] <= 50
+    ddim = prediff_scheduler("ddim")
+    assert isinstance(ddim, DDIMScheduler) and ddim.final_alpha_cumprod.item() == 1.0
+    sde = prediff_scheduler("dpmsolver++", algorithm_type="sde-dpmsolver++")
+    assert sde.config.algorithm_type == "sde-dpmsolver++"
+    with pytest.raises(ValueError, match="unknown scheduler preset 'pndm'"):
+        prediff_scheduler("pndm")
