@@ -81,24 +81,39 @@ def fused_attention(
     dropout_p: float,
     backend: str,
 ) -> torch.Tensor:
-    """``softmax(q k^T + bias) v``, ``q`` already scaled; shapes ``(..., L, E)``, ``(..., S, E)``, ``(..., S, Ev)``.
+    """``softmax(q k^T + bias) v`` with ``q`` already scaled.
 
-    ``bias`` broadcasts to ``(..., L, S)`` and already holds the masks as large negative values.
+    Shapes: ``q (B, heads, [N,] L, E)``, ``k (B, heads, [N,] S, E)``, ``v (B, heads, [N,] S, Ev)``; ``bias``
+    broadcasts to ``(heads, N, L, S)`` (or to ``(L, S)`` without cuboids) and already holds the masks as large
+    negative values. Cuboids are folded into the batch, so the kernels see 4-D views of the projections, not copies.
     """
+    if q.ndim == 5:
+        B, heads, N, L, _ = q.shape
+
+        def fold(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(1, 2).reshape(B * N, heads, t.shape[-2], t.shape[-1])
+
+        if bias is not None:
+            bias = bias.expand(heads, -1, L, k.shape[-2]).transpose(0, 1)
+            if bias.shape[0] != 1:
+                bias = bias.repeat(B, 1, 1, 1)
+        out = _attention_4d(fold(q), fold(k), fold(v), bias, dropout_p, backend)
+        return out.reshape(B, N, heads, L, -1).transpose(1, 2)
+    return _attention_4d(q, k, v, bias, dropout_p, backend)
+
+
+def _attention_4d(q, k, v, bias, dropout_p, backend):
+    if bias is not None:
+        bias = bias.to(q.dtype)
     if backend == "xformers":
         import xformers.ops as xops
 
-        lead = q.shape[:-2]
-        q4, k4, v4 = (t.reshape(-1, 1, *t.shape[-2:]).transpose(1, 2) for t in (q, k, v))
-        attn_bias = None
         if bias is not None:
-            attn_bias = (
-                bias.to(q.dtype).expand(*lead, q.shape[-2], k.shape[-2]).reshape(-1, 1, q.shape[-2], k.shape[-2])
-            )
-        out = xops.memory_efficient_attention(q4, k4, v4, attn_bias=attn_bias, p=dropout_p, scale=1.0)
-        return out.transpose(1, 2).reshape(*lead, q.shape[-2], v.shape[-1])
-    if bias is not None:
-        bias = bias.to(q.dtype)
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2]).contiguous()
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias, p=dropout_p, scale=1.0
+        )
+        return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
 
 
