@@ -1,0 +1,23 @@
+"""Pictures of forecasts: the SEVIR VIL colour map, forecast panels, animated GIFs and what-if figures.
+
+matplotlib (and Pillow for GIFs) are imported only when a picture is drawn: ``pip install "prediff[plot]"``.
+Figures are drawn by matplotlib's Agg renderer without pyplot, so the user's backend is left alone.
+"""
+
+from .animation import save_forecast_gif
+from .colormaps import VIL_COLORS, VIL_LEVELS, VIL_LEVELS_KG_M2, imshow_kwargs, vil_cmap
+from .panels import plot_forecast_panel
+from .what_if import DEFAULT_N_SIGMAS, plot_what_if, sigma_label
+
+__all__ = [
+    "DEFAULT_N_SIGMAS",
+    "VIL_COLORS",
+    "VIL_LEVELS",
+    "VIL_LEVELS_KG_M2",
+    "imshow_kwargs",
+    "plot_forecast_panel",
+    "plot_what_if",
+    "save_forecast_gif",
+    "sigma_label",
+    "vil_cmap",
+]

@@ -1,0 +1,98 @@
+"""Shared helpers: matplotlib import, frame conversion, atomic saving, lead-time labels."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib, or raise an ``ImportError`` that names the ``plot`` extra."""
+    try:
+        import matplotlib
+        import matplotlib.figure  # noqa: F401
+    except ImportError as err:  # pragma: no cover - exercised only without matplotlib
+        raise ImportError('Pictures need matplotlib: pip install "prediff[plot]"') from err
+    return matplotlib
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A figure drawn by the Agg renderer, independent of pyplot and of the user's chosen backend."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def as_frames(name: str, value: Any, leading: int, channel: int = 0) -> np.ndarray:
+    """``value`` as a float numpy array of ``leading`` leading axes then ``(H, W)``.
+
+    Accepts numpy or torch, with or without a trailing channel axis (``channel`` picks one).
+    E.g. ``leading=1``: ``(T, H, W)`` or ``(T, H, W, C)`` -> ``(T, H, W)``.
+    """
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+    if value.ndim == leading + 3:
+        if not 0 <= channel < value.shape[-1]:
+            raise ValueError(f"channel {channel} is out of range for {name} of shape {value.shape}")
+        value = value[..., channel]
+    if value.ndim != leading + 2:
+        raise ValueError(
+            f"{name} must have {leading + 2} dimensions (+ an optional channel axis), got shape {value.shape}"
+        )
+    return value.astype(np.float64)
+
+
+def lead_time_labels(num_context: int, num_forecast: int, interval_minutes: float) -> tuple[list, list]:
+    """Titles of the context frames (``-20 min`` ... ``0 min``) and the forecast frames (``+10 min`` ...)."""
+    if not interval_minutes > 0:
+        raise ValueError(f"interval_minutes must be > 0, got {interval_minutes}")
+    context = [f"{-(num_context - 1 - t) * interval_minutes:g} min" for t in range(num_context)]
+    forecast = [f"+{(t + 1) * interval_minutes:g} min" for t in range(num_forecast)]
+    return context, forecast
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(path.parent)!r} for {path.name!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        # mkstemp makes owner-only files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` atomically; the format follows the file extension (``.png``, ``.pdf``, ``.svg``)."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise ValueError(f"cannot write a figure as {fmt!r} ({path}); use .png, .pdf or .svg")
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+
+
+def add_vil_colorbar(fig: Any, image: Any, axes: Any) -> None:
+    """Colour bar with the VIL levels as ticks."""
+    from .colormaps import VIL_LEVELS
+
+    bar = fig.colorbar(image, ax=axes, ticks=VIL_LEVELS, shrink=0.9, pad=0.01, extend="neither")
+    bar.set_label("VIL (0-255)")
