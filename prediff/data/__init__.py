@@ -1,0 +1,48 @@
+"""Datasets: synthetic storms (the default, no download), N-body digits, SEVIR / SEVIR-LR, ICAR-ENSO, arrays.
+
+Every data set is a ``torch.utils.data.Dataset`` whose items are dicts with ``"frames"``, a float32 tensor
+(T, H, W, C) scaled to [0, 1], plus data-set specific keys. All are picklable and work with
+``DataLoader(num_workers>0)``; HDF5 files are opened once per worker. Optional packages (h5py, pandas, xarray,
+zarr, Pillow) are imported only when needed: ``pip install "prediff[data]"``.
+"""
+
+from .arrays import ArraySequenceDataset
+from .augment import RandomFlipRotate, flip_rotate
+from .enso import ENSO_SST_RANGE, ENSODataset, nino34_index
+from .io import SequenceFile, inspect_path, write_sequences
+from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
+from .sevir import (
+    SEVIR_VALUE_RANGES,
+    SEVIRDataset,
+    downsample_sevir,
+    earthformer_sevir_splits,
+    prediff_sevir_splits,
+    read_catalog,
+)
+from .storms import IntensityStats, SyntheticStormDataset, future_intensity_stats, generate_storm_sequence
+
+__all__ = [
+    "ENSO_SST_RANGE",
+    "SEVIR_VALUE_RANGES",
+    "ArraySequenceDataset",
+    "ENSODataset",
+    "IntensityStats",
+    "NBodyDataset",
+    "RandomFlipRotate",
+    "SEVIRDataset",
+    "SequenceFile",
+    "SyntheticStormDataset",
+    "downsample_sevir",
+    "earthformer_sevir_splits",
+    "flip_rotate",
+    "future_intensity_stats",
+    "generate_storm_sequence",
+    "inspect_path",
+    "nbody_acceleration",
+    "nbody_energy",
+    "nino34_index",
+    "prediff_sevir_splits",
+    "read_catalog",
+    "simulate_nbody",
+    "write_sequences",
+]

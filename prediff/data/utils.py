@@ -1,0 +1,158 @@
+"""Helpers shared by the datasets: optional imports, argument checks, atomic output, per-process handles."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_EXTRA_OF = {
+    "h5py": "data",
+    "pandas": "data",
+    "xarray": "data",
+    "netCDF4": "data",
+    "zarr": "data",
+    "PIL": "data",
+}
+
+
+def import_optional(module: str, purpose: str) -> Any:
+    """Import ``module`` or raise an ``ImportError`` that names the extra providing it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        extra = _EXTRA_OF.get(module.split(".")[0], "data")
+        raise ImportError(
+            f"{purpose} needs the optional package {module!r}; "
+            f'install it with: pip install "prediff[{extra}]"'
+        ) from error
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an int, or raise ``ValueError`` unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_seed(value: Any) -> int:
+    """Seeds are non-negative integers (they feed ``numpy.random.SeedSequence``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_value_range(name: str, value: Any) -> tuple[float, float]:
+    """A declared ``(low, high)`` range with ``low < high``."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"{name} must satisfy low < high (both finite), got {value!r}")
+    return low, high
+
+
+def scale_to_unit(values: np.ndarray, value_range: tuple[float, float], clip: bool, where: str) -> np.ndarray:
+    """Map ``values`` from the declared ``value_range`` to [0, 1] as float32.
+
+    Values outside the declared range raise a ``ValueError`` naming ``where`` (the item, file or event),
+    unless ``clip`` is set, in which case they are clipped: a silent out-of-range value would otherwise leak
+    into training as an input outside [0, 1].
+    """
+    low, high = value_range
+    if values.size:
+        found_low, found_high = float(np.min(values)), float(np.max(values))
+        if not (np.isfinite(found_low) and np.isfinite(found_high)):
+            raise ValueError(f"{where}: values contain NaN or infinity")
+        if (found_low < low or found_high > high) and not clip:
+            raise ValueError(
+                f"{where}: values span [{found_low:g}, {found_high:g}], outside the declared value_range "
+                f"[{low:g}, {high:g}] (pass clip=True to clip them)"
+            )
+    out = (values.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike, overwrite: bool = False, directory: bool = False
+) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it into place with ``os.replace``.
+
+    Readers never see a half-written file: the result appears at ``path`` only once it is complete, and a
+    failure leaves any previous file untouched. ``directory=True`` is for outputs that are folders (zarr
+    stores).
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "old")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+class HDF5HandleCache:
+    """HDF5 files opened lazily, once per process.
+
+    h5py handles must not cross a ``fork``: every ``DataLoader`` worker opens its own. The cache remembers the
+    process id that opened the handles and is emptied when pickled, so datasets holding one stay picklable.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._files: dict[str, Any] = {}
+
+    def get(self, path: str | os.PathLike) -> Any:
+        if self._pid != os.getpid():
+            self._files = {}
+            self._pid = os.getpid()
+        key = os.fspath(path)
+        handle = self._files.get(key)
+        if handle is None:
+            h5py = import_optional("h5py", "reading HDF5 files")
+            handle = h5py.File(key, "r")
+            self._files[key] = handle
+        return handle
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for handle in self._files.values():
+                with contextlib.suppress(Exception):
+                    handle.close()
+        self._files = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
