@@ -33,16 +33,55 @@ VIL_ROWS = [
     ("D1", "2019H2", 3, "2019-10-02 00:00:00", 0.0),
 ]
 COLUMNS = [
-    "id", "file_name", "file_index", "img_type", "time_utc", "minute_offsets", "episode_id", "event_id",
-    "event_type", "llcrnrlat", "llcrnrlon", "urcrnrlat", "urcrnrlon", "proj", "size_x", "size_y", "height_m",
-    "width_m", "data_min", "data_max", "pct_missing",
+    "id",
+    "file_name",
+    "file_index",
+    "img_type",
+    "time_utc",
+    "minute_offsets",
+    "episode_id",
+    "event_id",
+    "event_type",
+    "llcrnrlat",
+    "llcrnrlon",
+    "urcrnrlat",
+    "urcrnrlon",
+    "proj",
+    "size_x",
+    "size_y",
+    "height_m",
+    "width_m",
+    "data_min",
+    "data_max",
+    "pct_missing",
 ]
 
 
 def _row(event_id, file_name, index, img_type, time, missing):
     offsets = ":".join(str(m) for m in range(-120, 125, 5))
-    return [event_id, file_name, index, img_type, time, offsets, 1, 2, "Hail", 30.0, -100.0, 33.0, -96.0,
-            "+proj=laea", SIZE, SIZE, 384000.0, 384000.0, 0.0, 255.0, missing]
+    return [
+        event_id,
+        file_name,
+        index,
+        img_type,
+        time,
+        offsets,
+        1,
+        2,
+        "Hail",
+        30.0,
+        -100.0,
+        33.0,
+        -96.0,
+        "+proj=laea",
+        SIZE,
+        SIZE,
+        384000.0,
+        384000.0,
+        0.0,
+        255.0,
+        missing,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +211,17 @@ def test_downsample_to_sevir_lr_and_read_back(sevir_root, tmp_path):
         assert f["vil"].shape == (3, 16, 16, 25) and f["vil"].dtype == np.uint8
         assert list(f["id"][:]) == [b"S1", b"S2", b"S3"]
         for index in (0, 2):
-            np.testing.assert_array_equal(f["vil"][index], _brute_downsample(_raw(sevir_root, "2018H1", index)))
+            np.testing.assert_array_equal(
+                f["vil"][index], _brute_downsample(_raw(sevir_root, "2018H1", index))
+            )
     lr = SEVIRDataset(dst, seq_len=13, stride=6)
     assert len(lr) == 7 * (1 + (25 - 13) // 6)
     expected = _brute_downsample(_raw(sevir_root, "2019H1", 0))[:, :, 6:19]
     item = lr[2 * 3 + 1]  # event S4, second window
     assert item["event_id"] == "S4"
-    np.testing.assert_allclose(item["frames"][..., 0].numpy(), np.moveaxis(expected, -1, 0) / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        item["frames"][..., 0].numpy(), np.moveaxis(expected, -1, 0) / 255.0, rtol=1e-6
+    )
     with pytest.raises(FileExistsError):
         downsample_sevir(sevir_root, dst, progress=False)
 

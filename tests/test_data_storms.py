@@ -48,6 +48,7 @@ def test_radar_like_structure():
     inside = seqs[:, :, :, 1:] > 30
     jumps = np.abs(np.diff(seqs, axis=3))[inside]
     assert np.percentile(jumps, 90) > 5
+
     # Advection and life cycles: frames evolve smoothly, so near frames correlate more than distant ones.
     def corr(x, y):
         return np.corrcoef(x.ravel(), y.ravel())[0, 1]
