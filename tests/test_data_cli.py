@@ -1,0 +1,54 @@
+"""The ``prediff data`` commands: generate, inspect, refuse to overwrite."""
+
+import numpy as np
+import pytest
+import torch
+
+from prediff.cli import main
+from prediff.data import ArraySequenceDataset, NBodyDataset, SyntheticStormDataset
+
+h5py = pytest.importorskip("h5py")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_generate_storms_then_inspect(tmp_path, capsys, suffix):
+    out = tmp_path / f"storms{suffix}"
+    args = ["data", "generate", "storms", "--out", str(out), "--num-sequences", "3", "--seq-len", "4"]
+    args += ["--height", "32", "--width", "32", "--seed", "9", "--quiet"]
+    assert main(args) == 0
+    reread = ArraySequenceDataset.from_file(out)
+    direct = SyntheticStormDataset(3, 4, 32, 32, seed=9)
+    for i in range(3):
+        assert torch.equal(reread[i]["frames"], direct[i]["frames"])
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "frames: shape (3, 4, 32, 32, 1)  dtype uint8  range [0, " in text
+    assert "generator: SyntheticStormDataset" in text and "seed: 9" in text
+
+
+def test_generate_nbody_with_state(tmp_path, capsys):
+    out = tmp_path / "nbody.h5"
+    args = ["data", "generate", "nbody", "--out", str(out), "--num-sequences", "2", "--seq-len", "5"]
+    assert main([*args, "--quiet"]) == 0
+    direct = NBodyDataset(2, seq_len=5)
+    with h5py.File(out, "r") as f:
+        assert f["frames"].shape == (2, 5, 64, 64, 1) and f["frames"].dtype == np.uint8
+        np.testing.assert_array_equal(f["energy"][1], direct[1]["energy"].numpy())
+        np.testing.assert_array_equal(f["positions"][0], direct[0]["positions"].numpy())
+        expected = np.round(direct[0]["frames"].numpy() * 255)
+        np.testing.assert_array_equal(f["frames"][0], expected)
+
+
+def test_bad_arguments_are_reported(tmp_path, capsys):
+    assert main(["data", "generate", "storms", "--out", str(tmp_path / "x.npy"), "--quiet"]) == 2
+    assert "must end in" in capsys.readouterr().err
+    args = ["data", "generate", "storms", "--out", str(tmp_path / "x.h5"), "--num-sequences", "0", "--quiet"]
+    assert main(args) == 2
+    assert "num_sequences" in capsys.readouterr().err
+    assert main(["data", "inspect", str(tmp_path / "missing.h5")]) == 2
+    assert not list(tmp_path.iterdir())
