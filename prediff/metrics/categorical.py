@@ -95,15 +95,18 @@ def contingency_counts(
         ``[..., 2]`` false alarms, summed over batch, space and channels.
     """
     pred, target = check_pair(pred, target)
-    pred, target = max_pool_frames(pred, pool_size), max_pool_frames(target, pool_size)
-    counts = torch.zeros(pred.shape[1], len(thresholds), 3, dtype=torch.float64, device=pred.device)
-    dims = (0, 2, 3, 4)
+    num_frames = pred.shape[1]
+    # (T, everything else): the sums then run over contiguous memory.
+    pred = max_pool_frames(pred, pool_size).transpose(0, 1).reshape(num_frames, -1)
+    target = max_pool_frames(target, pool_size).transpose(0, 1).reshape(num_frames, -1)
+    counts = torch.zeros(num_frames, len(thresholds), 3, dtype=torch.float64, device=pred.device)
     for i, threshold in enumerate(thresholds):
         p = pred >= threshold
         t = target >= threshold
-        counts[:, i, 0] = (p & t).sum(dim=dims).double()
-        counts[:, i, 1] = (~p & t).sum(dim=dims).double()
-        counts[:, i, 2] = (p & ~t).sum(dim=dims).double()
+        hits = (p & t).sum(dim=1).double()
+        counts[:, i, 0] = hits
+        counts[:, i, 1] = t.sum(dim=1).double() - hits
+        counts[:, i, 2] = p.sum(dim=1).double() - hits
     return counts
 
 
