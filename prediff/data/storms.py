@@ -98,12 +98,19 @@ def _power_law_noise(
     # Scales larger than the cut-off belong to the envelopes, not to the texture.
     k = np.where(k < 1.0 / min_wavelength_cutoff, np.inf, k)
     shape = (len(betas), size, size // 2 + 1)
-    spectrum = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
-    filters = np.stack([k ** (-beta / 2.0) for beta in betas])
+    spectrum = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(
+        shape, dtype=np.float32
+    )
+    filters = np.stack([k ** (-beta / 2.0) for beta in betas]).astype(np.float32)
     fields = np.fft.irfft2(spectrum * filters, s=(size, size)).astype(np.float32)
     fields -= fields.mean(axis=(1, 2), keepdims=True)
     fields /= fields.std(axis=(1, 2), keepdims=True)
     return fields
+
+
+def _fft_size(minimum: float) -> int:
+    """Smallest 2^a 3^b >= ``minimum`` (fast FFT sizes)."""
+    return min(2**a * 3**b for a in range(16) for b in range(8) if 2**a * 3**b >= minimum)
 
 
 def _bilinear_border(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -240,7 +247,7 @@ def generate_storm_sequence(
     )
 
     # --- texture: three periodic power-law fields (two convective, mixed over time; one smoother stratiform)
-    period = 1 << math.ceil(math.log2(1.5 * L))
+    period = _fft_size(1.5 * L)
     texture = _power_law_noise(rng, period, [rng.uniform(2.3, 2.9), rng.uniform(2.3, 2.9), 3.0], 0.6 * L)
     conv_sigma = rng.uniform(0.8, 1.05)
     strat_sigma = 0.7
@@ -272,19 +279,35 @@ def _elliptic_sum(
     """Sum over k of ``amplitude[k, t] * exp(-q / 2)``, q the squared elliptical distance: (T, h, w).
 
     ``points`` (T, h, w, 2); ``centers`` (K, 2); ``orient`` (K,); ``sigma_*`` and ``amplitude`` (K, T).
+    Only the (cell, frame) pairs that can contribute are evaluated: a cell alive at that frame whose centre
+    lies within 4.5 sigma of the frame's points (beyond, exp(-q / 2) < 4e-5 of the peak).
     """
     T, h, w, _ = points.shape
+    out = np.zeros((T, h, w), dtype=np.float32)
     if centers.shape[0] == 0:
-        return np.zeros((T, h, w), dtype=np.float32)
-    active = amplitude.max(axis=1) > 0  # skip cells that never live inside the sequence
-    centers, orient = centers[active], orient[active]
-    sigma_along, sigma_across, amplitude = sigma_along[active], sigma_across[active], amplitude[active]
-    dx = points[None, ..., 0] - centers[:, 0, None, None, None]
-    dy = points[None, ..., 1] - centers[:, 1, None, None, None]
-    c, s = np.cos(orient)[:, None, None, None], np.sin(orient)[:, None, None, None]
-    a = (dx * c + dy * s) / np.maximum(sigma_along, 1e-3)[..., None, None]
-    b = (dy * c - dx * s) / np.maximum(sigma_across, 1e-3)[..., None, None]
-    return np.einsum("kt,kthw->thw", amplitude, np.exp(-0.5 * (a * a + b * b))).astype(np.float32)
+        return out
+    reach = 4.5 * np.maximum(sigma_along, sigma_across)  # (K, T)
+    low, high = points.min(axis=(1, 2)), points.max(axis=(1, 2))  # (T, 2) bounding boxes
+    near = (centers[:, None, :] > low[None] - reach[..., None]) & (
+        centers[:, None, :] < high[None] + reach[..., None]
+    )
+    k_idx, t_idx = np.nonzero(near.all(-1) & (amplitude > 0))
+    if k_idx.size == 0:
+        return out
+    order = np.argsort(t_idx, kind="stable")
+    k_idx, t_idx = k_idx[order], t_idx[order]
+    pts = points[t_idx].astype(np.float32)  # (P, h, w, 2)
+    dx = pts[..., 0] - centers[k_idx, 0, None, None].astype(np.float32)
+    dy = pts[..., 1] - centers[k_idx, 1, None, None].astype(np.float32)
+    c = np.cos(orient[k_idx]).astype(np.float32)[:, None, None]
+    s = np.sin(orient[k_idx]).astype(np.float32)[:, None, None]
+    a = (dx * c + dy * s) / np.maximum(sigma_along[k_idx, t_idx], 1e-3).astype(np.float32)[:, None, None]
+    b = (dy * c - dx * s) / np.maximum(sigma_across[k_idx, t_idx], 1e-3).astype(np.float32)[:, None, None]
+    values = np.exp(-0.5 * (a * a + b * b)) * amplitude[k_idx, t_idx].astype(np.float32)[:, None, None]
+    # Pairs are sorted by frame: sum each frame's contiguous group.
+    frames, starts = np.unique(t_idx, return_index=True)
+    out[frames] = np.add.reduceat(values, starts, axis=0)
+    return out
 
 
 def _render(
