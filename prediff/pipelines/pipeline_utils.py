@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub import ModelCard, ModelCardData, create_repo
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download
 
 __all__ = ["ForecastPipelineMixin", "check_value_range", "count_parameters", "to_context_tensor"]
 
@@ -57,21 +62,61 @@ class ForecastPipelineMixin:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, allow_pickle: bool = False, **kwargs
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        allow_pickle: bool = False,
+        torch_dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
+        variant: str | None = None,
+        **kwargs: Any,
     ):
-        r"""Load a saved pipeline from a local folder or a Hub repository id (cached copies work offline).
+        r"""Load a saved pipeline from a local folder or a Hub repository id (cached copies work offline,
+        e.g. with `HF_HUB_OFFLINE=1`).
 
         Weights load from safetensors only: pickle-based `.bin` files can execute code when loaded, so they
-        are refused unless `allow_pickle=True` is given explicitly. Other arguments are those of
-        [`~diffusers.DiffusionPipeline.from_pretrained`] (`revision`, `cache_dir`, `torch_dtype`, ...).
+        are refused unless `allow_pickle=True` is given explicitly. No code from the repository is ever run:
+        every component must be a class of prediff or Diffusers. Keyword arguments named like a component
+        (`unet=...`) replace that component; others are passed to the pipeline's constructor.
         """
-        if not allow_pickle:
-            if kwargs.get("use_safetensors") is False:
-                raise ValueError(
-                    "use_safetensors=False loads pickle files; pass allow_pickle=True to allow that"
+        if not allow_pickle and kwargs.get("use_safetensors") is False:
+            raise ValueError("use_safetensors=False loads pickle files; pass allow_pickle=True to allow that")
+        kwargs.pop("use_safetensors", None)
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            folder = Path(
+                snapshot_download(
+                    str(pretrained_model_name_or_path),
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=bool(local_files_only),
                 )
-            kwargs["use_safetensors"] = True
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            )
+        index_path = folder / "model_index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(f"no model_index.json in {folder}: not a saved pipeline")
+        index = json.loads(index_path.read_text())
+        if index.get("_class_name") not in (None, cls.__name__):
+            raise ValueError(f"{folder} holds a {index['_class_name']}, not a {cls.__name__}")
+        init = {}
+        for name, value in index.items():
+            if name.startswith("_"):
+                continue
+            if name in kwargs:
+                init[name] = kwargs.pop(name)
+            elif (
+                isinstance(value, list) and len(value) == 2 and all(isinstance(v, str | None) for v in value)
+            ):
+                init[name] = _load_component(folder, name, value, allow_pickle, torch_dtype, variant)
+            else:
+                init[name] = value
+        init.update(kwargs)
+        pipeline = cls(**init)
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
 
     def model_card(self) -> ModelCard:
         """The model card: inputs, units and scaling, shapes, components and training data."""
@@ -149,3 +194,38 @@ class ForecastPipelineMixin:
 
 def count_parameters(module: torch.nn.Module | None) -> str:
     return "-" if module is None else f"{sum(p.numel() for p in module.parameters()):,}"
+
+
+# Components are looked up only in these packages, so loading never imports code named by a repository.
+_COMPONENT_LIBRARIES = ("prediff", "diffusers")
+
+
+def _load_component(
+    folder: Path,
+    name: str,
+    entry: list,
+    allow_pickle: bool,
+    torch_dtype: torch.dtype | None,
+    variant: str | None,
+) -> Any:
+    """Load the component `name` recorded as `[library, class_name]` in `model_index.json`."""
+    library, class_name = entry
+    if library is None or class_name is None:
+        return None
+    if library.split(".")[0] not in _COMPONENT_LIBRARIES:
+        raise ValueError(
+            f"component {name!r} is a {library}.{class_name}; only classes of {_COMPONENT_LIBRARIES} "
+            "can be loaded"
+        )
+    module = importlib.import_module(library)
+    component_cls = getattr(module, class_name, None)
+    if component_cls is None:
+        component_cls = getattr(importlib.import_module(library.split(".")[0]), class_name, None)
+    if not isinstance(component_cls, type) or not issubclass(component_cls, ModelMixin | SchedulerMixin):
+        raise ValueError(f"component {name!r}: {library}.{class_name} is not a Diffusers model or scheduler")
+    if issubclass(component_cls, SchedulerMixin):
+        return component_cls.from_pretrained(folder, subfolder=name)
+    model = component_cls.from_pretrained(
+        folder, subfolder=name, use_safetensors=not allow_pickle, torch_dtype=torch_dtype, variant=variant
+    )
+    return model.eval()

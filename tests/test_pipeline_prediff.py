@@ -1,0 +1,410 @@
+"""PreDiffPipeline on tiny components: shapes, units, seeds, save/load, schedulers, callbacks, control."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from prediff.knowledge import AnticipatedIntensityControl, FunctionControl
+from prediff.models.autoencoder import autoencoder_from_preset, decode_sequence
+from prediff.pipelines import PreDiffPipeline, PreDiffPipelineOutput
+from prediff.schedulers import prediff_scheduler
+
+STEPS = 3
+
+
+def generators(n: int, offset: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(offset + i) for i in range(n)]
+
+
+def tiny_pipeline(scheduler: str = "dpmsolver++", trained_like: bool = False) -> PreDiffPipeline:
+    torch.manual_seed(0)
+    pipe = PreDiffPipeline.from_preset("prediff-tiny", scheduler=scheduler)
+    if trained_like:
+        # The official init zeroes the output layer (eps = 0); random outputs make every weight matter.
+        torch.nn.init.normal_(pipe.unet.final_proj.weight, std=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe() -> PreDiffPipeline:
+    return tiny_pipeline(trained_like=True)
+
+
+@pytest.fixture(scope="module")
+def context() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.random((2, 3, 32, 32, 1)) * 255).astype(np.float32)
+
+
+def test_output_shapes_types_and_units(pipe, context):
+    out = pipe(context, num_inference_steps=STEPS, num_ensemble_members=2, generator=generators(4))
+    assert isinstance(out, PreDiffPipelineOutput)
+    assert isinstance(out.frames, np.ndarray) and out.frames.shape == (2, 2, 2, 32, 32, 1)
+    pt = pipe(
+        torch.from_numpy(context),
+        num_inference_steps=STEPS,
+        num_ensemble_members=2,
+        generator=generators(4),
+        output_type="pt",
+    ).frames
+    latent = pipe(
+        context,
+        num_inference_steps=STEPS,
+        num_ensemble_members=2,
+        generator=generators(4),
+        output_type="latent",
+        return_dict=False,
+    )[0]
+    assert isinstance(pt, torch.Tensor) and latent.shape == (2, 2, 2, 8, 8, 4)
+    np.testing.assert_allclose(pt.numpy(), out.frames, rtol=1e-5, atol=1e-4)
+    # Frames are the decoded latents, mapped from [0, 1] back to physical units 0-255.
+    with torch.no_grad():
+        unit = decode_sequence(pipe.vae, latent.reshape(4, 2, 8, 8, 4)).reshape(out.frames.shape)
+    np.testing.assert_allclose(out.frames, unit.numpy() * 255.0, rtol=1e-5, atol=1e-3)
+    assert pipe.context_shape == (3, 32, 32, 1) and pipe.forecast_shape == (2, 32, 32, 1)
+
+
+def test_context_is_scaled_by_value_range(pipe, context):
+    with torch.no_grad():
+        latents = pipe.encode_context(torch.from_numpy(context))
+        direct = pipe.vae.encode(
+            torch.from_numpy(context[0, 0] / 255.0).permute(2, 0, 1)[None]
+        ).latent_dist.mean
+    torch.testing.assert_close(latents[0, 0], direct[0].permute(1, 2, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_seeds_reproduce_members_differ_and_members_are_independent(pipe, context):
+    kwargs = dict(num_inference_steps=STEPS, num_ensemble_members=3, output_type="latent")
+    a = pipe(context, generator=generators(6), **kwargs).frames
+    b = pipe(context, generator=generators(6), **kwargs).frames
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[:, 0], a[:, 1]) and not torch.allclose(a[0, 0], a[1, 0])
+    # Member (context 1, member 2) is seeded by generator 5 alone: as a one-member run with that seed.
+    alone = pipe(
+        context[1:], generator=generators(1, offset=5), num_inference_steps=STEPS, output_type="latent"
+    )
+    torch.testing.assert_close(a[1, 2], alone.frames[0, 0], rtol=1e-4, atol=1e-4)
+    # One generator for everything is reproducible too.
+    c = pipe(context, generator=torch.Generator().manual_seed(9), **kwargs).frames
+    d = pipe(context, generator=torch.Generator().manual_seed(9), **kwargs).frames
+    assert torch.equal(c, d) and not torch.allclose(c[0, 0], c[0, 1])
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver++"])
+def test_save_load_reproduces_the_ensemble(scheduler, context, tmp_path):
+    pipe = tiny_pipeline(scheduler, trained_like=True)
+    kwargs = dict(num_inference_steps=4, num_ensemble_members=2)
+    before = pipe(context, generator=generators(4), **kwargs).frames
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "knowledge_model" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not list(tmp_path.rglob("*.bin"))
+    loaded = PreDiffPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is type(pipe.scheduler)
+    assert loaded.value_range == (0.0, 255.0)
+    after = loaded(context, generator=generators(4), **kwargs).frames
+    np.testing.assert_array_equal(after, before)
+    assert np.isfinite(before).all()
+
+
+def test_model_card_and_pickle_refusal(context, tmp_path):
+    pipe = PreDiffPipeline.from_preset("prediff-tiny", knowledge_model=False)
+    pipe.save_pretrained(tmp_path / "safe")
+    card = (tmp_path / "safe" / "README.md").read_text()
+    for fact in [
+        "(B, 3, 32, 32, 1)",
+        "(B, M, 2, 32, 32, 1)",
+        "(x - 0) / (255 - 0)",
+        "(8, 8, 4)",
+        "Training data",
+    ]:
+        assert fact in card
+    assert "library_name: prediff" in card
+    assert json.loads((tmp_path / "safe" / "model_index.json").read_text())["knowledge_model"] == [None, None]
+    sevir_card = PreDiffPipeline.from_preset("prediff-sevirlr").model_card()
+    assert "SEVIR-LR" in str(sevir_card) and "84,499,393" in str(sevir_card) and "VIL" in str(sevir_card)
+
+    pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert list((tmp_path / "pickled").rglob("*.bin"))
+    with pytest.raises(EnvironmentError):
+        PreDiffPipeline.from_pretrained(tmp_path / "pickled")
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        PreDiffPipeline.from_pretrained(tmp_path / "pickled", use_safetensors=False)
+    loaded = PreDiffPipeline.from_pretrained(tmp_path / "pickled", allow_pickle=True)
+    assert loaded.knowledge_model is None
+
+
+def test_loads_by_repo_id_from_the_hub_cache_offline(context, tmp_path):
+    pipe = tiny_pipeline("ddim", trained_like=True)
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--prediff-org--prediff-tiny"
+    pipe.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    np.save(tmp_path / "context.npy", context)
+    expected = pipe(
+        context, num_inference_steps=STEPS, num_ensemble_members=2, generator=generators(4)
+    ).frames
+
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from prediff.pipelines import PreDiffPipeline\n"
+        "pipe = PreDiffPipeline.from_pretrained('prediff-org/prediff-tiny')\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "g = [torch.Generator().manual_seed(i) for i in range(4)]\n"
+        "ctx = np.load(sys.argv[1] + '/context.npy')\n"
+        f"out = pipe(ctx, num_inference_steps={STEPS}, num_ensemble_members=2, generator=g).frames\n"
+        "np.save(sys.argv[1] + '/out.npy', out)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver++", "unipc", "euler"])
+def test_every_scheduler_drives_the_pipeline(scheduler, context):
+    pipe = tiny_pipeline(scheduler, trained_like=True)
+    out = pipe(context[:1], num_inference_steps=STEPS, num_ensemble_members=2, generator=generators(2)).frames
+    assert out.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(out).all()
+
+
+def test_default_steps_follow_the_scheduler():
+    assert tiny_pipeline("dpmsolver++")._default_steps() == 20
+    assert tiny_pipeline("ddim")._default_steps() == 50
+    assert tiny_pipeline("ddpm")._default_steps() == 1000
+
+
+def test_callback_reads_and_replaces_latents(pipe, context):
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        seen.append((i, int(t), tuple(kwargs["latents"].shape), tuple(kwargs["context_latents"].shape)))
+        if i == STEPS - 1:
+            return {"latents": torch.full_like(kwargs["latents"], 0.25)}
+        return {}
+
+    out = pipe(
+        context,
+        num_inference_steps=STEPS,
+        num_ensemble_members=2,
+        generator=generators(4),
+        output_type="latent",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", "context_latents"],
+    ).frames
+    assert [s[0] for s in seen] == list(range(STEPS))
+    assert seen[0][2] == (4, 2, 8, 8, 4) and seen[0][3] == (4, 3, 8, 8, 4)
+    assert torch.equal(out, torch.full_like(out, 0.25))
+
+
+def test_bad_inputs_give_clear_errors(pipe, context):
+    call = dict(num_inference_steps=2)
+    with pytest.raises(
+        ValueError, match=r"context must have shape \(B, T_in, H, W, C\) = \(\?, 3, 32, 32, 1\)"
+    ):
+        pipe(context[:, :2], **call)
+    with pytest.raises(ValueError, match="context must have shape"):
+        pipe(context[0], **call)
+    bad = context.copy()
+    bad[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="context contains NaN"):
+        pipe(bad, **call)
+    with pytest.raises(ValueError, match="context must be a numpy array or torch.Tensor"):
+        pipe(context.tolist(), **call)
+    with pytest.raises(ValueError, match="output_type must be one of"):
+        pipe(context, output_type="pil", **call)
+    with pytest.raises(ValueError, match="num_inference_steps must be a positive int, got 0"):
+        pipe(context, num_inference_steps=0)
+    with pytest.raises(ValueError, match="num_ensemble_members must be a positive int"):
+        pipe(context, num_ensemble_members=0, **call)
+    with pytest.raises(ValueError, match="= 4, got 3"):
+        pipe(context, num_ensemble_members=2, generator=generators(3), **call)
+    with pytest.raises(ValueError, match="latents must be a torch.Tensor of shape"):
+        pipe(context, latents=torch.zeros(3, 2, 8, 8, 4), **call)
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs must be among"):
+        pipe(
+            context, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"], **call
+        )
+    with pytest.raises(ValueError, match="knowledge_controls must be KnowledgeControl"):
+        pipe(context, knowledge_controls=[lambda x: x], **call)
+    official = AnticipatedIntensityControl(target=10.0, method="analytic", form="official")
+    with pytest.raises(
+        ValueError, match="needs a DDPMScheduler; the pipeline has DPMSolverMultistepScheduler"
+    ):
+        pipe(context, knowledge_controls=official, **call)
+    no_model = PreDiffPipeline.from_preset("prediff-tiny", knowledge_model=False)
+    with pytest.raises(ValueError, match="needs a KnowledgeAlignmentModel"):
+        no_model(context, knowledge_controls=AnticipatedIntensityControl(target=10.0), **call)
+    for scheduler, message in [
+        (FlowMatchEulerDiscreteScheduler(), "cannot be driven by PreDiffPipeline"),
+        (prediff_scheduler("ddim", prediction_type="v_prediction"), "prediction_type='v_prediction'"),
+    ]:
+        broken = PreDiffPipeline(pipe.vae, pipe.unet, scheduler)
+        with pytest.raises(ValueError, match=message):
+            broken(context, **call)
+    with pytest.raises(ValueError, match="value_range must be finite with lo < hi"):
+        PreDiffPipeline(pipe.vae, pipe.unet, pipe.scheduler, value_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="has 4 channels but the vae has latent_channels=8"):
+        other_vae = autoencoder_from_preset("prediff-tiny", latent_channels=8)
+        PreDiffPipeline(other_vae, pipe.unet, pipe.scheduler)
+
+
+def test_temporal_decoder_variant_runs(context):
+    base = tiny_pipeline("ddim")
+    vae = autoencoder_from_preset(
+        "prediff-tiny", temporal_decoder=True, block_out_channels=(32, 32, 32), latent_channels=4
+    )
+    pipe = PreDiffPipeline(vae, base.unet, base.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(context[:1], num_inference_steps=2, num_ensemble_members=2, generator=generators(2)).frames
+    assert out.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------- knowledge control
+
+
+def mean_intensity(frames: np.ndarray) -> np.ndarray:
+    return frames.mean(axis=(2, 3, 4, 5))
+
+
+@pytest.fixture(scope="module")
+def untrained() -> PreDiffPipeline:
+    return tiny_pipeline("ddim")
+
+
+def test_scale_zero_never_changes_the_result(untrained, context):
+    kwargs = dict(num_inference_steps=STEPS, num_ensemble_members=2)
+    plain = untrained(context, generator=generators(4), **kwargs).frames
+    zero = [
+        AnticipatedIntensityControl(target=200.0, scale=0.0, method="analytic"),
+        AnticipatedIntensityControl(target=200.0, scale=0.0),
+        FunctionControl(lambda x: x.mean(dim=(1, 2, 3, 4)).abs(), scale=0.0),
+    ]
+    np.testing.assert_array_equal(
+        untrained(context, generator=generators(4), knowledge_controls=zero, **kwargs).frames, plain
+    )
+
+
+def test_analytic_intensity_moves_halfway_to_per_context_targets(untrained, context):
+    kwargs = dict(num_inference_steps=4, num_ensemble_members=2)
+    base = mean_intensity(untrained(context, generator=generators(4), **kwargs).frames)  # (B, M)
+    # Context 0 is pushed down, context 1 up: no coupling between samples.
+    target = np.array([base[0].mean() - 20.0, base[1].mean() + 20.0])
+    control = AnticipatedIntensityControl(target=target.tolist(), scale=1e4, method="analytic")
+    steered = mean_intensity(
+        untrained(context, generator=generators(4), knowledge_controls=[control], **kwargs).frames
+    )
+    progress = (steered - base) / (target[:, None] - base)
+    assert (progress >= 0.5).all() and (progress <= 1.5).all(), progress
+
+
+def test_learned_intensity_control_moves_its_prediction(untrained, context):
+    # The untrained alignment network still has a gradient: its own prediction must move toward the target.
+    kwargs = dict(num_inference_steps=4, num_ensemble_members=2, output_type="latent")
+    base = untrained(context, generator=generators(4), **kwargs).frames.flatten(0, 1)
+    t0 = torch.tensor(0)
+    with torch.no_grad():
+        pred_base = untrained.knowledge_model(base, t0).sample.mean(dim=(1, 2)) * 255.0
+    target = float(pred_base.mean()) + 30.0
+    control = AnticipatedIntensityControl(target=target, scale=300.0)
+    steered = untrained(
+        context, generator=generators(4), knowledge_controls=control, **kwargs
+    ).frames.flatten(0, 1)
+    with torch.no_grad():
+        pred = untrained.knowledge_model(steered, t0).sample.mean(dim=(1, 2)) * 255.0
+    assert ((target - pred).abs() < (target - pred_base).abs()).all(), (pred_base, pred, target)
+
+
+def test_function_control_moves_its_function_halfway(untrained, context):
+    kwargs = dict(num_inference_steps=4, num_ensemble_members=2)
+    base = untrained(context, generator=generators(4), **kwargs).frames
+    quadrant = base[..., :16, :16, :].mean(axis=(2, 3, 4, 5))  # (B, M)
+    # One target per row (rows ordered context, member): 15 units above that member's uncontrolled value.
+    target = torch.from_numpy(quadrant.reshape(-1) + 15.0)
+
+    def violation(forecast: torch.Tensor) -> torch.Tensor:
+        return (forecast[..., :16, :16, :].mean(dim=(1, 2, 3, 4)) - target).abs()
+
+    steered = untrained(
+        context, generator=generators(4), knowledge_controls=FunctionControl(violation, scale=0.06), **kwargs
+    ).frames
+    progress = (steered[..., :16, :16, :].mean(axis=(2, 3, 4, 5)) - quadrant) / 15.0
+    assert (progress >= 0.5).all() and (progress <= 1.5).all(), progress
+
+
+def test_several_controls_combine_with_their_own_scales(untrained, context):
+    kwargs = dict(num_inference_steps=STEPS, num_ensemble_members=1, output_type="latent")
+
+    def fa(x):
+        return (x.mean(dim=(1, 2, 3, 4)) - 50.0).abs()
+
+    def fb(x):
+        return (x[..., :16, :, :].mean(dim=(1, 2, 3, 4)) + 80.0).abs()
+
+    combined = untrained(
+        context,
+        generator=generators(2),
+        knowledge_controls=[FunctionControl(fa, scale=3e3), FunctionControl(fb, scale=1e3)],
+        **kwargs,
+    ).frames
+    single = untrained(
+        context,
+        generator=generators(2),
+        knowledge_controls=FunctionControl(lambda x: 3 * fa(x) + fb(x), scale=1e3),
+        **kwargs,
+    ).frames
+    only_a = untrained(
+        context, generator=generators(2), knowledge_controls=FunctionControl(fa, scale=3e3), **kwargs
+    )
+    # Equal up to float rounding carried through the steps; dropping one control is a much larger change.
+    scale = combined.abs().max()
+    assert (combined - single).abs().max() / scale < 2e-3
+    assert (combined - only_a.frames).abs().max() / scale > 2e-2
+
+
+def test_official_and_score_forms_agree_in_sign(context):
+    pipe = tiny_pipeline("ddpm")
+    kwargs = dict(num_inference_steps=5, num_ensemble_members=2)
+    base = pipe(context, generator=generators(4), output_type="latent", **kwargs).frames
+    base_intensity = mean_intensity(pipe(context, generator=generators(4), **kwargs).frames)
+    target = float(base_intensity.mean()) + 20.0
+    shifts, moves = {}, {}
+    for form, scale in [("score", 1e4), ("official", 1e3)]:
+        control = AnticipatedIntensityControl(target=target, scale=scale, method="analytic", form=form)
+        latents = pipe(
+            context, generator=generators(4), knowledge_controls=control, output_type="latent", **kwargs
+        )
+        frames = pipe(context, generator=generators(4), knowledge_controls=control, **kwargs).frames
+        shifts[form] = (latents.frames - base).flatten(1)
+        moves[form] = mean_intensity(frames) - base_intensity
+    cosine = torch.nn.functional.cosine_similarity(shifts["score"], shifts["official"], dim=1)
+    assert (cosine > 0.5).all(), cosine
+    assert (moves["score"] > 0).all() and (moves["official"] > 0).all(), moves
+
+
+def test_posterior_std_is_the_fixed_small_ddpm_std():
+    pipe = tiny_pipeline("ddpm")
+    pipe.scheduler.set_timesteps(1000)
+    for t in (999, 500, 1):
+        expected = pipe.scheduler._get_variance(t).sqrt()
+        torch.testing.assert_close(pipe._posterior_std(torch.tensor(t)), expected, rtol=1e-5, atol=0)
+    assert pipe._posterior_std(torch.tensor(0)).item() == pytest.approx(1e-10)
