@@ -1,9 +1,8 @@
 """Generation speed of the synthetic storm data set (the embedded default data).
 
-Generates ``--num-sequences`` sequences of ``--seq-len`` x ``--size`` x ``--size`` radar frames, in the calling
-process (torch's default thread count) and through a ``DataLoader`` with ``--workers`` worker processes (one
-thread each), and prints a Markdown table of sequences per second. The target is 1,000 sequences of 13 x 128 x 128
-in under 30 s on 2 CPU cores.
+Generates ``--num-sequences`` sequences of ``--seq-len`` x ``--size`` x ``--size`` radar frames, in the
+calling process and through a ``DataLoader`` with ``--workers`` worker processes, and prints a Markdown table
+of sequences per second. The target is 1,000 sequences of 13 x 128 x 128 in under 30 s on 2 CPU cores.
 
     python benchmarks/bench_storms.py
     python benchmarks/bench_storms.py --num-sequences 200 --workers 4
@@ -15,15 +14,9 @@ import argparse
 import os
 import time
 
-import torch
 from torch.utils.data import DataLoader
 
 from prediff.data import SyntheticStormDataset
-
-
-def _one_thread(_: int) -> None:
-    # Workers share the cores: one thread each avoids oversubscription.
-    torch.set_num_threads(1)
 
 
 def run(dataset: SyntheticStormDataset, workers: int, batch_size: int) -> float:
@@ -33,7 +26,7 @@ def run(dataset: SyntheticStormDataset, workers: int, batch_size: int) -> float:
         for i in range(len(dataset)):
             dataset[i]
     else:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, worker_init_fn=_one_thread)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         for _ in loader:
             pass
     return time.perf_counter() - start
@@ -50,18 +43,18 @@ def main() -> None:
 
     dataset = SyntheticStormDataset(args.num_sequences, args.seq_len, args.size, args.size, seed=0)
     dataset[0]  # warm-up (imports, first FFT plans)
-    rows = [("in process", torch.get_num_threads(), run(dataset, 0, args.batch_size))]
+    rows = [("in process", run(dataset, 0, args.batch_size))]
     if args.workers > 0:
-        rows.append((f"DataLoader, {args.workers} workers", 1, run(dataset, args.workers, args.batch_size)))
+        rows.append((f"DataLoader, {args.workers} workers", run(dataset, args.workers, args.batch_size)))
 
     shape = f"{args.seq_len}x{args.size}x{args.size}"
     print(f"SyntheticStormDataset: {args.num_sequences} sequences of {shape}, {os.cpu_count()} CPU cores")
     print()
-    print("| mode | torch threads | seconds | sequences/s | frames/s |")
-    print("|---|---:|---:|---:|---:|")
-    for mode, threads, seconds in rows:
+    print("| mode | seconds | sequences/s | frames/s |")
+    print("|---|---:|---:|---:|")
+    for mode, seconds in rows:
         rate = args.num_sequences / seconds
-        print(f"| {mode} | {threads} | {seconds:.1f} | {rate:.1f} | {rate * args.seq_len:.0f} |")
+        print(f"| {mode} | {seconds:.1f} | {rate:.1f} | {rate * args.seq_len:.0f} |")
 
 
 if __name__ == "__main__":

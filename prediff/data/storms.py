@@ -19,9 +19,10 @@ and upsampled, and the texture is drawn once per sequence by FFT and sampled alo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -81,6 +82,25 @@ def future_intensity_stats(
             )
         values[i] = float(frames[context_length:].double().mean())
     return IntensityStats(float(values.mean()), float(values.std()))
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch's CPU ops on one thread, restoring the previous setting afterwards.
+
+    Each op here touches only a few hundred thousand values: splitting it across threads gains nothing, and on
+    a busy machine the threads' synchronisation made generation several times slower. (``DataLoader`` workers
+    already run on one thread each.)
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _sequence_rng(seed: int, index: int) -> np.random.Generator:
@@ -254,18 +274,19 @@ def generate_storm_sequence(
     texture_rate = rng.uniform(0.04, 0.12)
     threshold = rng.uniform(4.0, 9.0)
 
-    return _render(
-        origin,
-        convective,
-        stratiform,
-        texture,
-        (H, W),
-        conv_sigma,
-        strat_sigma,
-        texture_rate,
-        threshold,
-        period,
-    )
+    with _one_torch_thread():
+        return _render(
+            origin,
+            convective,
+            stratiform,
+            texture,
+            (H, W),
+            conv_sigma,
+            strat_sigma,
+            texture_rate,
+            threshold,
+            period,
+        )
 
 
 def _elliptic_sum(
