@@ -66,6 +66,9 @@ def test_written_file_round_trip(tmp_path, data):
     with pytest.raises(ValueError, match="expected num_sequences=4"):
         write_sequences(tmp_path / "short.h5", iter(data), 4, data.shape[1:], progress=False)
     assert not (tmp_path / "short.h5").exists()  # nothing half-written is left behind
+    with pytest.raises(ValueError, match="more than num_sequences=2"):
+        write_sequences(tmp_path / "long.zarr", iter(data), 2, data.shape[1:], progress=False)
+    assert not list(tmp_path.glob("*long*")) and not list(tmp_path.glob(".*tmp"))
     with pytest.raises(ValueError, match="must end in"):
         write_sequences(tmp_path / "x.npy", iter(data), 3, data.shape[1:], progress=False)
 

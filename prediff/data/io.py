@@ -85,6 +85,8 @@ def write_sequences(
         buffers = {name: np.empty((chunk_sequences, *shape), dtype=dt) for name, (shape, dt) in specs.items()}
         start = count = 0
         for item in items:
+            if start + count == num_sequences:
+                raise ValueError(f"items yielded more than num_sequences={num_sequences} sequences")
             record = item if isinstance(item, Mapping) else {"frames": item}
             for name, (shape, _) in specs.items():
                 if name not in record:
@@ -102,8 +104,6 @@ def write_sequences(
                 start += count
                 bar.update(count)
                 count = 0
-            if start + count > num_sequences:
-                raise ValueError(f"items yielded more than num_sequences={num_sequences} sequences")
         if count:
             for name in specs:
                 arrays[name][start : start + count] = buffers[name][:count]
