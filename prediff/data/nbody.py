@@ -286,7 +286,8 @@ class NBodyDataset(Dataset):
             "gravity": self.gravity,
             "softening": self.softening,
             "max_speed": self.max_speed,
-            "units": self.units,
+            # Written files store frames as 8-bit levels: stored / 255 gives the items' frames.
+            "units": "digit intensity as 8-bit levels 0-255",
             "value_range": [0.0, 255.0],
         }
 
