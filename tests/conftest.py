@@ -34,6 +34,6 @@ def random_official_state_dict(section: str, seed: int = 0) -> dict[str, torch.T
     return {key: torch.randn(shape, generator=generator) for key, (shape, _) in official_listing(section).items()}
 
 
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference relative to the largest magnitude of ``expected`` (0 when both are 0)."""
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1e-12) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``expected`` (at least ``floor``)."""
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(floor)).item()
