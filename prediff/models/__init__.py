@@ -1,6 +1,7 @@
-"""Every trainable network of prediff (Diffusers ``ModelMixin`` + ``ConfigMixin``)."""
+"""Every trainable network of prediff (Diffusers ``ModelMixin`` + ``ConfigMixin``), and the VAE helpers."""
 
 from .alignment import KnowledgeAlignmentModel, KnowledgeAlignmentOutput
+from .autoencoder import autoencoder_from_preset, decode_sequence, encode_sequence
 from .earthformer_unet import EarthformerUNetModel, EarthformerUNetOutput
 
 __all__ = [
@@ -8,4 +9,7 @@ __all__ = [
     "EarthformerUNetOutput",
     "KnowledgeAlignmentModel",
     "KnowledgeAlignmentOutput",
+    "autoencoder_from_preset",
+    "decode_sequence",
+    "encode_sequence",
 ]
