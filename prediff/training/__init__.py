@@ -1,0 +1,73 @@
+"""Training every component with Accelerate: configurations, loops, losses and resumable checkpoints.
+
+Command line: ``prediff train {vae,denoiser,alignment,earthformer} --config FILE [--key value ...]``, also
+under ``accelerate launch -m prediff train ...``. From Python:
+
+```py
+>>> from prediff.training import DenoiserTrainer, load_config
+>>> config = load_config("denoiser", "examples/configs/synthetic-tiny/denoiser.yaml", {"vae": "runs/vae"})
+>>> DenoiserTrainer(config).train()  # a PreDiffPipeline folder in config.output_dir
+```
+
+PyYAML is needed to read configuration files and tensorboard to log: ``pip install "prediff[train]"``.
+"""
+
+from .config import (
+    CONFIG_CLASSES,
+    AlignmentTrainingConfig,
+    DataConfig,
+    DenoiserTrainingConfig,
+    EarthformerTrainingConfig,
+    TrainingConfig,
+    VAETrainingConfig,
+    load_config,
+    parse_override_args,
+)
+from .latent import load_vae
+from .losses import DiffusionLoss, PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
+from .train_alignment import AlignmentTrainer, frame_statistic, train_alignment
+from .train_denoiser import DenoiserTrainer, train_denoiser
+from .train_earthformer import EarthformerTrainer, train_earthformer
+from .train_vae import VAETrainer, train_vae
+from .trainer import Trainer, build_datasets
+from .utils import NonFiniteLossError, ShardedBatchSampler, find_checkpoint, list_checkpoints
+
+TRAINERS = {
+    "vae": VAETrainer,
+    "denoiser": DenoiserTrainer,
+    "alignment": AlignmentTrainer,
+    "earthformer": EarthformerTrainer,
+}
+
+__all__ = [
+    "CONFIG_CLASSES",
+    "TRAINERS",
+    "AlignmentTrainer",
+    "AlignmentTrainingConfig",
+    "DataConfig",
+    "DenoiserTrainer",
+    "DenoiserTrainingConfig",
+    "DiffusionLoss",
+    "EarthformerTrainer",
+    "EarthformerTrainingConfig",
+    "NonFiniteLossError",
+    "PatchGANDiscriminator",
+    "ShardedBatchSampler",
+    "Trainer",
+    "TrainingConfig",
+    "VAETrainer",
+    "VAETrainingConfig",
+    "build_datasets",
+    "find_checkpoint",
+    "frame_statistic",
+    "hinge_discriminator_loss",
+    "list_checkpoints",
+    "load_config",
+    "load_vae",
+    "parse_override_args",
+    "train_alignment",
+    "train_denoiser",
+    "train_earthformer",
+    "train_vae",
+    "vae_generator_loss",
+]

@@ -1,0 +1,600 @@
+"""Training configurations: YAML files with ``--key value`` overrides, checked before any training starts.
+
+A configuration is a dataclass per component ([`VAETrainingConfig`], [`DenoiserTrainingConfig`],
+[`AlignmentTrainingConfig`], [`EarthformerTrainingConfig`]) sharing the flags of Diffusers' training examples
+(`mixed_precision`, `gradient_accumulation_steps`, `checkpointing_steps`, ...). Two sections are nested:
+
+- `data` ([`DataConfig`]): which data set, its path, lengths, split and augmentation;
+- `model`: a free mapping of the network's constructor arguments, with an optional `preset` whose entries
+  the others replace. It is checked against the constructor's signature when the network is built.
+
+Overrides address keys by name, nested ones with a dot: `--max_train_steps 4`, `--data.num_sequences 8`,
+`--model.base_units 32`. Values are read as YAML (`4`, `1e-4`, `true`, `[1, 1]`, `null`).
+
+Unknown keys, wrong types and impossible values raise `ValueError` naming the key, the expected and the
+received value; a missing data path raises `FileNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CONFIG_CLASSES",
+    "AlignmentTrainingConfig",
+    "DataConfig",
+    "DenoiserTrainingConfig",
+    "EarthformerTrainingConfig",
+    "TrainingConfig",
+    "VAETrainingConfig",
+    "apply_overrides",
+    "config_to_dict",
+    "load_config",
+    "parse_override_args",
+]
+
+DATASETS = ("storms", "sevir", "file")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+)
+REPORT_TO = ("tensorboard", "none")
+OPTIMIZERS = ("adamw", "adam")
+
+
+@dataclass
+class DataConfig:
+    """Where training sequences come from and how they are cut.
+
+    Attributes:
+        dataset: "storms" (synthetic radar storms, generated, no download), "sevir" (a SEVIR / SEVIR-LR root
+            with CATALOG.csv and data/) or "file" (an HDF5 / zarr file written by `prediff data generate` or
+            any (N, T, H, W, C) array file).
+        path: the SEVIR root or the file; required unless `dataset` is "storms".
+        context_length, target_length: frames given to the model and frames to forecast (T_in, T_out).
+        seq_len: frames per item; default `context_length + target_length` (the VAE recipes use 1: frames are
+            independent samples).
+        stride: step between windows inside an event / array sequence (default `seq_len`).
+        num_sequences, height, width, seed: the synthetic storms (number, frame size in pixels, generator
+            seed).
+        img_type, start_date, end_date: SEVIR image type and event time range (`start < time <= end`).
+        key: array name inside a "file" data set.
+        val_fraction: share of items held out for validation (the official split holds out 10 %).
+        split_seed: seed of that split.
+        augment: random flips and quarter turns of every training item (same on all its frames).
+        cache_in_memory: decode / generate every item once and keep them in memory (small data sets).
+        num_workers: DataLoader worker processes.
+    """
+
+    dataset: str = "storms"
+    path: str | None = None
+    context_length: int = 7
+    target_length: int = 6
+    seq_len: int | None = None
+    stride: int | None = None
+    num_sequences: int = 512
+    height: int = 128
+    width: int = 128
+    seed: int = 0
+    img_type: str = "vil"
+    start_date: str | None = None
+    end_date: str | None = None
+    key: str = "frames"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    augment: bool = False
+    cache_in_memory: bool = False
+    num_workers: int = 0
+
+    @property
+    def window_length(self) -> int:
+        return self.seq_len if self.seq_len is not None else self.context_length + self.target_length
+
+
+@dataclass
+class TrainingConfig:
+    """Flags shared by every training command (names as in Diffusers' training examples).
+
+    Attributes:
+        output_dir: where checkpoints (`checkpoint-{step}`), logs (`logs/`), validation pictures
+            (`validation/`) and the trained result go.
+        seed: seed of the initial weights and of every random draw during training (noise, timesteps,
+            dropout, augmentation, data order); a resumed run continues the same random sequence.
+        data: see [`DataConfig`].
+        model: constructor arguments of the trained network; `preset` names a published configuration.
+        train_batch_size: items per process and micro-batch.
+        max_train_steps: optimizer steps; when null, `num_train_epochs` passes over the data.
+        num_train_epochs: used only without `max_train_steps`.
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        learning_rate, scale_lr: peak learning rate; with `scale_lr` it is multiplied by the total batch
+            (`train_batch_size * gradient_accumulation_steps * num_processes`).
+        lr_scheduler, lr_warmup_steps, lr_num_cycles, lr_power: Diffusers' `get_scheduler` arguments
+            (warmup in optimizer steps).
+        optimizer, adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: the optimizer.
+        max_grad_norm: gradient clipping by global norm (null: none).
+        mixed_precision: "no", "fp16" or "bf16" (Accelerate's automatic mixed precision).
+        allow_tf32: TF32 matmuls on Ampere and newer GPUs.
+        gradient_checkpointing: recompute activations in backward to save memory.
+        compile: `torch.compile` the trained network.
+        attention_backend: "sdpa" (default of the networks) or "reference" for the cuboid-attention networks.
+        checkpointing_steps: save a resumable checkpoint every this many optimizer steps.
+        checkpoints_total_limit: keep at most this many checkpoints (oldest removed first).
+        resume_from_checkpoint: a checkpoint folder or "latest" (the newest complete one in `output_dir`).
+        use_ema, ema_decay: exponential moving average of the weights (warm-up `(1+n)/(10+n)` as in the
+            official code); the exported network holds the averaged weights.
+        validation_steps: validate every this many steps (null: only at the end).
+        num_validation_batches: batches of the validation split used for the validation loss.
+        num_validation_samples: items drawn as pictures (and, for the denoiser, forecast).
+        report_to: "tensorboard" (skipped with a warning when tensorboard is not installed) or "none".
+        logging_dir: tensorboard folder, relative to `output_dir`.
+        push_to_hub, hub_model_id, hub_private: upload the result to the Hugging Face Hub (the token comes
+            from            `huggingface-cli login` or `HF_TOKEN`).
+    """
+
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=dict)
+    train_batch_size: int = 2
+    max_train_steps: int | None = None
+    num_train_epochs: int = 1
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    scale_lr: bool = False
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 0
+    lr_num_cycles: int = 1
+    lr_power: float = 1.0
+    optimizer: str = "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.01
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    allow_tf32: bool = False
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    attention_backend: str | None = None
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    validation_steps: int | None = None
+    num_validation_batches: int = 4
+    num_validation_samples: int = 2
+    report_to: str = "tensorboard"
+    logging_dir: str = "logs"
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+
+    def validate(self) -> None:
+        """Raise `ValueError` on impossible values (types were checked when the config was built)."""
+        positive = [
+            "train_batch_size",
+            "num_train_epochs",
+            "gradient_accumulation_steps",
+            "checkpointing_steps",
+            "num_validation_batches",
+            "lr_num_cycles",
+        ]
+        for name in positive:
+            _check(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
+        for name in ("max_train_steps", "checkpoints_total_limit", "validation_steps"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, "null or an integer >= 1", value)
+        _check(
+            self.num_validation_samples >= 0,
+            "num_validation_samples",
+            "an integer >= 0",
+            self.num_validation_samples,
+        )
+        _check(self.learning_rate > 0, "learning_rate", "a positive number", self.learning_rate)
+        _check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "an integer >= 0", self.lr_warmup_steps)
+        _check(
+            self.mixed_precision in MIXED_PRECISION,
+            "mixed_precision",
+            f"one of {MIXED_PRECISION}",
+            self.mixed_precision,
+        )
+        _check(
+            self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"one of {LR_SCHEDULERS}", self.lr_scheduler
+        )
+        _check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+        _check(self.report_to in REPORT_TO, "report_to", f"one of {REPORT_TO}", self.report_to)
+        _check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "a number in [0, 1]", self.ema_decay)
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "max_grad_norm",
+            "null or a positive number",
+            self.max_grad_norm,
+        )
+        _check(
+            self.attention_backend in (None, "sdpa", "reference", "xformers"),
+            "attention_backend",
+            "null, 'sdpa', 'reference' or 'xformers'",
+            self.attention_backend,
+        )
+        _check(bool(str(self.output_dir)), "output_dir", "a folder path", self.output_dir)
+        _check(
+            not self.push_to_hub or bool(self.hub_model_id),
+            "hub_model_id",
+            "a repository id such as 'user/prediff-storms' when push_to_hub is true",
+            self.hub_model_id,
+        )
+        d = self.data
+        _check(d.dataset in DATASETS, "data.dataset", f"one of {DATASETS}", d.dataset)
+        for name in ("context_length", "num_sequences", "height", "width", "num_sequences"):
+            _check(getattr(d, name) >= 1, f"data.{name}", "an integer >= 1", getattr(d, name))
+        _check(d.target_length >= 0, "data.target_length", "an integer >= 0", d.target_length)
+        _check(d.seq_len is None or d.seq_len >= 1, "data.seq_len", "null or an integer >= 1", d.seq_len)
+        _check(d.stride is None or d.stride >= 1, "data.stride", "null or an integer >= 1", d.stride)
+        _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "a number in [0, 1)", d.val_fraction)
+        _check(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
+        if d.dataset != "storms":
+            if not d.path:
+                raise ValueError(f"data.path is required for data.dataset={d.dataset!r}, got {d.path!r}")
+            if not Path(d.path).exists():
+                raise FileNotFoundError(f"data.path {d.path!r} does not exist (data.dataset={d.dataset!r})")
+        _check(isinstance(self.model, dict), "model", "a mapping of constructor arguments", self.model)
+
+
+@dataclass
+class VAETrainingConfig(TrainingConfig):
+    """`prediff train vae`: frame autoencoder with L1 + KL + PatchGAN hinge loss (the official recipe).
+
+    Attributes:
+        kl_weight: weight of the KL term (official 1e-6); the KL is summed over latent elements and averaged
+            over frames, like the reconstruction term.
+        disc_start: optimizer step from which the adversarial terms are on (official 50001).
+        disc_weight: factor on the adaptive weight `|grad rec| / (|grad adv| + 1e-4)` taken at the decoder's
+            last convolution (official 0.5).
+        disc_factor: factor on the adversarial losses once on (official 1.0).
+        disc_num_layers, disc_channels: PatchGAN discriminator depth and width (official 3, 64).
+        disc_learning_rate: discriminator learning rate (null: `learning_rate`).
+        temporal_decoder: train Diffusers' `AutoencoderKLTemporalDecoder` instead of the frame-wise decoder.
+    """
+
+    learning_rate: float = 5e-6
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.9
+    adam_weight_decay: float = 0.0
+    optimizer: str = "adam"
+    kl_weight: float = 1e-6
+    disc_start: int = 50001
+    disc_weight: float = 0.5
+    disc_factor: float = 1.0
+    disc_num_layers: int = 3
+    disc_channels: int = 64
+    disc_learning_rate: float | None = None
+    temporal_decoder: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.kl_weight >= 0, "kl_weight", "a number >= 0", self.kl_weight)
+        _check(self.disc_start >= 0, "disc_start", "an integer >= 0", self.disc_start)
+        _check(self.disc_num_layers >= 1, "disc_num_layers", "an integer >= 1", self.disc_num_layers)
+        _check(self.disc_channels >= 1, "disc_channels", "an integer >= 1", self.disc_channels)
+        _check(
+            self.disc_learning_rate is None or self.disc_learning_rate > 0,
+            "disc_learning_rate",
+            "null or a positive number",
+            self.disc_learning_rate,
+        )
+
+
+@dataclass
+class _LatentTrainingConfig(TrainingConfig):
+    vae: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.vae:
+            raise ValueError(
+                "vae is required: pass the trained autoencoder folder with --vae DIR "
+                "(the output_dir of `prediff train vae`, or a pipeline folder with a vae/ subfolder)"
+            )
+        if not Path(self.vae).exists():
+            raise FileNotFoundError(f"vae folder {self.vae!r} does not exist")
+        _check(self.data.target_length >= 1, "data.target_length", "an integer >= 1", self.data.target_length)
+
+
+@dataclass
+class DenoiserTrainingConfig(_LatentTrainingConfig):
+    """`prediff train denoiser`: the Earthformer-UNet on VAE latents (epsilon MSE, official DDPM schedule).
+
+    Attributes:
+        vae: the trained autoencoder folder (frozen during training).
+        knowledge_model: an optional trained alignment network folder, included in the exported pipeline.
+        learn_logvar: learn a log-variance per diffusion timestep and weight the loss by it (official:
+            `loss / exp(logvar[t]) + logvar[t]`); it is not used when sampling.
+        logvar_init: initial value of that log-variance.
+        validation_scheduler, validation_inference_steps, num_ensemble_members: how validation forecasts are
+            drawn; the exported pipeline uses `validation_scheduler` as its scheduler.
+    """
+
+    knowledge_model: str | None = None
+    learn_logvar: bool = True
+    logvar_init: float = 0.0
+    use_ema: bool = True
+    validation_scheduler: str = "dpmsolver++"
+    validation_inference_steps: int = 20
+    num_ensemble_members: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        if self.knowledge_model is not None and not Path(self.knowledge_model).exists():
+            raise FileNotFoundError(f"knowledge_model folder {self.knowledge_model!r} does not exist")
+        _check(
+            self.validation_inference_steps >= 1,
+            "validation_inference_steps",
+            "an integer >= 1",
+            self.validation_inference_steps,
+        )
+        _check(
+            self.num_ensemble_members >= 1,
+            "num_ensemble_members",
+            "an integer >= 1",
+            self.num_ensemble_members,
+        )
+
+
+@dataclass
+class AlignmentTrainingConfig(_LatentTrainingConfig):
+    """`prediff train alignment`: the knowledge-alignment network U_phi.
+
+    It learns, from the noisy target latent `z_t` at a random timestep, a statistic of the clean pixel-space
+    target: `statistic` "avg_intensity" is the per-frame mean over (H, W, C) in [0, 1] units (official).
+
+    Attributes:
+        vae: the trained autoencoder folder (frozen).
+        statistic: "avg_intensity".
+    """
+
+    statistic: str = "avg_intensity"
+
+    def validate(self) -> None:
+        super().validate()
+        _check(self.statistic in ("avg_intensity",), "statistic", "'avg_intensity'", self.statistic)
+
+
+@dataclass
+class EarthformerTrainingConfig(TrainingConfig):
+    """`prediff train earthformer`: the deterministic Earthformer forecaster, MSE on [0, 1]-scaled frames."""
+
+    adam_weight_decay: float = 0.0
+
+
+CONFIG_CLASSES: dict[str, type[TrainingConfig]] = {
+    "vae": VAETrainingConfig,
+    "denoiser": DenoiserTrainingConfig,
+    "alignment": AlignmentTrainingConfig,
+    "earthformer": EarthformerTrainingConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check(ok: bool, name: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError as error:
+        raise ImportError(
+            'reading training configurations needs PyYAML; install it with: pip install "prediff[train]"'
+        ) from error
+    return yaml
+
+
+def _loader() -> Any:
+    yaml = _yaml()
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants a dot and an exponent sign)."""
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+][0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def parse_value(text: str) -> Any:
+    """Read one override value as YAML (`4` -> 4, `1e-4` -> 0.0001, `true`, `[1, 1]`, `null`, plain text)."""
+    yaml = _yaml()
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.YAMLError:
+        return text
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation (int, float, bool, str, Optional, dict, DataConfig)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, prefix=f"{name}.")
+    raise TypeError(f"unsupported configuration field type {annotation!r} for {name}")
+
+
+def _unknown(prefix: str, key: str, known: list[str]) -> ValueError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+    return ValueError(
+        f"unknown configuration key {prefix}{key!r}{hint} (known keys: {', '.join(sorted(known))})"
+    )
+
+
+def _build(cls: type, values: Any, prefix: str = "") -> Any:
+    if values is None:
+        values = {}
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'the configuration'} must be a mapping, got {values!r}")
+    hints = _field_types(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise _unknown(prefix, str(key), known)
+        kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def config_to_dict(config: TrainingConfig) -> dict[str, Any]:
+    """The configuration as plain YAML-able data."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (`data.num_sequences`) of a nested mapping; returns a new mapping."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ValueError(f"cannot set {dotted!r}: {part!r} is not a section")
+            else:
+                child = dict(child)
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_override_args(args: list[str]) -> dict[str, Any]:
+    """`["--max_train_steps", "4", "--data.seed=3"]` -> `{"max_train_steps": 4, "data.seed": 3}`.
+
+    A flag followed by another flag (or nothing) means `true`.
+    """
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ValueError(f"expected a --key value override, got {arg!r} (in {' '.join(args)!r})")
+        key = arg[2:]
+        if "=" in key:
+            key, text = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            text = args[i + 1]
+            i += 2
+        else:
+            text = "true"
+            i += 1
+        overrides[key.replace("-", "_") if not key.startswith("model.") else key] = parse_value(text)
+    return overrides
+
+
+def load_config(
+    kind: str,
+    path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainingConfig:
+    """Read a YAML configuration for `kind` ("vae", "denoiser", "alignment", "earthformer"), apply overrides,
+    check it.
+
+    Args:
+        kind: which training command.
+        path: the YAML file (None: the defaults of the configuration class, i.e. the official recipe on
+            synthetic storms).
+        overrides: dotted keys -> values, e.g. from [`parse_override_args`].
+
+    Returns:
+        The validated configuration dataclass.
+    """
+    if kind not in CONFIG_CLASSES:
+        raise ValueError(f"kind must be one of {sorted(CONFIG_CLASSES)}, got {kind!r}")
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
+        loaded = _yaml().load(path.read_text(), Loader=_loader())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(
+                f"configuration file {str(path)!r} must hold a mapping, got {type(loaded).__name__}"
+            )
+        values = loaded or {}
+    values = apply_overrides(values, overrides or {})
+    config = _build(CONFIG_CLASSES[kind], values)
+    config.validate()
+    return config
+
+
+def save_config(config: TrainingConfig, path: str | os.PathLike) -> None:
+    """Write the configuration as YAML, atomically."""
+    from .utils import atomic_write_text
+
+    text = _yaml().safe_dump(config_to_dict(config), sort_keys=False)
+    atomic_write_text(Path(path), text)

@@ -1,0 +1,99 @@
+"""`prediff train earthformer`: the deterministic Earthformer forecaster.
+
+Each item is cut into `context_length` context frames and `target_length` target frames (in [0, 1]); the
+network maps the context to the target directly; loss: MSE (official). The result is the network's folder
+(`EarthformerModel.from_pretrained(output_dir)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import EarthformerTrainingConfig
+from .trainer import Trainer
+
+__all__ = ["EarthformerTrainer", "train_earthformer"]
+
+
+def _earthformer_class() -> Any:
+    from ..models import earthformer
+
+    return earthformer.EarthformerModel
+
+
+class EarthformerTrainer(Trainer):
+    """Trains `EarthformerModel` (see the module docstring); `train()` runs it."""
+
+    kind = "earthformer"
+    config: EarthformerTrainingConfig
+
+    def build(self) -> None:
+        cfg = self.config
+        d = cfg.data
+        _, H, W, C = self.item_shape
+        if d.target_length < 1:
+            raise ValueError(f"data.target_length must be an integer >= 1, got {d.target_length}")
+        cls = _earthformer_class()
+        derived = {"input_shape": (d.context_length, H, W, C), "target_shape": (d.target_length, H, W, C)}
+        kwargs = self.check_model_kwargs(cls, cfg.model, derived)
+        model = cls(**kwargs)
+        if cfg.attention_backend:
+            model.set_attention_backend(cfg.attention_backend)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        if cfg.compile:
+            model.compile()
+        self.train_modules = {"earthformer": model}
+        self.param_groups = {"earthformer": (list(model.parameters()), cfg.learning_rate)}
+
+    def ema_model(self) -> torch.nn.Module:
+        return self.unwrap("earthformer")
+
+    def _split(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t_in, t_out = self.config.data.context_length, self.config.data.target_length
+        return frames[:, :t_in], frames[:, t_in : t_in + t_out]
+
+    def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        context, target = self._split(frames)
+        prediction = self.train_modules["earthformer"](context).sample
+        return {"earthformer": F.mse_loss(prediction.float(), target.float())}, {}
+
+    def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        context, target = self._split(frames)
+        prediction = self.unwrap("earthformer")(context).sample.float()
+        return {"mse": F.mse_loss(prediction, target.float()), "mae": (prediction - target).abs().mean()}
+
+    def validation_forecasts(self, frames: torch.Tensor, step: int) -> dict[str, float] | None:
+        if not self.plotting_available():
+            return None
+        from ..visualization import plot_forecast_panel
+
+        context, target = self._split(frames.float())
+        with self.accelerator.autocast():
+            prediction = self.unwrap("earthformer")(context).sample.float()
+        lo, hi = self.value_range
+        cmap = "vil" if (lo, hi) == (0.0, 255.0) else "viridis"
+        figure = plot_forecast_panel(
+            (context[0] * (hi - lo) + lo).cpu(),
+            target=(target[0] * (hi - lo) + lo).cpu(),
+            ensemble=(prediction[:1] * (hi - lo) + lo).cpu(),
+            cmap=cmap,
+            title=f"validation forecast, step {step}",
+            path=self.picture_path("forecast", step),
+        )
+        self.log_figure("val/forecast", figure, step)
+        return None
+
+    def export(self, folder: Path) -> Any:
+        model = self.unwrap("earthformer")
+        model.save_pretrained(folder, safe_serialization=True)
+        return model
+
+
+def train_earthformer(config: EarthformerTrainingConfig, **kwargs: Any) -> Path:
+    """Train the Earthformer described by `config`; returns the output folder."""
+    return EarthformerTrainer(config, **kwargs).train()
