@@ -637,7 +637,7 @@ class EarthformerModel(CuboidModelMixin):
         T_out, _, _, C_out = target_shape
         use_global = num_global_vectors > 0
 
-        # Registration order follows the official model, so state_dict() lists entries in the official order.
+        # Modules are registered in the official order (top level, encoder, decoder), as in its state dicts.
         if use_global:
             self.init_global_vectors = nn.Parameter(torch.zeros(num_global_vectors, global_dim_ratio * base_units))
         if initial_downsample_type == "conv":
