@@ -66,7 +66,9 @@ class LatentTrainer(Trainer):
             ) from None
 
     def move_frozen_to(self, device: torch.device, dtype: torch.dtype) -> None:
-        self.vae.to(device=device, dtype=dtype)
+        self.vae.to(device=device)
+        if dtype != self.vae.dtype:
+            self.vae.to(dtype=dtype)
 
     def split(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(B, T, H, W, C)` -> context `(B, T_in, ...)` and target `(B, T_out, ...)` frames."""

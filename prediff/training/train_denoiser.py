@@ -139,7 +139,7 @@ class DenoiserTrainer(LatentTrainer):
         lo, hi = self.value_range
         context, target = self.split(frames.float())
         generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        with self.accelerator.autocast():
+        with self.autocast():
             forecast = pipe(
                 context * (hi - lo) + lo,
                 num_inference_steps=cfg.validation_inference_steps,

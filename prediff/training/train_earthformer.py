@@ -73,7 +73,7 @@ class EarthformerTrainer(Trainer):
         from ..visualization import plot_forecast_panel
 
         context, target = self._split(frames.float())
-        with self.accelerator.autocast():
+        with self.autocast():
             prediction = self.unwrap("earthformer")(context).sample.float()
         lo, hi = self.value_range
         cmap = "vil" if (lo, hi) == (0.0, 255.0) else "viridis"

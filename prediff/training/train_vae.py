@@ -153,7 +153,7 @@ class VAETrainer(Trainer):
 
         module = self.unwrap("vae")
         B, T, H, W, C = frames.shape
-        with self.accelerator.autocast():
+        with self.autocast():
             _, reconstruction, _, _ = self._forward(frames, module)
         lo, hi = self.value_range
         # At most 8 frames side by side.

@@ -174,6 +174,7 @@ class Trainer:
             )
         self.output_dir = Path(config.output_dir)
         self.accelerator: Any = None
+        self.tensorboard = False
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.lr_schedulers: dict[str, Any] = {}
         self.ema: Any = None
@@ -223,6 +224,11 @@ class Trainer:
     def weight_dtype(self) -> torch.dtype:
         mp = self.config.mixed_precision
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
+
+    def autocast(self) -> Any:
+        """Accelerate's mixed-precision context during a run; nothing before it (evaluation of a fresh
+        network)."""
+        return self.accelerator.autocast() if self.accelerator is not None else contextlib.nullcontext()
 
     def unwrap(self, name: str) -> torch.nn.Module:
         module = self.train_modules[name]
@@ -519,7 +525,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
-        """Validation loss over `num_validation_batches` (fixed draws) and pictures; main process only."""
+        """Validation loss over `num_validation_batches` (fixed draws, the same at every call) and pictures;
+        main process only. Before `train()` it evaluates the freshly built networks on the CPU."""
         cfg = self.config
         if self.val_dataset is None or len(self.val_dataset) == 0:
             return {}
@@ -540,7 +547,7 @@ class Trainer:
                     if i >= cfg.num_validation_batches:
                         break
                     torch.manual_seed(micro_step_seed(cfg.seed, 0, _VALIDATION_STREAM + i))
-                    with self.accelerator.autocast():
+                    with self.autocast():
                         values = self.validation_losses(frames.to(self.device))
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + float(v)

@@ -106,9 +106,10 @@ def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> A
         tensors[key] = obj.detach().cpu().contiguous()
         return {"__tensor__": key}
     if isinstance(obj, dict):
+        # Tensors are named by their path of keys, e.g. "state.3.exp_avg" or "shadow_params.0".
         return {
             "__dict__": [
-                [_split_tensors(k, f"{prefix}.k{i}", tensors), _split_tensors(v, f"{prefix}.{i}", tensors)]
+                [_split_tensors(k, f"{prefix}.key{i}", tensors), _split_tensors(v, f"{prefix}.{k}", tensors)]
                 for i, (k, v) in enumerate(obj.items())
             ]
         }

@@ -1,0 +1,318 @@
+"""prediff.training in one process: configurations, checkpoints, losses, data order, and the tiny recipes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from prediff.data import SyntheticStormDataset
+from prediff.training import (
+    AlignmentTrainer,
+    DenoiserTrainer,
+    DiffusionLoss,
+    NonFiniteLossError,
+    PatchGANDiscriminator,
+    ShardedBatchSampler,
+    VAETrainer,
+    list_checkpoints,
+    load_config,
+    parse_override_args,
+)
+from prediff.training.config import CONFIG_CLASSES
+from prediff.training.losses import adaptive_adversarial_weight, gaussian_kl, hinge_discriminator_loss
+from prediff.training.utils import load_state, save_checkpoint, save_state
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "examples" / "configs" / "synthetic-tiny"
+RECIPES = sorted((REPO / "examples" / "configs").rglob("*.yaml"))
+
+
+def tiny(kind: str, tmp_path: Path, **overrides):
+    """A tiny recipe, shortened for tests (no tensorboard, few validation batches)."""
+    values = {"output_dir": str(tmp_path / kind), "report_to": "none", "num_validation_batches": 1}
+    values.update(overrides)
+    return load_config(kind, TINY / f"{kind}.yaml", values)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    """A trained tiny autoencoder (4 steps, the adversarial term on from step 2)."""
+    root = tmp_path_factory.mktemp("vae")
+    config = load_config(
+        "vae",
+        TINY / "vae.yaml",
+        {
+            "output_dir": str(root),
+            "max_train_steps": 4,
+            "disc_start": 2,
+            "checkpointing_steps": 2,
+            "num_validation_batches": 1,
+        },
+    )
+    trainer = VAETrainer(config)
+    trainer.train()
+    assert "train/disc_loss" in trainer.last_logs and "train/adv_weight" in trainer.last_logs
+    return root
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_recipes_are_valid(path, tmp_path):
+    kind = path.stem.split("-")[0] if path.stem not in CONFIG_CLASSES else path.stem
+    overrides = {}
+    if kind in ("denoiser", "alignment"):
+        vae = tmp_path / "vae"
+        vae.mkdir()
+        overrides["vae"] = str(vae)
+    config = load_config(kind, path, overrides)
+    assert isinstance(config, CONFIG_CLASSES[kind])
+    assert isinstance(config.learning_rate, float)
+
+
+def test_scientific_notation_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 5e-6\nkl_weight: 1e-6\ndata:\n  num_sequences: 3\n")
+    config = load_config(
+        "vae", path, parse_override_args(["--max_train_steps", "4", "--data.height=64", "--use_ema"])
+    )
+    assert config.learning_rate == 5e-6 and config.kl_weight == 1e-6
+    assert config.max_train_steps == 4 and config.data.height == 64 and config.use_ema is True
+    assert config.data.num_sequences == 3
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        ({"max_train_step": 3}, ValueError, "did you mean 'max_train_steps'"),
+        ({"data.num_sequence": 3}, ValueError, "data.'num_sequence'|'data.num_sequence'|num_sequence"),
+        ({"learning_rate": "fast"}, ValueError, "learning_rate must be a number"),
+        ({"train_batch_size": 0}, ValueError, "train_batch_size must be an integer >= 1"),
+        ({"mixed_precision": "fp8"}, ValueError, "mixed_precision must be one of"),
+        (
+            {"data.dataset": "sevir", "data.path": "/nonexistent/sevir"},
+            FileNotFoundError,
+            "/nonexistent/sevir",
+        ),
+        ({"data.dataset": "file"}, ValueError, "data.path is required"),
+    ],
+)
+def test_bad_configurations_fail_clearly(overrides, error, match):
+    with pytest.raises(error, match=match):
+        load_config("earthformer", TINY / "earthformer.yaml", overrides)
+
+
+def test_latent_trainers_need_a_vae(tmp_path):
+    with pytest.raises(ValueError, match="--vae DIR"):
+        load_config("denoiser", None, {"vae": None})
+    with pytest.raises(FileNotFoundError, match="missing-vae"):
+        load_config("alignment", None, {"vae": str(tmp_path / "missing-vae")})
+
+
+def test_shapes_that_do_not_fit_the_data_fail_before_training(tmp_path, vae_dir):
+    config = tiny("denoiser", tmp_path, vae=str(vae_dir), **{"model.input_shape": [3, 16, 16, 4]})
+    with pytest.raises(ValueError, match=r"model.input_shape = \(3, 16, 16, 4\) does not fit the data"):
+        DenoiserTrainer(config)
+    config = tiny("denoiser", tmp_path, vae=str(vae_dir), **{"model.base_unit": 8})
+    with pytest.raises(ValueError, match="unknown configuration key 'model.base_unit'"):
+        DenoiserTrainer(config)
+    config = tiny("vae", tmp_path, **{"data.height": 34, "data.width": 34})
+    with pytest.raises(ValueError, match="does not fit the data"):
+        VAETrainer(config)
+    assert not (tmp_path / "denoiser").exists() and not (tmp_path / "vae").exists()
+
+
+# ------------------------------------------------------------------------------------------ building blocks
+
+
+def test_sharded_batches_are_disjoint_complete_and_resumable():
+    n, bs, world, seed = 23, 3, 2, 7
+    ranks = [ShardedBatchSampler(n, bs, world, r, seed) for r in range(world)]
+    per_epoch = ranks[0].batches_per_epoch
+    assert per_epoch == n // (bs * world)
+    seen = []
+    for b in range(per_epoch):
+        a, c = ranks[0].indices(b), ranks[1].indices(b)
+        assert len(a) == len(c) == bs and not set(a) & set(c)
+        seen += a + c
+    assert len(set(seen)) == per_epoch * bs * world
+    # Epochs reshuffle; starting in the middle gives exactly what iterating from 0 gives.
+    assert ranks[0].indices(0) != ranks[0].indices(per_epoch)
+    it = iter(ranks[1])
+    full = [next(it) for _ in range(3 * per_epoch)]
+    resumed = iter(ShardedBatchSampler(n, bs, world, 1, seed, start_batch=5))
+    assert [next(resumed) for _ in range(3 * per_epoch - 5)] == full[5:]
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ShardedBatchSampler(5, 3, 2, 0, 0)
+
+
+def test_optimizer_state_round_trip_continues_identically(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    save_state(tmp_path, "opt", opt.state_dict())
+    assert not list(tmp_path.glob("*.pt")) and json.loads((tmp_path / "opt.json").read_text())
+    clone = torch.nn.Linear(4, 3)
+    clone.load_state_dict(model.state_dict())
+    opt2 = torch.optim.AdamW(clone.parameters(), lr=1e-2)
+    opt2.load_state_dict(load_state(tmp_path, "opt"))
+    for m, o in ((model, opt), (clone, opt2)):
+        m(x).pow(2).mean().backward()
+        o.step()
+    torch.testing.assert_close(clone.weight, model.weight, rtol=0, atol=0)
+
+
+class _Boom(torch.nn.Module):
+    def state_dict(self, *args, **kwargs):
+        raise OSError("disk full")
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    good = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path, 1, {"net": good}, {"opt": {"a": torch.ones(2)}}, {"kind": "x"})
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path, 2, {"net": good, "bad": _Boom()}, {}, {"kind": "x"})
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]  # no temporary left
+    # An incomplete folder (no training state) is never taken for a checkpoint; rotation keeps the newest.
+    (tmp_path / "checkpoint-9").mkdir()
+    for step in (3, 4):
+        save_checkpoint(tmp_path, step, {"net": good}, {}, {"kind": "x"}, total_limit=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
+    state = load_file(str(tmp_path / "checkpoint-4" / "net.safetensors"))
+    torch.testing.assert_close(state["weight"], good.weight.detach())
+
+
+def test_losses_against_plain_definitions():
+    torch.manual_seed(0)
+    mean, logvar = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    dist = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    reference = (
+        torch.distributions.kl_divergence(dist, torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
+    )
+    torch.testing.assert_close(gaussian_kl(mean, logvar), reference, rtol=1e-5, atol=1e-5)
+    real, fake = torch.randn(10), torch.randn(10)
+    expected = 0.5 * (torch.clamp(1 - real, min=0).mean() + torch.clamp(1 + fake, min=0).mean())
+    torch.testing.assert_close(hinge_discriminator_loss(real, fake), expected)
+    # Adaptive weight: ratio of gradient norms at the last layer.
+    w = torch.randn(5, requires_grad=True)
+    rec, adv = (w**2).sum(), (3 * w).sum()
+    weight = adaptive_adversarial_weight(rec, adv, w, 0.5)
+    torch.testing.assert_close(weight, 0.5 * (2 * w).norm().detach() / (torch.full((5,), 3.0).norm() + 1e-4))
+    # Learned log-variance: at 0 it is the plain MSE; its gradient pulls logvar toward log(mse).
+    loss_fn = DiffusionLoss(10, learn_logvar=True)
+    pred, noise, t = torch.randn(4, 2, 3), torch.randn(4, 2, 3), torch.tensor([0, 3, 3, 9])
+    loss, mse = loss_fn(pred, noise, t)
+    torch.testing.assert_close(loss, ((pred - noise) ** 2).mean())
+    loss.backward()
+    per_sample = ((pred - noise) ** 2).mean(dim=(1, 2))
+    expected_grad = torch.zeros(10).index_add_(0, t, (1 - per_sample) / 4)
+    torch.testing.assert_close(loss_fn.logvar.grad, expected_grad)
+
+
+def test_patchgan_has_the_official_layout():
+    disc = PatchGANDiscriminator()
+    # conv 1->64 (+bias), 64->128, 128->256, 256->512 (no bias, batch norm), 512->1 (+bias); 4x4 kernels.
+    expected = (
+        (1 * 64 * 16 + 64) + 64 * 128 * 16 + 256 + 128 * 256 * 16 + 512 + 256 * 512 * 16 + 1024 + 512 * 16 + 1
+    )
+    assert sum(p.numel() for p in disc.parameters()) == expected
+    assert disc(torch.rand(2, 1, 128, 128)).shape == (2, 1, 14, 14)
+
+
+# ------------------------------------------------------------------------------------------ tiny recipes
+
+
+def test_vae_result_loads_and_logs(vae_dir):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    assert vae.config.latent_channels == 4
+    assert sorted(p.name for p in list_checkpoints(vae_dir)) == ["checkpoint-2", "checkpoint-4"]
+    assert list((vae_dir / "validation").glob("reconstruction-*.png"))
+    assert list((vae_dir / "logs").rglob("events.out.tfevents.*"))
+    state = json.loads((vae_dir / "checkpoint-4" / "training_state.json").read_text())
+    assert state["step"] == 4 and state["kind"] == "vae" and state["config"]["disc_start"] == 2
+
+
+class _NaNAfter(Dataset):
+    """Items of `base`, NaN from the `clean`-th read on."""
+
+    def __init__(self, base: Dataset, clean: int) -> None:
+        self.base, self.clean, self.reads = base, clean, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        self.reads += 1
+        item = dict(self.base[index])
+        if self.reads > self.clean:
+            item["frames"] = torch.full_like(item["frames"], float("nan"))
+        return item
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = _NaNAfter(SyntheticStormDataset(4, 2, 32, 32, seed=1), clean=5)  # 1 shape probe + 2 steps
+    config = tiny("vae", tmp_path, max_train_steps=6, checkpointing_steps=2, **{"data.seq_len": 2})
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*last good checkpoint is .*checkpoint-2"):
+        VAETrainer(config, train_dataset=data).train()
+    out = tmp_path / "vae"
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert not (out / "config.json").exists()
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def test_denoiser_learns_exports_a_pipeline_and_resumes_exactly(tmp_path, vae_dir):
+    from prediff.pipelines import PreDiffPipeline
+
+    fixed = SyntheticStormDataset(4, 5, 32, 32, seed=3)
+    align = tiny("alignment", tmp_path, vae=str(vae_dir), max_train_steps=2, num_validation_samples=0)
+    AlignmentTrainer(align, train_dataset=fixed, val_dataset=fixed).train()
+
+    overrides = dict(vae=str(vae_dir), knowledge_model=str(tmp_path / "alignment"), checkpointing_steps=15)
+    config = tiny("denoiser", tmp_path, max_train_steps=30, **overrides)
+    trainer = DenoiserTrainer(config, train_dataset=fixed, val_dataset=fixed)
+    before = trainer.validate(0)["val/eps_mse"]
+    trainer.train()
+    after = trainer.last_logs["val/eps_mse"]
+    assert after < 0.9 * before, (before, after)
+
+    out = tmp_path / "denoiser"
+    pipe = PreDiffPipeline.from_pretrained(out)
+    assert pipe.knowledge_model is not None
+    context = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
+    frames = pipe(
+        context, num_inference_steps=4, num_ensemble_members=2, generator=torch.manual_seed(0)
+    ).frames
+    assert frames.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(frames).all()
+    # The exported network holds the EMA weights of the last checkpoint.
+    ema = load_file(str(out / "checkpoint-30" / "ema.safetensors"))
+    exported = _weights(out / "unet")
+    names = [n for n, _ in pipe.unet.named_parameters()]
+    for i, name in enumerate(names):
+        torch.testing.assert_close(exported[name], ema[f"shadow_params.{i}"])
+
+    # Resuming from checkpoint-15 repeats steps 16..30 exactly: same data order, noise, optimizer, EMA.
+    shutil.rmtree(out / "checkpoint-30")
+    again = tiny("denoiser", tmp_path, max_train_steps=30, resume_from_checkpoint="latest", **overrides)
+    DenoiserTrainer(again, train_dataset=fixed, val_dataset=fixed).train()
+    for name, value in _weights(out / "unet").items():
+        torch.testing.assert_close(value, exported[name], rtol=1e-5, atol=1e-6)
+    assert json.loads((out / "checkpoint-30" / "training_state.json").read_text())["step"] == 30
