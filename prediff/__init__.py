@@ -20,6 +20,8 @@ from .knowledge import (
 )
 from .metrics import get_metric
 from .models import (
+    EarthformerModel,
+    EarthformerModelOutput,
     EarthformerUNetModel,
     EarthformerUNetOutput,
     KnowledgeAlignmentModel,
@@ -38,6 +40,8 @@ __all__ = [
     "ArraySequenceDataset",
     "ENSODataset",
     "EarthformerPipeline",
+    "EarthformerModel",
+    "EarthformerModelOutput",
     "EarthformerPipelineOutput",
     "EarthformerUNetModel",
     "EarthformerUNetOutput",

@@ -2,9 +2,12 @@
 
 from .alignment import KnowledgeAlignmentModel, KnowledgeAlignmentOutput
 from .autoencoder import autoencoder_from_preset, decode_sequence, encode_sequence
+from .earthformer import EarthformerModel, EarthformerModelOutput
 from .earthformer_unet import EarthformerUNetModel, EarthformerUNetOutput
 
 __all__ = [
+    "EarthformerModel",
+    "EarthformerModelOutput",
     "EarthformerUNetModel",
     "EarthformerUNetOutput",
     "KnowledgeAlignmentModel",
