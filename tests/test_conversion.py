@@ -47,7 +47,6 @@ def test_every_official_entry_is_loaded(section, kind):
 
 
 def test_earthformer_checkpoint_is_loaded():
-    pytest.importorskip("prediff.models.earthformer")
     state_dict = official_state_dict("earthformer", "earthformer-sevir")
     model = load_official_checkpoint(state_dict, "earthformer-sevir")
     assert all(torch.equal(model.state_dict()[k], v.to(model.state_dict()[k].dtype)) for k, v in state_dict.items())

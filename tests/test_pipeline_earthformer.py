@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-earthformer = pytest.importorskip("prediff.models.earthformer", reason="EarthformerModel not available")
-
-from prediff.pipelines import EarthformerPipeline, EarthformerPipelineOutput  # noqa: E402
+from prediff.models import EarthformerModel
+from prediff.pipelines import EarthformerPipeline, EarthformerPipelineOutput
 
 
 @pytest.fixture(scope="module")
 def pipe() -> EarthformerPipeline:
     torch.manual_seed(0)
-    model = earthformer.EarthformerModel.from_preset("earthformer-nbody").eval()
+    model = EarthformerModel.from_preset("earthformer-nbody").eval()
     # The official init zeroes some output layers; random weights everywhere make the round trip meaningful.
     with torch.no_grad():
         for p in model.parameters():
