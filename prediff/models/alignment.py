@@ -11,7 +11,6 @@ from torch import nn
 
 from .cuboid.blocks import PatchMerging3D, PosEmbed, StackCuboidSelfAttentionBlock
 from .cuboid.initialization import init_cuboid_blocks, init_linear
-from .cuboid.patterns import self_pattern as get_self_pattern
 from .earthformer_unet import hierarchy_block_units, hierarchy_shapes
 from .embeddings import TimeEmbedLayer, TimeEmbedResBlock, timestep_embedding
 from .modeling_utils import CuboidModelMixin, check_sequence, check_timestep
@@ -127,7 +126,6 @@ class KnowledgeAlignmentModel(CuboidModelMixin):
             block_units = hierarchy_block_units(base_units, downsample, scale_alpha, num_levels)
         elif len(block_units) != num_levels:
             raise ValueError(f"block_units {block_units} must have one entry per level of depth {depth}")
-        self.gradient_checkpointing = False
         self.input_shape = input_shape
         self.out_len = out_len
         self.block_units = list(block_units)
@@ -148,27 +146,24 @@ class KnowledgeAlignmentModel(CuboidModelMixin):
             for shape in self.mem_shapes
         )
 
-        def cuboid_block(level: int) -> StackCuboidSelfAttentionBlock:
-            cuboids, strategies, shifts = get_self_pattern(self_pattern, self.mem_shapes[level])
-            return StackCuboidSelfAttentionBlock(
-                dim=self.mem_shapes[level][-1],
-                num_heads=num_heads,
-                block_cuboid_size=cuboids,
-                block_shift_size=shifts,
-                block_strategy=strategies,
-                padding_type=padding_type,
-                attn_drop=attn_drop,
-                proj_drop=proj_drop,
-                ffn_drop=ffn_drop,
-                activation=ffn_activation,
-                gated_ffn=gated_ffn,
-                use_inter_ffn=True,
-                use_relative_pos=use_relative_pos,
-                use_final_proj=use_final_proj,
-            )
-
+        block_kwargs = dict(
+            num_heads=num_heads,
+            padding_type=padding_type,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            ffn_drop=ffn_drop,
+            activation=ffn_activation,
+            gated_ffn=gated_ffn,
+            use_inter_ffn=True,
+            use_relative_pos=use_relative_pos,
+            use_final_proj=use_final_proj,
+        )
         self.down_self_blocks = nn.ModuleList(
-            nn.ModuleList(cuboid_block(i) for _ in range(depth[i])) for i in range(num_levels)
+            nn.ModuleList(
+                StackCuboidSelfAttentionBlock.from_pattern(self_pattern, shape, **block_kwargs)
+                for _ in range(depth[i])
+            )
+            for i, shape in enumerate(self.mem_shapes)
         )
         top_T, top_h, top_w, top_c = self.mem_shapes[-1]
         self.out = nn.Sequential(

@@ -80,9 +80,7 @@ def autoencoder_from_preset(
         The autoencoder, in evaluation mode, no latent scaling (`scaling_factor=1.0`, as in PreDiff).
     """
     if name not in AUTOENCODER_PRESETS:
-        raise ValueError(
-            f"unknown autoencoder preset {name!r}; expected one of {sorted(AUTOENCODER_PRESETS)}"
-        )
+        raise ValueError(f"unknown autoencoder preset {name!r}; expected one of {sorted(AUTOENCODER_PRESETS)}")
     kwargs = {**AUTOENCODER_PRESETS[name], "scaling_factor": 1.0, **overrides}
     if temporal_decoder:
         kwargs = {k: v for k, v in kwargs.items() if k not in _TEMPORAL_UNSUPPORTED}
@@ -104,14 +102,10 @@ def latent_frame_shape(vae: AutoencoderKL | AutoencoderKLTemporalDecoder, frame_
     H, W, C = frame_shape
     cfg = vae.config
     if C != cfg.in_channels:
-        raise ValueError(
-            f"frames have {C} channels but the autoencoder expects in_channels={cfg.in_channels}"
-        )
+        raise ValueError(f"frames have {C} channels but the autoencoder expects in_channels={cfg.in_channels}")
     factor = 2 ** (len(cfg.block_out_channels) - 1)
     if H % factor or W % factor:
-        raise ValueError(
-            f"frame size {H}x{W} must be a multiple of the autoencoder's downsampling factor {factor}"
-        )
+        raise ValueError(f"frame size {H}x{W} must be a multiple of the autoencoder's downsampling factor {factor}")
     return H // factor, W // factor, cfg.latent_channels
 
 
@@ -153,9 +147,7 @@ def encode_sequence(
     latent_frame_shape(vae, (H, W, C))
     flat = frames.reshape(B * T, H, W, C).permute(0, 3, 1, 2).to(vae.dtype)
     if isinstance(generator, list) and len(generator) != B * T:
-        raise ValueError(
-            f"a list of generators for encode_sequence needs B*T={B * T} entries, got {len(generator)}"
-        )
+        raise ValueError(f"a list of generators for encode_sequence needs B*T={B * T} entries, got {len(generator)}")
     step = chunk_size or B * T
     chunks = []
     for start in range(0, B * T, step):

@@ -29,7 +29,7 @@ from .cuboid.blocks import (
 from .cuboid.initialization import init_conv, init_cuboid_blocks, init_linear, init_norms
 from .cuboid.patterns import cross_pattern as get_cross_pattern
 from .cuboid.patterns import self_pattern as get_self_pattern
-from .modeling_utils import CuboidModelMixin, check_sequence
+from .modeling_utils import CuboidModelMixin, GradientCheckpointingMixin, check_sequence
 
 Shape4 = tuple[int, int, int, int]
 
@@ -46,20 +46,6 @@ class EarthformerModelOutput(BaseOutput):
     """
 
     sample: torch.Tensor
-
-
-class _CheckpointedModule(nn.Module):
-    """A container whose blocks go through Diffusers' gradient checkpointing once the model enables it."""
-
-    def __init__(self):
-        super().__init__()
-        # Diffusers' enable_gradient_checkpointing() sets this flag (and the function) on every module that has it.
-        self.gradient_checkpointing = False
-
-    def _checkpointed(self, module: nn.Module, *args):
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(module, *args)
-        return module(*args)
 
 
 def _framewise(conv_block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -218,7 +204,7 @@ class FinalStackUpsamplingDecoder(nn.Module):
         return x
 
 
-class EarthformerEncoder(_CheckpointedModule):
+class EarthformerEncoder(GradientCheckpointingMixin, nn.Module):
     """Hierarchy of cuboid self-attention blocks with patch merging between levels.
 
     ``forward(x (B, T, H, W, C_0), global_vectors (B, P, g*C_0) or None) -> (memories, global_memories)``: one
@@ -279,7 +265,7 @@ class EarthformerEncoder(_CheckpointedModule):
         return memories, (global_memories if self.use_global_vector else None)
 
 
-class EarthformerDecoder(_CheckpointedModule):
+class EarthformerDecoder(GradientCheckpointingMixin, nn.Module):
     """Top-down decoder: per level, [self-attention block, cross-attention block to that level's memory]; at the top
     level (unless ``use_first_self_attn``) the first self-attention block is left out. Between levels: nearest
     upsampling + Conv2d to the lower width, optionally followed by a position embedding.
@@ -593,7 +579,6 @@ class EarthformerModel(CuboidModelMixin):
         down_up_linear_init: str = "kaiming_linear",
     ):
         super().__init__()
-        self.gradient_checkpointing = False
         input_shape, target_shape = tuple(int(v) for v in input_shape), tuple(int(v) for v in target_shape)
         if len(input_shape) != 4 or len(target_shape) != 4:
             raise ValueError(f"input_shape and target_shape must be (T, H, W, C), got {input_shape}, {target_shape}")

@@ -11,7 +11,6 @@ from torch import nn
 
 from .cuboid.blocks import PatchMerging3D, PosEmbed, StackCuboidSelfAttentionBlock, Upsample3DLayer
 from .cuboid.initialization import init_cuboid_blocks, init_linear
-from .cuboid.patterns import self_pattern as get_self_pattern
 from .embeddings import TimeEmbedLayer, TimeEmbedResBlock, timestep_embedding
 from .modeling_utils import CuboidModelMixin, check_sequence, check_timestep
 
@@ -130,7 +129,6 @@ class EarthformerUNetModel(CuboidModelMixin):
             block_units = hierarchy_block_units(base_units, downsample, scale_alpha, num_levels)
         elif len(block_units) != num_levels:
             raise ValueError(f"block_units {block_units} must have one entry per level of depth {depth}")
-        self.gradient_checkpointing = False
         self.input_shape = input_shape
         self.target_shape = target_shape
         self.block_units = list(block_units)
@@ -144,23 +142,24 @@ class EarthformerUNetModel(CuboidModelMixin):
         time_embed_channels = block_units[0] * time_embed_channels_mult
         self.time_embed = TimeEmbedLayer(block_units[0], time_embed_channels)
 
-        def cuboid_block(level: int) -> StackCuboidSelfAttentionBlock:
-            cuboids, strategies, shifts = get_self_pattern(self_pattern, self.mem_shapes[level])
-            return StackCuboidSelfAttentionBlock(
-                dim=self.mem_shapes[level][-1],
-                num_heads=num_heads,
-                block_cuboid_size=cuboids,
-                block_shift_size=shifts,
-                block_strategy=strategies,
-                padding_type=padding_type,
-                attn_drop=attn_drop,
-                proj_drop=proj_drop,
-                ffn_drop=ffn_drop,
-                activation=ffn_activation,
-                gated_ffn=gated_ffn,
-                use_inter_ffn=True,
-                use_relative_pos=use_relative_pos,
-                use_final_proj=use_final_proj,
+        block_kwargs = dict(
+            num_heads=num_heads,
+            padding_type=padding_type,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            ffn_drop=ffn_drop,
+            activation=ffn_activation,
+            gated_ffn=gated_ffn,
+            use_inter_ffn=True,
+            use_relative_pos=use_relative_pos,
+            use_final_proj=use_final_proj,
+        )
+
+        def cuboid_blocks(level: int) -> nn.ModuleList:
+            shape = self.mem_shapes[level]
+            return nn.ModuleList(
+                StackCuboidSelfAttentionBlock.from_pattern(self_pattern, shape, **block_kwargs)
+                for _ in range(depth[level])
             )
 
         def time_block(level: int) -> TimeEmbedResBlock:
@@ -182,12 +181,8 @@ class EarthformerUNetModel(CuboidModelMixin):
         # One time block per level and path, shared by all repetitions of that level (as in the checkpoints).
         self.down_time_embed_blocks = nn.ModuleList(time_block(i) for i in range(num_levels))
         self.up_time_embed_blocks = nn.ModuleList(time_block(i) for i in range(num_levels))
-        self.down_self_blocks = nn.ModuleList(
-            nn.ModuleList(cuboid_block(i) for _ in range(depth[i])) for i in range(num_levels)
-        )
-        self.up_self_blocks = nn.ModuleList(
-            nn.ModuleList(cuboid_block(i) for _ in range(depth[i])) for i in range(num_levels)
-        )
+        self.down_self_blocks = nn.ModuleList(cuboid_blocks(i) for i in range(num_levels))
+        self.up_self_blocks = nn.ModuleList(cuboid_blocks(i) for i in range(num_levels))
         self.final_proj = nn.Linear(block_units[0], c)
 
         init_cuboid_blocks(

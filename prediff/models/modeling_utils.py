@@ -11,7 +11,19 @@ from diffusers.models.modeling_utils import ModelMixin
 from .cuboid.attention import ATTENTION_BACKENDS, CuboidCrossAttentionLayer, CuboidSelfAttentionLayer, require_xformers
 
 
-class CuboidModelMixin(ModelMixin, ConfigMixin):
+class GradientCheckpointingMixin:
+    """``_checkpointed(block, *args)`` runs ``block`` through Diffusers' gradient checkpointing once the model's
+    ``enable_gradient_checkpointing()`` has set ``gradient_checkpointing`` (and the function) on this module."""
+
+    gradient_checkpointing = False
+
+    def _checkpointed(self, module: torch.nn.Module, *args):
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            return self._gradient_checkpointing_func(module, *args)
+        return module(*args)
+
+
+class CuboidModelMixin(GradientCheckpointingMixin, ModelMixin, ConfigMixin):
     """Base of the Earthformer networks: ``from_preset`` and ``set_attention_backend`` on top of Diffusers' mixins."""
 
     _supports_gradient_checkpointing = True
@@ -43,12 +55,6 @@ class CuboidModelMixin(ModelMixin, ConfigMixin):
             if isinstance(m, (CuboidSelfAttentionLayer, CuboidCrossAttentionLayer))
         }
         return backends.pop() if len(backends) == 1 else "mixed"
-
-    def _checkpointed(self, module: torch.nn.Module, *args):
-        """Call ``module``, through Diffusers' gradient checkpointing when it is enabled and gradients flow."""
-        if torch.is_grad_enabled() and self.gradient_checkpointing:
-            return self._gradient_checkpointing_func(module, *args)
-        return module(*args)
 
 
 def check_sequence(name: str, tensor: Any, expected: tuple[int | None, ...]) -> None:

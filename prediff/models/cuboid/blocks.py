@@ -9,6 +9,7 @@ from torch import nn
 
 from .attention import CuboidCrossAttentionLayer, CuboidSelfAttentionLayer
 from .decomposition import Size3, Strategy, pad_thw, padding_amounts
+from .patterns import self_pattern
 
 _ACTIVATIONS = {
     "leaky": lambda: nn.LeakyReLU(0.1),
@@ -125,6 +126,14 @@ class StackCuboidSelfAttentionBlock(nn.Module):
                 use_relative_pos=use_relative_pos,
             )
             for cuboid, shift, strategy in zip(block_cuboid_size, block_shift_size, block_strategy)
+        )
+
+    @classmethod
+    def from_pattern(cls, pattern: str, shape: tuple[int, int, int, int], **kwargs) -> StackCuboidSelfAttentionBlock:
+        """A block for data of ``shape = (T, H, W, C)`` with the named pattern's per-layer cuboids."""
+        cuboids, strategies, shifts = self_pattern(pattern, shape)
+        return cls(
+            dim=shape[-1], block_cuboid_size=cuboids, block_shift_size=shifts, block_strategy=strategies, **kwargs
         )
 
     def forward(
