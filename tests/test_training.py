@@ -67,8 +67,9 @@ def vae_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recipes_are_valid(path, tmp_path):
-    kind = path.stem.split("-")[0] if path.stem not in CONFIG_CLASSES else path.stem
-    overrides = {}
+    kind = path.stem
+    # The published recipes name data folders of the user's machine; point them at an existing folder.
+    overrides = {"data.path": str(tmp_path)} if "dataset: storms" not in path.read_text() else {}
     if kind in ("denoiser", "alignment"):
         vae = tmp_path / "vae"
         vae.mkdir()

@@ -1,0 +1,112 @@
+"""Training throughput (samples per second) of the tiny synthetic-storm recipes on the CPU and, when a CUDA
+device is present, of the "prediff-sevirlr" denoiser (bf16 + torch.compile next to float32 with the
+reference attention path).
+
+    python benchmarks/bench_training.py [--steps 30] [--gpu-steps 30] [--gpu-batch 8] [--skip-cpu]
+
+A sample is one item (a context + target sequence); for the autoencoder it is one frame. The rate is taken
+over the training steps after the first (which warms up caches and compiles), and excludes validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prediff.training import TRAINERS, load_config
+
+TINY = Path(__file__).resolve().parents[1] / "examples" / "configs" / "synthetic-tiny"
+
+
+def run(kind: str, config_path: Path | None, overrides: dict) -> tuple[float, float]:
+    """Train `kind` with `overrides`; returns (samples per second, wall seconds)."""
+    config = load_config(kind, config_path, overrides)
+    trainer = TRAINERS[kind](config)
+    start = time.perf_counter()
+    trainer.train()
+    return trainer.samples_per_second, time.perf_counter() - start
+
+
+def cpu(steps: int) -> None:
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    print(f"CPU ({torch.get_num_threads()} threads), tiny recipes, {steps} steps each")
+    with tempfile.TemporaryDirectory() as tmp:
+        common = {"report_to": "none", "max_train_steps": steps, "checkpointing_steps": 10**6}
+        common.update(num_validation_batches=1, num_validation_samples=0)
+        vae_dir = Path(tmp) / "vae"
+        for kind in ("vae", "alignment", "denoiser", "earthformer"):
+            extra = {"output_dir": str(Path(tmp) / kind)}
+            if kind in ("alignment", "denoiser"):
+                extra["vae"] = str(vae_dir)
+            rate, wall = run(kind, TINY / f"{kind}.yaml", {**common, **extra})
+            recipe = load_config(kind, TINY / f"{kind}.yaml", {k: v for k, v in extra.items() if k == "vae"})
+            per_step = recipe.train_batch_size * recipe.gradient_accumulation_steps
+            per_step *= recipe.data.window_length if kind == "vae" else 1
+            minutes = recipe.max_train_steps * per_step / rate / 60
+            unit = "frames" if kind == "vae" else "sequences"
+            print(
+                f"  {kind:12s} {rate:8.1f} {unit}/s  ({wall:.1f} s for {steps} steps incl. setup; recipe "
+                f"of {recipe.max_train_steps} steps: about {minutes:.1f} min)"
+            )
+
+
+def gpu(steps: int, batch: int) -> None:
+    from prediff.models.autoencoder import autoencoder_from_preset
+
+    name = torch.cuda.get_device_name()
+    print(f"GPU {name}: prediff-sevirlr denoiser (136.8 M parameters), 7+6 frames of 128x128, batch {batch}")
+    with tempfile.TemporaryDirectory() as tmp:
+        vae_dir = Path(tmp) / "vae"
+        autoencoder_from_preset("prediff-sevirlr").save_pretrained(vae_dir)
+        base = {
+            "output_dir": str(Path(tmp) / "run"),
+            "vae": str(vae_dir),
+            "report_to": "none",
+            "max_train_steps": steps,
+            "checkpointing_steps": 10**6,
+            "train_batch_size": batch,
+            "num_validation_batches": 1,
+            "num_validation_samples": 0,
+            "use_ema": True,
+            "data.dataset": "storms",
+            "data.num_sequences": 2 * batch + 2,
+            "data.height": 128,
+            "data.width": 128,
+            "data.context_length": 7,
+            "data.target_length": 6,
+            "data.cache_in_memory": True,
+            "data.val_fraction": 0.05,
+            "model.preset": "prediff-sevirlr",
+        }
+        variants = {
+            "bf16 + compile (sdpa)": {"mixed_precision": "bf16", "compile": True, "allow_tf32": True},
+            "float32, reference attention": {"mixed_precision": "no", "attention_backend": "reference"},
+        }
+        for label, extra in variants.items():
+            torch.cuda.reset_peak_memory_stats()
+            rate, wall = run("denoiser", None, {**base, **extra})
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"  {label:30s} {rate:8.2f} sequences/s  ({wall:.0f} s incl. setup, peak {peak:.1f} GiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--gpu-steps", type=int, default=30)
+    parser.add_argument("--gpu-batch", type=int, default=8)
+    parser.add_argument("--skip-cpu", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_cpu:
+        cpu(args.steps)
+    if torch.cuda.is_available():
+        gpu(args.gpu_steps, args.gpu_batch)
+    else:
+        print("no CUDA device: GPU benchmark skipped")
+
+
+if __name__ == "__main__":
+    main()
