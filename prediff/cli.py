@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-_COMMAND_MODULES = ("prediff.data.commands",)
+_COMMAND_MODULES = ("prediff.data.commands", "prediff.training.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
