@@ -5,7 +5,9 @@ timed as the best of ``--repeats`` runs after a warm-up. Forward runs under ``to
 forward+backward is one training step's work (train mode, dropout on, MSE to random noise).
 
     python benchmarks/bench_denoiser.py                       # CPU: batch 1
-    python benchmarks/bench_denoiser.py --device cuda         # GPU: batch 8, float32 and bfloat16
+    python benchmarks/bench_denoiser.py --device cuda         # GPU: batch 8
+
+float32 rows always, bfloat16 rows (autocast) where the hardware supports it.
 
 Prints a Markdown table; ratios are against the float32 reference path measured in the same run.
 """
@@ -81,6 +83,15 @@ def measure(args: argparse.Namespace) -> dict:
     return results
 
 
+def bf16_supported(device: str) -> bool:
+    """bfloat16 rows only where the hardware computes in bfloat16 (tensor cores, AVX512-BF16/AMX)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def device_name(device: str) -> str:
     import platform
 
@@ -98,7 +109,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset", default="prediff-sevirlr")
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--dtypes", default=None, help="default: float32 on CPU, float32,bfloat16 on a GPU")
+    parser.add_argument("--dtypes", default=None, help="default: float32, and bfloat16 where supported")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="sdpa", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -108,7 +119,7 @@ def main() -> None:
     if args.single:
         print(json.dumps(measure(args)))
         return
-    dtypes = (args.dtypes or ("float32,bfloat16" if args.device == "cuda" else "float32")).split(",")
+    dtypes = (args.dtypes or ("float32,bfloat16" if bf16_supported(args.device) else "float32")).split(",")
     rows = []
     for dtype in dtypes:
         for backend in args.backends.split(","):
