@@ -8,7 +8,7 @@ zarr, Pillow) are imported only when needed: ``pip install "prediff[data]"``.
 
 from .arrays import ArraySequenceDataset
 from .augment import RandomFlipRotate, flip_rotate
-from .enso import ENSO_SST_RANGE, ENSODataset, nino34_index
+from .enso import ENSO_SST_RANGE, ENSODataset
 from .io import SequenceFile, inspect_path, write_sequences
 from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
 from .sevir import (
@@ -40,7 +40,6 @@ __all__ = [
     "inspect_path",
     "nbody_acceleration",
     "nbody_energy",
-    "nino34_index",
     "prediff_sevir_splits",
     "read_catalog",
     "simulate_nbody",

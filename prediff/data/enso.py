@@ -27,31 +27,8 @@ from .utils import check_positive_int, check_value_range, import_optional, scale
 #: Earthformer's SST scaling range (the extremes of CMIP5 and CMIP6), degrees C.
 ENSO_SST_RANGE = (-16.549121856689453, 10.198975563049316)
 NINO_WINDOW = 3
-NINO34_ROWS = slice(10, 13)
-NINO34_COLUMNS = slice(19, 30)
 LONGITUDE_RANGE = (95.0, 330.0)
 MONTHS_PER_RECORD = 36
-
-
-def nino34_index(sst: np.ndarray | torch.Tensor, window: int = NINO_WINDOW) -> np.ndarray | torch.Tensor:
-    """Nino3.4 index of SST anomaly frames: box mean, then the ``window``-month running mean.
-
-    Args:
-        sst: (..., T, 24, 48) or (..., T, 24, 48, 1) anomalies in degrees C (unscaled).
-
-    Returns:
-        (..., T - window + 1).
-    """
-    if sst.shape[-1] == 1 and sst.ndim >= 4:
-        sst = sst[..., 0]
-    if tuple(sst.shape[-2:]) != (24, 48):
-        raise ValueError(f"sst must end in the 24 x 48 ENSO grid, got shape {tuple(sst.shape)}")
-    box = sst[..., NINO34_ROWS, NINO34_COLUMNS]
-    if isinstance(box, torch.Tensor):
-        return box.mean(dim=(-2, -1)).unfold(-1, window, 1).mean(-1)
-    box_mean = box.mean(axis=(-2, -1))
-    kernel = np.lib.stride_tricks.sliding_window_view(box_mean, window, axis=-1)
-    return kernel.mean(-1)
 
 
 def unfold_records(records: np.ndarray) -> np.ndarray:
