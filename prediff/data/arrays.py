@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import check_positive_int, check_value_range, scale_to_unit
+from .utils import check_index, check_positive_int, check_value_range, scale_to_unit
 
 
 class _HDF5Source:
@@ -111,9 +111,7 @@ class ArraySequenceDataset(Dataset):
         self.shape = shape
         n, t = shape[:2]
         if t < self.seq_len:
-            raise ValueError(
-                f"seq_len={self.seq_len} exceeds the array's sequence length T={t} (shape {shape})"
-            )
+            raise ValueError(f"seq_len={self.seq_len} exceeds the array's sequence length T={t} (shape {shape})")
         self.windows_per_sequence = 1 + (t - self.seq_len) // self.stride
         self.num_sequences = n
 
@@ -146,12 +144,7 @@ class ArraySequenceDataset(Dataset):
 
     def locate(self, index: int) -> tuple[int, int]:
         """(sequence, first frame) of window ``index``."""
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an integer, got {type(index).__name__}")
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} windows")
+        index = check_index(index, len(self))
         sequence, window = divmod(int(index), self.windows_per_sequence)
         return sequence, window * self.stride
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import check_positive_int, check_value_range, import_optional, scale_to_unit
+from .utils import check_index, check_positive_int, check_value_range, import_optional, scale_to_unit
 
 #: Earthformer's SST scaling range (the extremes of CMIP5 and CMIP6), degrees C.
 ENSO_SST_RANGE = (-16.549121856689453, 10.198975563049316)
@@ -92,9 +92,7 @@ class ENSODataset(Dataset):
         self.out_len = check_positive_int("out_len", out_len)
         if self.out_len < NINO_WINDOW:
             raise ValueError(f"out_len must be at least {NINO_WINDOW} (one Nino3.4 window), got {out_len}")
-        self.stride = check_positive_int(
-            "stride", stride if stride is not None else (10 if split == "train" else 11)
-        )
+        self.stride = check_positive_int("stride", stride if stride is not None else (10 if split == "train" else 11))
         self.value_range = check_value_range("value_range", value_range)
         self.clip = bool(clip)
         self.transform = transform
@@ -148,9 +146,7 @@ class ENSODataset(Dataset):
                         records = slice(offset + model * years, offset + (model + 1) * years)
                         series = unfold_records(sst.isel(year=records).values.astype(np.float32))
                         if not np.isfinite(series).all():
-                            raise ValueError(
-                                f"{paths['train']}: sst of {source} model {model} holds NaN values"
-                            )
+                            raise ValueError(f"{paths['train']}: sst of {source} model {model} holds NaN values")
                         self._series.append(series)
                         self._nino.append(unfold_records(nino.isel(year=records).values.astype(np.float32)))
                         self._models.append((source, model))
@@ -159,9 +155,7 @@ class ENSODataset(Dataset):
         self._windows = []
         for slot, series in enumerate(self._series):
             if len(series) < window:
-                raise ValueError(
-                    f"model series of {len(series)} months is shorter than in_len + out_len = {window}"
-                )
+                raise ValueError(f"model series of {len(series)} months is shorter than in_len + out_len = {window}")
             for start in range(0, len(series) - window + 1, self.stride):
                 self._windows.append((slot, start))
 
@@ -179,20 +173,13 @@ class ENSODataset(Dataset):
             return True
         if source == "CMIP6":
             return self.split == "train"
-        return {"train": model < models - 2, "val": model == models - 2, "test": model == models - 1}[
-            self.split
-        ]
+        return {"train": model < models - 2, "val": model == models - 2, "test": model == models - 1}[self.split]
 
     def __len__(self) -> int:
         return len(self._windows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an integer, got {type(index).__name__}")
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} windows")
+        index = check_index(index, len(self))
         slot, start = self._windows[index]
         source, model = self._models[slot]
         stop = start + self.in_len + self.out_len

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, Subset
 from .utils import (
     HDF5HandleCache,
     atomic_output,
+    check_index,
     check_positive_int,
     check_value_range,
     import_optional,
@@ -148,9 +149,7 @@ class SEVIRDataset(Dataset):
         self.seq_len = check_positive_int("seq_len", seq_len)
         self.stride = check_positive_int("stride", stride)
         if img_type == "lght":
-            raise ValueError(
-                "img_type 'lght' is a list of lightning flashes, not an image sequence; not supported"
-            )
+            raise ValueError("img_type 'lght' is a list of lightning flashes, not an image sequence; not supported")
         self.img_type = img_type
         if value_range is None:
             if img_type not in SEVIR_VALUE_RANGES:
@@ -226,12 +225,7 @@ class SEVIRDataset(Dataset):
 
     def locate(self, index: int) -> tuple[int, int]:
         """(event row in ``self.events``, first frame) of window ``index``."""
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an integer, got {type(index).__name__}")
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} windows")
+        index = check_index(index, len(self))
         row, start = self._windows[index]
         return int(row), int(start)
 
@@ -239,9 +233,7 @@ class SEVIRDataset(Dataset):
         row, start = self.locate(index)
         event = self.events.iloc[row]
         path = self.data_dir / event["file_name"]
-        raw = self._files.get(path)[self.img_type][
-            int(event["file_index"]), :, :, start : start + self.seq_len
-        ]
+        raw = self._files.get(path)[self.img_type][int(event["file_index"]), :, :, start : start + self.seq_len]
         frames = scale_to_unit(
             np.moveaxis(raw, -1, 0)[..., None], self.value_range, self.clip, f"event {event['id']} in {path}"
         )
@@ -328,9 +320,7 @@ def block_max(array: np.ndarray, factor: int, axes: tuple[int, int]) -> np.ndarr
         lowest = np.iinfo(array.dtype).min if np.issubdtype(array.dtype, np.integer) else -np.inf
         array = np.pad(array, pad, constant_values=lowest)
     shape = list(array.shape)
-    new_shape = (
-        shape[:a0] + [shape[a0] // factor, factor] + shape[a0 + 1 : a1] + [shape[a1] // factor, factor]
-    )
+    new_shape = shape[:a0] + [shape[a0] // factor, factor] + shape[a0 + 1 : a1] + [shape[a1] // factor, factor]
     new_shape += shape[a1 + 1 :]
     return array.reshape(new_shape).max(axis=(a0 + 1, a1 + 2))
 
@@ -386,9 +376,7 @@ def downsample_sevir(
         )
     files = [(name, key) for name, key in files if (src / "data" / name).exists()]
     if not files:
-        raise FileNotFoundError(
-            f"none of the files of {types} listed in {catalog_path} exist under {src / 'data'}"
-        )
+        raise FileNotFoundError(f"none of the files of {types} listed in {catalog_path} exist under {src / 'data'}")
 
     dst.mkdir(parents=True, exist_ok=True)
     written = []
@@ -405,9 +393,7 @@ def downsample_sevir(
                 out_shape = downsample_events(
                     np.zeros((1, *data.shape[1:]), dtype=data.dtype), time_factor, space_factor
                 ).shape[1:]
-                out = fout.create_dataset(
-                    key, shape=(n, *out_shape), dtype=data.dtype, chunks=(1, *out_shape)
-                )
+                out = fout.create_dataset(key, shape=(n, *out_shape), dtype=data.dtype, chunks=(1, *out_shape))
                 for start in range(0, n, chunk_events):
                     block = data[start : start + chunk_events]
                     out[start : start + len(block)] = downsample_events(block, time_factor, space_factor)
@@ -416,9 +402,7 @@ def downsample_sevir(
                     if other != key:
                         fin.copy(fin[other], fout, name=other)
                 fout.attrs.update(dict(fin.attrs))
-                fout.attrs["prediff_downsample"] = (
-                    f"time every {time_factor}, space {space_factor}x{space_factor} max"
-                )
+                fout.attrs["prediff_downsample"] = f"time every {time_factor}, space {space_factor}x{space_factor} max"
         written.append(target)
     with atomic_output(dst / "CATALOG.csv", overwrite=True) as tmp:
         tmp.write_bytes(catalog_path.read_bytes())
@@ -441,7 +425,5 @@ def describe_sevir_root(root: Path) -> list[str]:
         for file_name in present[:3]:
             with h5py.File(root / "data" / file_name, "r") as f:
                 if img_type in f:
-                    lines.append(
-                        f"    {file_name}: {img_type} shape {f[img_type].shape} dtype {f[img_type].dtype}"
-                    )
+                    lines.append(f"    {file_name}: {img_type} shape {f[img_type].shape} dtype {f[img_type].dtype}")
     return lines

@@ -30,8 +30,7 @@ def import_optional(module: str, purpose: str) -> Any:
     except ImportError as error:
         extra = _EXTRA_OF.get(module.split(".")[0], "data")
         raise ImportError(
-            f"{purpose} needs the optional package {module!r}; "
-            f'install it with: pip install "prediff[{extra}]"'
+            f'{purpose} needs the optional package {module!r}; install it with: pip install "prediff[{extra}]"'
         ) from error
 
 
@@ -47,6 +46,17 @@ def check_seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"seed must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def check_index(index: Any, length: int) -> int:
+    """A window index in ``[-length, length)`` as a non-negative int (TypeError / IndexError otherwise)."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index must be an integer, got {type(index).__name__}")
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"index {index} out of range for {length} windows")
+    return int(index)
 
 
 def check_value_range(name: str, value: Any) -> tuple[float, float]:
@@ -84,9 +94,7 @@ def scale_to_unit(values: np.ndarray, value_range: tuple[float, float], clip: bo
 
 
 @contextlib.contextmanager
-def atomic_output(
-    path: str | os.PathLike, overwrite: bool = False, directory: bool = False
-) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it into place with ``os.replace``.
 
     Readers never see a half-written file: the result appears at ``path`` only once it is complete, and a
