@@ -1,0 +1,19 @@
+"""Evaluation: a pipeline and its reference forecasts scored on a data set, per lead time.
+
+[`evaluate_pipeline`] runs the loop and returns an [`EvaluationReport`], which renders as a terminal table
+(`to_table`), Markdown (`to_markdown`) and JSON (`to_json`); `prediff evaluate` is its command line.
+"""
+
+from .evaluate import IntensityControlSpec, ScoreSet, evaluate_forecasts, evaluate_pipeline, load_sequences
+from .report import HEADLINE_SCORES, EvaluationReport, ForecasterScores
+
+__all__ = [
+    "HEADLINE_SCORES",
+    "EvaluationReport",
+    "ForecasterScores",
+    "IntensityControlSpec",
+    "ScoreSet",
+    "evaluate_forecasts",
+    "evaluate_pipeline",
+    "load_sequences",
+]

@@ -1,0 +1,470 @@
+"""The evaluation loop: forecast every sequence of a data set with a pipeline and its reference forecasts, and
+accumulate every score per lead time.
+
+For each batch of sequences the context (the first `T_in` frames) is forecast
+
+- by the pipeline: a PreDiff ensemble of `M` members (member `m` of sequence `i` draws its noise from
+  `SeedSequence([seed, i, m])`, so results do not depend on the batch size), or one Earthformer forecast;
+- by the same PreDiff pipeline steered by the anticipated-intensity knowledge control (same noise, so the
+  control is the only difference), when a control is given;
+- by the baselines (persistence; optical-flow extrapolation and STEPS through pysteps);
+
+and scored against the observed future (the next `T_out` frames) in the data's physical units:
+POD/SUCR/CSI/BIAS at every threshold and pooling size and CSI-M; MSE, RMSE, MAE, SSIM; FSS; for ensembles
+CRPS (also pooled), spread-skill and the rank histogram; and, when anticipated intensities are known, the
+error of every forecast's mean intensity against them (`kc_*`). Deterministic scores of an ensemble are those
+of its mean.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..metrics import (
+    SEVIR_POOL_SIZES,
+    SEVIR_THRESHOLDS,
+    CategoricalScore,
+    ContinuousScore,
+    EnsembleCRPS,
+    FractionsSkillScore,
+    KnowledgeControlError,
+    RankHistogram,
+    SpreadSkill,
+)
+from .report import EvaluationReport, ForecasterScores
+
+__all__ = ["IntensityControlSpec", "ScoreSet", "evaluate_forecasts", "evaluate_pipeline", "load_sequences"]
+
+DEFAULT_FSS_SCALES = (1, 4, 16)
+#: SSIM's Gaussian window needs frames at least this large.
+_SSIM_MIN_SIZE = 11
+
+
+@dataclass
+class IntensityControlSpec:
+    """How [`evaluate_pipeline`] steers its controlled forecasts with the anticipated-intensity control.
+
+    Args:
+        target (`float`, *optional*): anticipated mean intensity of every forecast, physical units; when None,
+            each sequence's observed future mean intensity times `observed_factor` (what a perfect intensity
+            outlook would give; the official PreDiff demonstration uses a factor of 2).
+        scale (`float`, defaults to 100): guidance strength (score form).
+        method (`str`, *optional*): "learned" or "analytic"; default "learned" when the pipeline has a
+            knowledge-alignment network, else "analytic".
+        observed_factor (`float`, defaults to 1): factor on the observed intensity when `target` is None.
+        description (`str`, *optional*): how the target was chosen, for the report.
+    """
+
+    target: float | None = None
+    scale: float = 100.0
+    method: str | None = None
+    observed_factor: float = 1.0
+    description: str | None = None
+
+    def anticipated(self, target_frames: np.ndarray) -> np.ndarray:
+        """The anticipated mean intensity `(B,)` for observed futures `(B, T_out, H, W, C)`."""
+        if self.target is not None:
+            return np.full(target_frames.shape[0], float(self.target))
+        return self.observed_factor * target_frames.mean(axis=(1, 2, 3, 4), dtype=np.float64)
+
+    def describe(self) -> str:
+        what = (
+            f"{self.target:.4g}"
+            if self.target is not None
+            else "the observed future mean intensity of each sequence"
+            + (f" x {self.observed_factor:g}" if self.observed_factor != 1 else "")
+        )
+        return self.description or what
+
+    def build(self, pipeline: Any, anticipated: np.ndarray) -> Any:
+        from ..knowledge import AnticipatedIntensityControl
+
+        method = self.method
+        if method is None:
+            method = "learned" if getattr(pipeline, "knowledge_model", None) is not None else "analytic"
+        return AnticipatedIntensityControl(target=anticipated.tolist(), scale=self.scale, method=method)
+
+
+class ScoreSet:
+    """Every accumulating score of one forecaster.
+
+    Args:
+        ensemble: the forecasts are ensembles `(B, M, T, H, W, C)` (else `(B, T, H, W, C)`).
+        frame_size: `(H, W)`, to leave out the pooling sizes / SSIM that do not fit.
+        thresholds, pool_sizes, fss_scales: as in [`evaluate_pipeline`].
+        rank_x_min: values below it count as equal in the rank histogram (see [`RankHistogram`]).
+    """
+
+    def __init__(
+        self,
+        ensemble: bool,
+        frame_size: tuple[int, int],
+        thresholds: Sequence[float] = SEVIR_THRESHOLDS,
+        pool_sizes: Sequence[int] = SEVIR_POOL_SIZES,
+        fss_scales: Sequence[int] = DEFAULT_FSS_SCALES,
+        rank_x_min: float | None = None,
+    ) -> None:
+        side = min(frame_size)
+        pools = [k for k in pool_sizes if k <= side] or [1]
+        self.ensemble = ensemble
+        self.deterministic = [
+            CategoricalScore(thresholds, pools),
+            ContinuousScore(
+                ("mse", "rmse", "mae", "ssim") if side >= _SSIM_MIN_SIZE else ("mse", "rmse", "mae")
+            ),
+            FractionsSkillScore(thresholds, fss_scales),
+        ]
+        self.crps = EnsembleCRPS(pools)
+        self.spread = SpreadSkill() if ensemble else None
+        self.rank = RankHistogram(x_min=rank_x_min) if ensemble else None
+        self.intensity = KnowledgeControlError("mean_intensity")
+        self.members: int | None = None
+        self._has_intensity = False
+
+    def update(self, forecast: np.ndarray, target: np.ndarray, anticipated: np.ndarray | None = None) -> None:
+        """Add a batch: `forecast` `(B, M, T, H, W, C)` (ensemble) or `(B, T, H, W, C)`, `target`
+        `(B, T, H, W, C)`, `anticipated` `(B,)` mean intensities or None."""
+        members = forecast if self.ensemble else forecast[:, None]
+        self.members = members.shape[1]
+        point = members.mean(axis=1) if self.ensemble else forecast
+        for metric in self.deterministic:
+            metric.update(point, target)
+        self.crps.update(members, target)
+        if self.spread is not None and self.members >= 2:
+            self.spread.update(members, target)
+        if self.rank is not None:
+            self.rank.update(members, target)
+        if anticipated is not None:
+            self.intensity.update(members, anticipated)
+            self._has_intensity = True
+
+    def result(self, knowledge_control: str | None = None) -> ForecasterScores:
+        """The accumulated scores as [`ForecasterScores`]."""
+        scores: dict[str, float] = {}
+        per_lead: dict[str, list[float]] = {}
+        metrics = self.deterministic + [self.crps]
+        if self.spread is not None and self.spread._num_frames is not None:
+            metrics.append(self.spread)
+        for metric in metrics:
+            scores.update(metric.compute())
+            per_lead.update(
+                {k: np.asarray(v).tolist() for k, v in metric.compute(per_lead_time=True).items()}
+            )
+        if self._has_intensity:
+            scores.update(self.intensity.compute())
+        rank = self.rank.compute()["rank_histogram"].tolist() if self.rank is not None else None
+        return ForecasterScores(
+            kind="ensemble" if self.ensemble else "deterministic",
+            members=int(self.members or 1),
+            scores={k: float(v) for k, v in scores.items()},
+            per_lead_time=per_lead,
+            rank_histogram=rank,
+            knowledge_control=knowledge_control,
+        )
+
+
+def load_sequences(
+    dataset: Dataset,
+    indices: Sequence[int],
+    num_frames: int,
+    value_range: tuple[float, float],
+    data_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Items `indices` of a data set (dicts with "frames" `(T, H, W, C)` in [0, 1]) as physical values.
+
+    Args:
+        num_frames: frames needed (`T_in + T_out`); longer items are cut to their first `num_frames`.
+        value_range: the pipeline's physical range, which the values must lie in.
+        data_range: the data set's physical range (its items' 0 and 1); default: the data set's
+            `value_range` attribute, else `value_range`.
+
+    Returns:
+        `(len(indices), num_frames, H, W, C)` float32.
+    """
+    from ..pipelines.forecast_io import check_context_values
+
+    lo, hi = data_range or getattr(dataset, "value_range", None) or value_range
+    frames = []
+    for i in indices:
+        item = dataset[int(i)]
+        x = item["frames"] if isinstance(item, dict) else item
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if x.ndim != 4 or x.shape[0] < num_frames:
+            raise ValueError(
+                f"item {i} of the data set has frames of shape {tuple(x.shape)}; the pipeline needs "
+                f"(T, H, W, C) with T >= {num_frames} (context + forecast frames)"
+            )
+        frames.append(x[:num_frames])
+    batch = np.stack(frames).astype(np.float32) * np.float32(hi - lo) + np.float32(lo)
+    return check_context_values(
+        batch, value_range, name=f"sequences {indices[0]}-{indices[-1]} of the data set"
+    )
+
+
+def _baseline_forecast(
+    name: str, fn: Callable[..., Any], context: np.ndarray, num_frames: int, **kwargs: Any
+):
+    try:
+        return np.asarray(fn(context, num_frames, **kwargs), dtype=np.float32)
+    except ImportError:
+        raise
+    except ValueError as error:
+        raise ValueError(f"baseline {name!r}: {error}") from None
+
+
+def evaluate_forecasts(
+    forecasters: dict[str, Callable[[np.ndarray, np.ndarray, Sequence[int]], np.ndarray]],
+    dataset: Dataset,
+    context_length: int,
+    forecast_length: int,
+    value_range: tuple[float, float],
+    num_sequences: int | None = None,
+    batch_size: int = 4,
+    thresholds: Sequence[float] = SEVIR_THRESHOLDS,
+    pool_sizes: Sequence[int] = SEVIR_POOL_SIZES,
+    fss_scales: Sequence[int] = DEFAULT_FSS_SCALES,
+    anticipated: Callable[[np.ndarray], np.ndarray] | None = None,
+    descriptions: dict[str, str] | None = None,
+    rank_x_min: float | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, ForecasterScores], int]:
+    """Score any forecast functions on a data set (the loop behind [`evaluate_pipeline`]).
+
+    Args:
+        forecasters: name -> `f(context, target, indices)`, context `(B, T_in, H, W, C)` physical units,
+            returning `(B, M, T_out, H, W, C)` (an ensemble) or `(B, T_out, H, W, C)`.
+        anticipated: maps observed futures `(B, T_out, H, W, C)` to anticipated mean intensities `(B,)`; when
+            given every forecaster gets the `kc_*` intensity errors.
+        descriptions: forecaster name -> knowledge-control description for the report.
+
+    Returns:
+        name -> [`ForecasterScores`], and the number of sequences scored.
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.utils import check_positive_int
+
+    batch_size = check_positive_int("batch_size", batch_size)
+    total = len(dataset) if num_sequences is None else check_positive_int("num_sequences", num_sequences)
+    if total > len(dataset):
+        raise ValueError(f"num_sequences={total} exceeds the data set's {len(dataset)} sequences")
+    if total == 0:
+        raise ValueError("the data set is empty")
+    scores: dict[str, ScoreSet] = {}
+    bar = tqdm(total=total, desc="evaluate", unit="seq", disable=not progress)
+    try:
+        for start in range(0, total, batch_size):
+            indices = list(range(start, min(start + batch_size, total)))
+            frames = load_sequences(dataset, indices, context_length + forecast_length, value_range)
+            context, target = frames[:, :context_length], frames[:, context_length:]
+            expected = anticipated(target) if anticipated is not None else None
+            for name, forecast_fn in forecasters.items():
+                forecast = np.asarray(forecast_fn(context, target, indices), dtype=np.float32)
+                ensemble = forecast.ndim == 6
+                if forecast.shape[:1] + forecast.shape[1 + ensemble :] != target.shape:
+                    raise ValueError(
+                        f"forecaster {name!r} returned shape {tuple(forecast.shape)} for targets of shape "
+                        f"{tuple(target.shape)}"
+                    )
+                if name not in scores:
+                    scores[name] = ScoreSet(
+                        ensemble, target.shape[2:4], thresholds, pool_sizes, fss_scales, rank_x_min
+                    )
+                scores[name].update(forecast, target, expected)
+            bar.update(len(indices))
+    finally:
+        bar.close()
+    descriptions = descriptions or {}
+    return {name: s.result(descriptions.get(name)) for name, s in scores.items()}, total
+
+
+def evaluate_pipeline(
+    pipeline: Any,
+    dataset: Dataset,
+    num_sequences: int | None = None,
+    batch_size: int = 4,
+    num_ensemble_members: int = 4,
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    knowledge_control: IntensityControlSpec | None = None,
+    baselines: Sequence[str] = ("persistence",),
+    baseline_kwargs: dict[str, dict[str, Any]] | None = None,
+    thresholds: Sequence[float] = SEVIR_THRESHOLDS,
+    pool_sizes: Sequence[int] = SEVIR_POOL_SIZES,
+    fss_scales: Sequence[int] = DEFAULT_FSS_SCALES,
+    interval_minutes: float | None = None,
+    rank_x_min: float | None = None,
+    pipeline_name: str | None = None,
+    dataset_name: str | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Evaluate a PreDiff or Earthformer pipeline on a data set, next to baselines, with and without knowledge
+    control.
+
+    Args:
+        pipeline: a [`PreDiffPipeline`], an [`EarthformerPipeline`] or a bare [`EarthformerModel`] (wrapped
+            with value range 0-255).
+        dataset: items are dicts with "frames" `(T, H, W, C)` in [0, 1] (every prediff data set); `T >= T_in +
+            T_out` of the pipeline (the first frames are used), `(H, W, C)` the pipeline's. Values are mapped
+            back to physical units with the data set's `value_range` attribute (else the pipeline's) and must
+            lie inside the pipeline's `value_range`.
+        num_sequences: score the first `num_sequences` items (default: all).
+        batch_size: sequences forecast together.
+        num_ensemble_members: PreDiff ensemble size `M` (also the STEPS ensemble size).
+        num_inference_steps: denoising steps (default: the scheduler's usual count).
+        seed: seed of the forecast noise (and of STEPS).
+        knowledge_control: also forecast with the anticipated-intensity control (PreDiff only), as the
+            forecaster "prediff+intensity"; every forecaster then gets the intensity errors `kc_mae`,
+            `kc_rmse`, `kc_bias` against the anticipated values.
+        baselines: names for [`prediff.baselines.get_baseline`]: "persistence", "extrapolation", "steps".
+        baseline_kwargs: name -> extra keyword arguments of that baseline.
+        thresholds, pool_sizes, fss_scales: categorical thresholds (physical units; SEVIR VIL by default),
+            max-pooling sizes and FSS neighbourhoods; sizes larger than the frames are left out.
+        interval_minutes: minutes between frames, for lead-time labels.
+        rank_x_min: values below it are ties in the rank histogram.
+        pipeline_name, dataset_name: labels for the report.
+        progress: show a progress bar.
+
+    Returns:
+        An [`EvaluationReport`]: `.to_table()`, `.to_markdown()`, `.to_json()`, `.save(path)`.
+    """
+    from ..baselines import get_baseline
+    from ..data.utils import check_positive_int, check_seed
+    from ..pipelines import EarthformerPipeline, PreDiffPipeline
+    from ..pipelines.forecast_io import member_generators
+
+    start_time = time.perf_counter()
+    if not isinstance(pipeline, (PreDiffPipeline, EarthformerPipeline)):
+        config = getattr(pipeline, "config", None)
+        if config is not None and "input_shape" in config and "target_shape" in config:
+            pipeline = EarthformerPipeline(pipeline.eval())
+        else:
+            raise ValueError(
+                "pipeline must be a PreDiffPipeline, an EarthformerPipeline or an EarthformerModel, got "
+                f"{type(pipeline).__name__}"
+            )
+    is_prediff = isinstance(pipeline, PreDiffPipeline)
+    members = check_positive_int("num_ensemble_members", num_ensemble_members)
+    seed = check_seed(seed)
+    if num_inference_steps is not None:
+        num_inference_steps = check_positive_int("num_inference_steps", num_inference_steps)
+    elif is_prediff:
+        num_inference_steps = pipeline._default_steps()
+    if knowledge_control is not None and not is_prediff:
+        raise ValueError(
+            "knowledge control needs a PreDiff pipeline; an Earthformer forecast is deterministic"
+        )
+    T_in, H, W, C = pipeline.context_shape
+    T_out = pipeline.forecast_shape[0]
+    value_range = pipeline.value_range
+    sample = dataset[0]["frames"] if len(dataset) else None
+    if sample is not None and tuple(sample.shape[1:]) != (H, W, C):
+        raise ValueError(
+            f"the data set's frames are (H, W, C) = {tuple(sample.shape[1:])}, the pipeline needs {(H, W, C)}"
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    main_name = "prediff" if is_prediff else "earthformer"
+
+    def run_pipeline(controlled: bool) -> Callable[[np.ndarray, np.ndarray, Sequence[int]], np.ndarray]:
+        def forecast(context: np.ndarray, target: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+            if not is_prediff:
+                return pipeline(context).frames
+            controls = None
+            if controlled:
+                controls = [knowledge_control.build(pipeline, knowledge_control.anticipated(target))]
+            return pipeline(
+                context,
+                num_inference_steps=num_inference_steps,
+                num_ensemble_members=members,
+                generator=member_generators(seed, indices, members),
+                knowledge_controls=controls,
+            ).frames
+
+        return forecast
+
+    forecasters: dict[str, Callable[..., np.ndarray]] = {main_name: run_pipeline(False)}
+    descriptions: dict[str, str] = {}
+    if knowledge_control is not None:
+        name = f"{main_name}+intensity"
+        forecasters[name] = run_pipeline(True)
+        descriptions[name] = (
+            f"anticipated-intensity control towards {knowledge_control.describe()}, scale "
+            f"{knowledge_control.scale:g}"
+        )
+    baseline_kwargs = dict(baseline_kwargs or {})
+    for baseline in baselines:
+        fn = get_baseline(baseline)
+        kwargs = dict(baseline_kwargs.pop(baseline, {}))
+        if baseline in ("extrapolation", "steps"):
+            kwargs.setdefault("value_range", value_range)
+        if baseline == "steps":
+            kwargs.setdefault("num_members", members)
+            kwargs.setdefault("show_progress", False)
+            # STEPS' cascade needs a few pixels per level: 6 levels on 128 px, fewer on small frames.
+            kwargs.setdefault("num_cascade_levels", int(max(1, min(6, np.log2(min(H, W)) - 2))))
+
+        def forecast_baseline(context, target, indices, _name=baseline, _fn=fn, _kwargs=kwargs):
+            extra = {"seed": seed + int(indices[0])} if _name == "steps" and "seed" not in _kwargs else {}
+            return _baseline_forecast(_name, _fn, context, T_out, **_kwargs, **extra)
+
+        forecasters[baseline] = forecast_baseline
+    if baseline_kwargs:
+        raise ValueError(f"baseline_kwargs names baselines that are not evaluated: {sorted(baseline_kwargs)}")
+
+    results, total = evaluate_forecasts(
+        forecasters,
+        dataset,
+        T_in,
+        T_out,
+        value_range,
+        num_sequences=num_sequences,
+        batch_size=batch_size,
+        thresholds=thresholds,
+        pool_sizes=pool_sizes,
+        fss_scales=fss_scales,
+        anticipated=knowledge_control.anticipated if knowledge_control is not None else None,
+        descriptions=descriptions,
+        rank_x_min=rank_x_min,
+        progress=progress,
+    )
+    lo, hi = value_range
+    settings: dict[str, Any] = {
+        "pipeline": pipeline_name or str(pipeline.config.get("_name_or_path") or type(pipeline).__name__),
+        "pipeline_class": type(pipeline).__name__,
+        "dataset": dataset_name or repr(dataset),
+        "num_sequences": total,
+        "context_frames": T_in,
+        "forecast_frames": T_out,
+        "frame_shape": [H, W, C],
+        "value_range": [lo, hi],
+        "members": members if is_prediff else 1,
+        "num_inference_steps": num_inference_steps if is_prediff else None,
+        "scheduler": type(pipeline.scheduler).__name__ if is_prediff else None,
+        "seed": seed,
+        "baselines": list(baselines),
+        "thresholds": [float(t) for t in thresholds],
+        "pool_sizes": [int(k) for k in pool_sizes if k <= min(H, W)],
+        "fss_scales": [int(s) for s in fss_scales],
+    }
+    if knowledge_control is not None:
+        settings["anticipated_intensity"] = knowledge_control.describe()
+        settings["control_scale"] = knowledge_control.scale
+    units = str(
+        pipeline.config.get("units") or getattr(dataset, "units", None) or f"values in [{lo:g}, {hi:g}]"
+    )
+    minutes = None if interval_minutes is None else [float(interval_minutes) * t for t in range(1, T_out + 1)]
+    return EvaluationReport(
+        forecasters=results,
+        lead_times=list(range(1, T_out + 1)),
+        settings=settings,
+        units=units,
+        lead_time_minutes=minutes,
+        seconds=time.perf_counter() - start_time,
+    )

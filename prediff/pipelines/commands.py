@@ -1,0 +1,380 @@
+"""`prediff forecast`: forecast an ensemble from a context sequence in a file, write it and draw it.
+
+```
+prediff forecast --pipeline DIR --input ctx.npy --out ens.nc --members 8 --steps 20 --seed 0 \
+    [--knowledge-control intensity --target 40]
+```
+
+writes `ens.nc` (netCDF, or zarr for `.zarr`): the variable `forecast` with dims (member, time, y, x), the
+`context` it started from and attributes for units, scaling, lead times, model and seed; `ens.npy`: the
+pysteps layout (members, time, y, x); and, unless `--no-plots`, `ens_panel.png` and `ens.gif`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_knowledge_control_arguments", "intensity_control_from_args", "register", "run_forecast"]
+
+KNOWLEDGE_CONTROLS = ("intensity",)
+CONTROL_METHODS = ("learned", "analytic")
+#: Default guidance strength of the anticipated-intensity control (score form).
+DEFAULT_CONTROL_SCALE = 100.0
+
+
+def add_knowledge_control_arguments(parser: argparse.ArgumentParser, observed_default: bool = False) -> None:
+    """The options of the anticipated-intensity control, shared by `forecast` and `evaluate`."""
+    group = parser.add_argument_group("knowledge control")
+    group.add_argument(
+        "--knowledge-control",
+        choices=KNOWLEDGE_CONTROLS,
+        default=None,
+        help="steer the forecast: 'intensity' = anticipated average intensity of the forecast frames",
+    )
+    target_help = "anticipated mean intensity of the forecast, in the pipeline's physical units"
+    if observed_default:
+        target_help += " (default without --n-sigma: each sequence's observed future mean intensity)"
+    group.add_argument("--target", type=float, default=None, help=target_help)
+    group.add_argument(
+        "--n-sigma",
+        type=float,
+        default=None,
+        help="anticipate mu + N sigma of the training distribution of the future mean intensity (from the "
+        "pipeline's future_intensity.json or --intensity-mean/--intensity-std)",
+    )
+    group.add_argument("--intensity-mean", type=float, default=None, help="mu for --n-sigma (physical units)")
+    group.add_argument(
+        "--intensity-std", type=float, default=None, help="sigma for --n-sigma (physical units)"
+    )
+    group.add_argument(
+        "--control-scale",
+        type=float,
+        default=DEFAULT_CONTROL_SCALE,
+        help=f"guidance strength (default: {DEFAULT_CONTROL_SCALE:g})",
+    )
+    group.add_argument(
+        "--control-method",
+        choices=CONTROL_METHODS,
+        default=None,
+        help="'learned' (the pipeline's knowledge-alignment network; default when it has one) or 'analytic' "
+        "(decode the current clean estimate; no network needed)",
+    )
+
+
+def intensity_control_from_args(pipeline: Any, args: argparse.Namespace, target: Any) -> Any:
+    """An [`AnticipatedIntensityControl`] for `pipeline` with the scale and method of `args` and `target`
+    (a number, or one value per context, physical units)."""
+    from ..knowledge import AnticipatedIntensityControl
+
+    if not np.isfinite(args.control_scale) or args.control_scale < 0:
+        raise ValueError(f"--control-scale must be a finite number >= 0, got {args.control_scale}")
+    method = args.control_method
+    if method is None:
+        method = "learned" if getattr(pipeline, "knowledge_model", None) is not None else "analytic"
+    return AnticipatedIntensityControl(target=target, scale=args.control_scale, method=method)
+
+
+def check_knowledge_control_args(args: argparse.Namespace) -> None:
+    """Refuse control options given without `--knowledge-control` (they would silently do nothing)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--target", args.target),
+            ("--n-sigma", args.n_sigma),
+            ("--intensity-mean", args.intensity_mean),
+            ("--intensity-std", args.intensity_std),
+            ("--control-method", args.control_method),
+        )
+        if value is not None
+    ]
+    if args.knowledge_control is None and given:
+        raise ValueError(f"{', '.join(given)} only apply with --knowledge-control intensity")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `forecast` command to the `prediff` parser."""
+    parser = subparsers.add_parser(
+        "forecast",
+        help="forecast an ensemble from a context file; write netCDF/zarr, the pysteps .npy and pictures",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--pipeline", required=True, help="saved pipeline folder, Hub id or shipped name")
+    parser.add_argument(
+        "--input", required=True, type=Path, help="context: .npy, HDF5 (.h5), zarr (.zarr) or netCDF (.nc)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output ensemble: .nc (netCDF) or .zarr")
+    parser.add_argument("--members", type=int, default=8, help="ensemble members (default: 8)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the scheduler's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the forecast noise (default: 0)")
+    parser.add_argument("--variable", default=None, help="array / variable to read from the input file")
+    parser.add_argument(
+        "--dims",
+        default=None,
+        help="xarray inputs: dimension names in (sample,) time, y, x (, channel) order, comma-separated",
+    )
+    parser.add_argument(
+        "--use-last-frames",
+        action="store_true",
+        help="use the last T_in frames of a longer input instead of refusing it",
+    )
+    parser.add_argument("--clip", action="store_true", help="clip inputs to the pipeline's value_range")
+    parser.add_argument(
+        "--interval-minutes",
+        type=float,
+        default=None,
+        help="minutes between frames, for lead-time labels (default: from the input's times, else 10 in "
+        "pictures and none in the file)",
+    )
+    parser.add_argument(
+        "--pysteps-out", type=Path, default=None, help="pysteps-layout .npy (default: OUT with suffix .npy)"
+    )
+    parser.add_argument("--no-pysteps", action="store_true", help="do not write the pysteps .npy")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the panel and the GIF")
+    parser.add_argument("--plot-sample", type=int, default=0, help="context sample drawn (default: 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_knowledge_control_arguments(parser)
+    parser.set_defaults(func=_forecast_command)
+
+
+def _output_paths(out: Path, pysteps_out: Path | None, no_pysteps: bool, no_plots: bool) -> dict[str, Path]:
+    base = out.with_suffix("")
+    paths = {"forecast": out}
+    if not no_pysteps:
+        paths["pysteps"] = pysteps_out if pysteps_out is not None else base.with_suffix(".npy")
+    if not no_plots:
+        paths["panel"] = base.parent / f"{base.name}_panel.png"
+        paths["gif"] = base.with_suffix(".gif")
+    return paths
+
+
+def run_forecast(
+    pipeline: str | Any,
+    input: str | Path,
+    out: str | Path,
+    members: int = 8,
+    steps: int | None = None,
+    seed: int = 0,
+    variable: str | None = None,
+    dims: tuple[str, ...] | None = None,
+    use_last_frames: bool = False,
+    clip: bool = False,
+    knowledge_controls: Any = None,
+    knowledge_control_info: str | None = None,
+    interval_minutes: float | None = None,
+    pysteps_out: str | Path | None = None,
+    write_pysteps: bool = True,
+    plots: bool = True,
+    plot_sample: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Forecast from a context file and write the results (see the module docstring).
+
+    Args:
+        pipeline: a loaded `PreDiffPipeline` / `EarthformerPipeline`, or what [`load_forecast_pipeline`]
+            takes.
+        input: context file, read by [`read_context`]; its length must be the pipeline's `T_in` (or longer
+            with `use_last_frames`), its frames the pipeline's `(H, W, C)`, its values inside the pipeline's
+            `value_range` (or `clip`).
+        out: `.nc` or `.zarr` output.
+        knowledge_controls: controls passed to a PreDiff pipeline; `knowledge_control_info` describes them in
+            the file's attributes.
+        Other arguments: as the command's options.
+
+    Returns:
+        kind ("forecast", "pysteps", "panel", "gif") -> path written.
+
+    Raises:
+        FileExistsError: an output exists and `overwrite` is False (checked before any work).
+        FileNotFoundError, ValueError: unreadable or unsuitable input, incomplete pipeline, bad arguments.
+    """
+    import torch
+
+    from ..data.utils import check_positive_int, check_seed
+    from .forecast_io import (
+        FORECAST_SUFFIXES,
+        check_context_values,
+        forecast_dataset,
+        load_forecast_pipeline,
+        member_generators,
+        read_context,
+        write_forecast,
+        write_pysteps_array,
+    )
+    from .pipeline_prediff import PreDiffPipeline
+
+    start = time.perf_counter()
+    members = check_positive_int("members", members)
+    seed = check_seed(seed)
+    if steps is not None:
+        steps = check_positive_int("steps", steps)
+    out = Path(out)
+    if out.suffix.lower() not in FORECAST_SUFFIXES:
+        raise ValueError(f"--out must end in one of {FORECAST_SUFFIXES} (netCDF or zarr), got {str(out)!r}")
+    paths = _output_paths(
+        out, None if pysteps_out is None else Path(pysteps_out), not write_pysteps, not plots
+    )
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    for path in paths.values():
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = (
+        pipeline if not isinstance(pipeline, (str, Path)) else load_forecast_pipeline(pipeline, device=device)
+    )
+    is_prediff = isinstance(pipe, PreDiffPipeline)
+    if not is_prediff and knowledge_controls:
+        raise ValueError(
+            "knowledge control needs a PreDiff pipeline; this one is deterministic (Earthformer)"
+        )
+    context = read_context(input, key=variable, dims=dims)
+    frames = context.frames
+    T_in, H, W, C = pipe.context_shape
+    if frames.shape[1] != T_in:
+        if use_last_frames and frames.shape[1] > T_in:
+            frames = frames[:, -T_in:]
+            if context.time is not None:
+                context.time = context.time[-T_in:]
+        else:
+            hint = " (or pass --use-last-frames to use the last ones)" if frames.shape[1] > T_in else ""
+            raise ValueError(
+                f"the pipeline needs {T_in} context frames, the input {context.source} has "
+                f"{frames.shape[1]} (shape {tuple(frames.shape)} as (B, T, H, W, C)){hint}"
+            )
+    if tuple(frames.shape[2:]) != (H, W, C):
+        raise ValueError(
+            f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, the input {context.source} has "
+            f"{tuple(frames.shape[2:])} (shape {tuple(frames.shape)} as (B, T, H, W, C))"
+        )
+    frames = check_context_values(frames, pipe.value_range, clip=clip, name=f"context in {context.source}")
+    context.frames = frames
+    if not 0 <= plot_sample < frames.shape[0]:
+        raise ValueError(f"plot_sample must be in [0, {frames.shape[0]}), got {plot_sample}")
+
+    pipe.set_progress_bar_config(disable=not progress)
+    if is_prediff:
+        steps = steps if steps is not None else pipe._default_steps()
+        generators = member_generators(seed, range(frames.shape[0]), members)
+        ensemble = pipe(
+            frames,
+            num_inference_steps=steps,
+            num_ensemble_members=members,
+            generator=generators,
+            knowledge_controls=knowledge_controls,
+        ).frames
+    else:
+        # Earthformer is deterministic: one "member".
+        members, steps = 1, None
+        ensemble = pipe(frames).frames[:, None]
+    ensemble = np.asarray(ensemble, dtype=np.float32)
+
+    lo, hi = pipe.value_range
+    units = pipe.config.get("units") or context.attrs.get("units")
+    model_id = pipe.config.get("_name_or_path") or type(pipe).__name__
+    from .. import __version__
+
+    attrs = {
+        "title": "prediff ensemble forecast",
+        "source": f"prediff {__version__}, {type(pipe).__name__}",
+        "model_id": str(model_id),
+        "pipeline_class": type(pipe).__name__,
+        "scheduler": type(pipe.scheduler).__name__ if is_prediff else None,
+        "units": units or "physical units of the pipeline",
+        "value_range": [lo, hi],
+        "scaling": f"the model sees (x - {lo:g}) / ({hi:g} - {lo:g}); values are physical and not clipped",
+        "lead_times": list(range(1, ensemble.shape[2] + 1)),
+        "lead_time_units": "frames",
+        "members": members,
+        "num_inference_steps": steps,
+        "seed": seed,
+        "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
+        "knowledge_control": knowledge_control_info or "none",
+        "context_file": str(context.source),
+        "context_variable": context.variable,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if interval_minutes is not None:
+        attrs["interval_minutes"] = float(interval_minutes)
+    dataset = forecast_dataset(ensemble, context, attrs=attrs, interval_minutes=interval_minutes, units=units)
+    written = {"forecast": write_forecast(dataset, paths["forecast"], overwrite=overwrite)}
+    if "pysteps" in paths:
+        written["pysteps"] = write_pysteps_array(ensemble, paths["pysteps"], overwrite=overwrite)
+    if plots:
+        from ..visualization import plot_forecast_panel, save_forecast_gif
+
+        step = context.time_step
+        minutes = interval_minutes or (
+            float(step / np.timedelta64(1, "s")) / 60 if step is not None else 10.0
+        )
+        title = f"{Path(str(model_id)).name}: {members} member(s) from {Path(context.source).name}"
+        sample = frames[plot_sample]
+        ens = ensemble[plot_sample]
+        plot_forecast_panel(sample, None, ens, interval_minutes=minutes, title=title, path=paths["panel"])
+        written["panel"] = paths["panel"]
+        written["gif"] = save_forecast_gif(
+            paths["gif"], sample, None, ens, interval_minutes=minutes, title=title
+        )
+    if progress:
+        seconds = time.perf_counter() - start
+        print(f"prediff forecast: {frames.shape[0]} context(s) x {members} member(s) in {seconds:.1f} s")
+    return written
+
+
+def _forecast_command(args: argparse.Namespace) -> int:
+    from .forecast_io import intensity_target, load_forecast_pipeline
+
+    check_knowledge_control_args(args)
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = load_forecast_pipeline(args.pipeline, device=device)
+    controls, info = None, None
+    if args.knowledge_control == "intensity":
+        target, source = intensity_target(
+            pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std
+        )
+        control = intensity_control_from_args(pipe, args, target)
+        controls = [control]
+        info = (
+            f"anticipated mean intensity {target:.4g} ({source}), scale {control.scale:g}, {control.method}"
+        )
+    dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
+    written = run_forecast(
+        pipe,
+        args.input,
+        args.out,
+        members=args.members,
+        steps=args.steps,
+        seed=args.seed,
+        variable=args.variable,
+        dims=dims,
+        use_last_frames=args.use_last_frames,
+        clip=args.clip,
+        knowledge_controls=controls,
+        knowledge_control_info=info,
+        interval_minutes=args.interval_minutes,
+        pysteps_out=args.pysteps_out,
+        write_pysteps=not args.no_pysteps,
+        plots=not args.no_plots,
+        plot_sample=args.plot_sample,
+        device=device,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
