@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -454,13 +456,23 @@ def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> Con
 
     source = str(path)
     xr = import_optional("xarray", "reading zarr context files")
+    data = None
     try:
-        with xr.open_zarr(path, consolidated=None) as data:
-            has_xarray_vars = any(var.ndim >= 3 for var in data.data_vars.values())
-            if has_xarray_vars and (key is None or key in data.data_vars):
-                return _xarray_context(data.load(), source, key, dims)
-    except (ValueError, KeyError, OSError, TypeError, FileNotFoundError):
-        pass  # not written by xarray: read it as a plain zarr array / group below
+        with warnings.catch_warnings():
+            # A store without consolidated metadata is read all the same; that is not worth a warning here.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            data = xr.open_zarr(path, consolidated=None).load()
+    except (ValueError, KeyError, OSError, TypeError):
+        data = None  # not written by xarray: read it as a plain zarr array / group below
+    if data is not None:
+        # xarray calls the dimensions of a store it did not write dim_0, dim_1, ...: that is plain zarr.
+        named = [
+            name
+            for name, var in data.data_vars.items()
+            if var.ndim >= 3 and not all(re.fullmatch(r"dim_\d+", str(d)) for d in var.dims)
+        ]
+        if named and (key is None or key in named):
+            return _xarray_context(data, source, key, dims)
     zarr = import_optional("zarr", "reading zarr context files")
     try:
         node = zarr.open(str(path), mode="r")
