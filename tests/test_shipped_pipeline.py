@@ -1,0 +1,161 @@
+"""The pipeline shipped inside the package: complete, small, packaged, and skilful on held-out storms."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prediff import AnticipatedIntensityControl, PreDiffPipeline, SyntheticStormDataset
+from prediff.baselines import persistence
+from prediff.metrics import crps_ensemble, knowledge_control_error, mae, mse
+from prediff.pretrained import (
+    SHIPPED_PIPELINES,
+    load_shipped_pipeline,
+    shipped_intensity_stats,
+    shipped_pipeline_path,
+)
+from prediff.training import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+#: Held-out storms: the shipped pipeline was trained on seed 0.
+HELDOUT_SEED = 31337
+NUM_SEQUENCES, MEMBERS, STEPS = 8, 4, 10
+
+
+@pytest.fixture(scope="module")
+def pipe() -> PreDiffPipeline:
+    pipe = load_shipped_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def heldout(pipe) -> tuple[np.ndarray, np.ndarray]:
+    T_in, H, W, _ = pipe.context_shape
+    T_out = pipe.forecast_shape[0]
+    data = SyntheticStormDataset(NUM_SEQUENCES, T_in + T_out, H, W, seed=HELDOUT_SEED, progress=False)
+    frames = torch.stack([data[i]["frames"] for i in range(len(data))]).numpy() * 255.0
+    return frames[:, :T_in], frames[:, T_in:]
+
+
+@pytest.fixture(scope="module")
+def ensemble(pipe, heldout) -> np.ndarray:
+    context, _ = heldout
+    generator = torch.Generator().manual_seed(0)
+    return pipe(context, num_inference_steps=STEPS, num_ensemble_members=MEMBERS, generator=generator).frames
+
+
+def test_folder_is_complete_and_small():
+    folder = shipped_pipeline_path()
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "PreDiffPipeline"
+    for component in ("vae", "unet", "knowledge_model", "scheduler"):
+        assert index[component][0] is not None, component
+        assert (folder / component).is_dir(), component
+    weights = sorted(folder.rglob("*.safetensors"))
+    assert {p.parent.name for p in weights} == {"vae", "unet", "knowledge_model"}
+    total = sum(p.stat().st_size for p in weights)
+    assert total <= 10 * 2**20, f"shipped weights take {total / 2**20:.2f} MiB, more than 10 MiB"
+    # Nothing but the pipeline: no pickles, checkpoints, logs or pictures.
+    allowed = {".json", ".safetensors", ".md"}
+    assert all(p.suffix in allowed for p in folder.rglob("*") if p.is_file())
+
+
+def test_model_card_states_recipes_seed_and_scores():
+    folder = shipped_pipeline_path()
+    card = (folder / "README.md").read_text()
+    commands = re.findall(r"prediff train (vae|alignment|denoiser) --config (\S+)", card)
+    assert [kind for kind, _ in commands] == ["vae", "alignment", "denoiser"]
+    for kind, config_path in commands:
+        path = REPO / config_path
+        assert path.is_file(), config_path
+        # The committed recipes are valid configurations that train on seed-0 synthetic storms at 64x64.
+        # (the folders of the earlier stages are taken from the shipped pipeline, which holds them)
+        overrides = {"vae": str(folder), "knowledge_model": str(folder)} if kind == "denoiser" else {}
+        if kind == "alignment":
+            overrides = {"vae": str(folder)}
+        config = load_config(kind, path, overrides)
+        assert config.data.dataset == "storms" and config.data.seed == 0
+        assert (config.data.height, config.data.width) == (64, 64)
+    for needle in ("seed 0", "0-255", "(B, 4, 64, 64, 1)", "persistence", "CRPS"):
+        assert needle in card, needle
+
+
+def test_metadata_and_shapes(pipe):
+    assert pipe.context_shape == (4, 64, 64, 1) and pipe.forecast_shape == (4, 64, 64, 1)
+    assert pipe.value_range == (0.0, 255.0)
+    assert pipe.knowledge_model is not None
+    assert "VIL" in pipe.config.units
+    mu, sigma = shipped_intensity_stats()
+    assert 5.0 < mu < 100.0 and 1.0 < sigma < 50.0
+    assert shipped_intensity_stats().target(2.0) == pytest.approx(mu + 2 * sigma)
+
+
+def test_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="prediff-storms-tiny"):
+        shipped_pipeline_path("prediff-storms-huge")
+    assert SHIPPED_PIPELINES == ("prediff-storms-tiny",)
+
+
+def test_package_data_covers_the_shipped_files():
+    """What the wheel installs: every file of the shipped folder must match a package-data pattern."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject.get("tool", {}).get("setuptools", {}).get("package-data", {}).get("prediff", [])
+    package = REPO / "prediff"
+    covered = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    shipped = {p for p in shipped_pipeline_path().rglob("*") if p.is_file()}
+    missing = sorted(str(p.relative_to(package)) for p in shipped - covered)
+    assert not missing, f"[tool.setuptools.package-data] prediff = {patterns} leaves out {missing}"
+
+
+def test_ensemble_beats_persistence(pipe, heldout, ensemble):
+    context, target = heldout
+    assert ensemble.shape == (NUM_SEQUENCES, MEMBERS, 4, 64, 64, 1)
+    assert np.isfinite(ensemble).all()
+    base = persistence(context, target.shape[1])
+    mse_ours, mse_base = mse(ensemble.mean(axis=1), target), mse(base, target)
+    crps_ours, mae_base = crps_ensemble(ensemble, target), mae(base, target)
+    assert mse_ours < 0.9 * mse_base, (mse_ours, mse_base)
+    assert crps_ours < 0.9 * mae_base, (crps_ours, mae_base)
+    # A real ensemble: members differ.
+    assert ensemble.std(axis=1).mean() > 1.0
+
+
+def test_intensity_control_reduces_the_intensity_error(pipe, heldout, ensemble):
+    context, target = heldout
+    observed = target.mean(axis=(1, 2, 3, 4))
+    control = AnticipatedIntensityControl(target=observed.tolist(), scale=100.0, method="learned")
+    generator = torch.Generator().manual_seed(0)
+    controlled = pipe(
+        context,
+        num_inference_steps=STEPS,
+        num_ensemble_members=MEMBERS,
+        generator=generator,
+        knowledge_controls=[control],
+    ).frames
+    before = knowledge_control_error(ensemble, observed)
+    after = knowledge_control_error(controlled, observed)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_what_if_targets_order_the_forecasts(pipe, heldout):
+    context, _ = heldout
+    mu, sigma = shipped_intensity_stats()
+    n_sigmas = (-1.0, 0.0, 2.0)  # mu - 2 sigma would be negative
+    control = AnticipatedIntensityControl(target=[mu + n * sigma for n in n_sigmas], scale=100.0)
+    generator = torch.Generator().manual_seed(1)
+    forecasts = pipe(
+        np.repeat(context[:1], len(n_sigmas), axis=0),
+        num_inference_steps=STEPS,
+        num_ensemble_members=2,
+        generator=generator,
+        knowledge_controls=[control],
+    ).frames
+    means = forecasts.mean(axis=(1, 2, 3, 4, 5))
+    assert means[0] < means[1] < means[2], means
