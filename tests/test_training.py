@@ -74,6 +74,10 @@ def test_shipped_recipes_are_valid(path, tmp_path):
         vae = tmp_path / "vae"
         vae.mkdir()
         overrides["vae"] = str(vae)
+    if "knowledge_model:" in path.read_text():
+        knowledge_model = tmp_path / "knowledge_model"
+        knowledge_model.mkdir()
+        overrides["knowledge_model"] = str(knowledge_model)
     config = load_config(kind, path, overrides)
     assert isinstance(config, CONFIG_CLASSES[kind])
     assert isinstance(config.learning_rate, float)
