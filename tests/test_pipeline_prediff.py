@@ -76,9 +76,7 @@ def test_output_shapes_types_and_units(pipe, context):
 def test_context_is_scaled_by_value_range(pipe, context):
     with torch.no_grad():
         latents = pipe.encode_context(torch.from_numpy(context))
-        direct = pipe.vae.encode(
-            torch.from_numpy(context[0, 0] / 255.0).permute(2, 0, 1)[None]
-        ).latent_dist.mean
+        direct = pipe.vae.encode(torch.from_numpy(context[0, 0] / 255.0).permute(2, 0, 1)[None]).latent_dist.mean
     torch.testing.assert_close(latents[0, 0], direct[0].permute(1, 2, 0), rtol=1e-5, atol=1e-5)
 
 
@@ -89,9 +87,7 @@ def test_seeds_reproduce_members_differ_and_members_are_independent(pipe, contex
     assert torch.equal(a, b)
     assert not torch.allclose(a[:, 0], a[:, 1]) and not torch.allclose(a[0, 0], a[1, 0])
     # Member (context 1, member 2) is seeded by generator 5 alone: as a one-member run with that seed.
-    alone = pipe(
-        context[1:], generator=generators(1, offset=5), num_inference_steps=STEPS, output_type="latent"
-    )
+    alone = pipe(context[1:], generator=generators(1, offset=5), num_inference_steps=STEPS, output_type="latent")
     torch.testing.assert_close(a[1, 2], alone.frames[0, 0], rtol=1e-4, atol=1e-4)
     # One generator for everything is reproducible too.
     c = pipe(context, generator=torch.Generator().manual_seed(9), **kwargs).frames
@@ -152,9 +148,7 @@ def test_loads_by_repo_id_from_the_hub_cache_offline(context, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     np.save(tmp_path / "context.npy", context)
-    expected = pipe(
-        context, num_inference_steps=STEPS, num_ensemble_members=2, generator=generators(4)
-    ).frames
+    expected = pipe(context, num_inference_steps=STEPS, num_ensemble_members=2, generator=generators(4)).frames
 
     script = (
         "import sys, numpy as np, torch\n"
@@ -218,9 +212,7 @@ def test_callback_reads_and_replaces_latents(pipe, context):
 
 def test_bad_inputs_give_clear_errors(pipe, context):
     call = dict(num_inference_steps=2)
-    with pytest.raises(
-        ValueError, match=r"context must have shape \(B, T_in, H, W, C\) = \(\?, 3, 32, 32, 1\)"
-    ):
+    with pytest.raises(ValueError, match=r"context must have shape \(B, T_in, H, W, C\) = \(\?, 3, 32, 32, 1\)"):
         pipe(context[:, :2], **call)
     with pytest.raises(ValueError, match="context must have shape"):
         pipe(context[0], **call)
@@ -241,15 +233,11 @@ def test_bad_inputs_give_clear_errors(pipe, context):
     with pytest.raises(ValueError, match="latents must be a torch.Tensor of shape"):
         pipe(context, latents=torch.zeros(3, 2, 8, 8, 4), **call)
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs must be among"):
-        pipe(
-            context, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"], **call
-        )
+        pipe(context, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"], **call)
     with pytest.raises(ValueError, match="knowledge_controls must be KnowledgeControl"):
         pipe(context, knowledge_controls=[lambda x: x], **call)
     official = AnticipatedIntensityControl(target=10.0, method="analytic", form="official")
-    with pytest.raises(
-        ValueError, match="needs a DDPMScheduler; the pipeline has DPMSolverMultistepScheduler"
-    ):
+    with pytest.raises(ValueError, match="needs a DDPMScheduler; the pipeline has DPMSolverMultistepScheduler"):
         pipe(context, knowledge_controls=official, **call)
     no_model = PreDiffPipeline.from_preset("prediff-tiny", knowledge_model=False)
     with pytest.raises(ValueError, match="needs a KnowledgeAlignmentModel"):
@@ -326,9 +314,7 @@ def test_learned_intensity_control_moves_its_prediction(untrained, context):
         pred_base = untrained.knowledge_model(base, t0).sample.mean(dim=(1, 2)) * 255.0
     target = float(pred_base.mean()) + 30.0
     control = AnticipatedIntensityControl(target=target, scale=300.0)
-    steered = untrained(
-        context, generator=generators(4), knowledge_controls=control, **kwargs
-    ).frames.flatten(0, 1)
+    steered = untrained(context, generator=generators(4), knowledge_controls=control, **kwargs).frames.flatten(0, 1)
     with torch.no_grad():
         pred = untrained.knowledge_model(steered, t0).sample.mean(dim=(1, 2)) * 255.0
     assert ((target - pred).abs() < (target - pred_base).abs()).all(), (pred_base, pred, target)
@@ -372,9 +358,7 @@ def test_several_controls_combine_with_their_own_scales(untrained, context):
         knowledge_controls=FunctionControl(lambda x: 3 * fa(x) + fb(x), scale=1e3),
         **kwargs,
     ).frames
-    only_a = untrained(
-        context, generator=generators(2), knowledge_controls=FunctionControl(fa, scale=3e3), **kwargs
-    )
+    only_a = untrained(context, generator=generators(2), knowledge_controls=FunctionControl(fa, scale=3e3), **kwargs)
     # Equal up to float rounding carried through the steps; dropping one control is a much larger change.
     scale = combined.abs().max()
     assert (combined - single).abs().max() / scale < 2e-3
@@ -390,9 +374,7 @@ def test_official_and_score_forms_agree_in_sign(context):
     shifts, moves = {}, {}
     for form, scale in [("score", 1e4), ("official", 1e3)]:
         control = AnticipatedIntensityControl(target=target, scale=scale, method="analytic", form=form)
-        latents = pipe(
-            context, generator=generators(4), knowledge_controls=control, output_type="latent", **kwargs
-        )
+        latents = pipe(context, generator=generators(4), knowledge_controls=control, output_type="latent", **kwargs)
         frames = pipe(context, generator=generators(4), knowledge_controls=control, **kwargs).frames
         shifts[form] = (latents.frames - base).flatten(1)
         moves[form] = mean_intensity(frames) - base_intensity

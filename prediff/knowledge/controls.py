@@ -84,9 +84,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         form: str = "score",
         differentiate_through_unet: bool = False,
     ):
-        super().__init__(
-            model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet
-        )
+        super().__init__(model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet)
         if method not in INTENSITY_METHODS:
             raise ValueError(f"method must be one of {INTENSITY_METHODS}, got {method!r}")
         sigma_form = (n_sigma, mean, std)
@@ -101,9 +99,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
                 raise ValueError(f"std must be >= 0, got {std}")
             target = mean + n_sigma * std
         elif any(v is not None for v in sigma_form):
-            raise ValueError(
-                f"give either target or n_sigma/mean/std, not both (target={target}, n_sigma={n_sigma})"
-            )
+            raise ValueError(f"give either target or n_sigma/mean/std, not both (target={target}, n_sigma={n_sigma})")
         self.target = target
         self.method = method
 
@@ -126,9 +122,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         return (self.statistic(state) - target).abs()
 
     def __repr__(self) -> str:
-        return (
-            f"AnticipatedIntensityControl(target={self.target}, scale={self.scale}, method={self.method!r})"
-        )
+        return f"AnticipatedIntensityControl(target={self.target}, scale={self.scale}, method={self.method!r})"
 
 
 class EnergyConservationControl(LearnedStatisticControl):
@@ -154,17 +148,13 @@ class EnergyConservationControl(LearnedStatisticControl):
         form: str = "score",
         differentiate_through_unet: bool = False,
     ):
-        super().__init__(
-            model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet
-        )
+        super().__init__(model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet)
         self.initial_energy = initial_energy
 
     def violation(self, state: KnowledgeControlState) -> torch.Tensor:
         energy = self.predict(state)
         if energy.shape[-1] != 1:
-            raise ValueError(
-                f"the energy network must predict one value per frame, got shape {tuple(energy.shape)}"
-            )
+            raise ValueError(f"the energy network must predict one value per frame, got shape {tuple(energy.shape)}")
         target = per_sample_values(self.initial_energy, state, "initial_energy")
         return torch.linalg.vector_norm(energy[..., 0] - target[:, None], dim=1)
 
@@ -198,9 +188,7 @@ class FunctionControl(KnowledgeControl):
     def violation(self, state: KnowledgeControlState) -> torch.Tensor:
         loss = self.fn(state.decode(state.pred_original_sample()))
         if isinstance(loss, torch.Tensor) and loss.shape == (state.num_rows,) and (loss.detach() < 0).any():
-            raise ValueError(
-                f"the function of FunctionControl must return violations >= 0, got {loss.detach()}"
-            )
+            raise ValueError(f"the function of FunctionControl must return violations >= 0, got {loss.detach()}")
         return loss
 
     def __repr__(self) -> str:

@@ -41,9 +41,7 @@ PREDIFF_PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     # 32x32 frames, 3 context + 2 target frames, ~0.3 M parameters: for tests and demos.
     "prediff-tiny": dict(
         vae="prediff-tiny",
-        unet=dict(
-            input_shape=(3, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
-        ),
+        unet=dict(input_shape=(3, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2),
         knowledge_model=dict(
             input_shape=(2, 8, 8, 4),
             out_channels=1,
@@ -94,9 +92,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         super().__init__()
         value_range = check_value_range(value_range)
         if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
-            raise ValueError(
-                f"vae must be an AutoencoderKL or AutoencoderKLTemporalDecoder, got {type(vae).__name__}"
-            )
+            raise ValueError(f"vae must be an AutoencoderKL or AutoencoderKLTemporalDecoder, got {type(vae).__name__}")
         if unet.input_shape[3] != vae.config.latent_channels:
             raise ValueError(
                 f"unet input_shape {unet.input_shape} has {unet.input_shape[3]} channels but the vae has "
@@ -113,9 +109,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_preset(
-        cls, name: str, scheduler: str = "dpmsolver++", knowledge_model: bool = True
-    ) -> PreDiffPipeline:
+    def from_preset(cls, name: str, scheduler: str = "dpmsolver++", knowledge_model: bool = True) -> PreDiffPipeline:
         """Build a randomly initialised pipeline of a published configuration (see
         `PREDIFF_PIPELINE_PRESETS`).
 
@@ -125,9 +119,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             knowledge_model: include the knowledge-alignment network.
         """
         if name not in PREDIFF_PIPELINE_PRESETS:
-            raise ValueError(
-                f"unknown pipeline preset {name!r}; expected one of {sorted(PREDIFF_PIPELINE_PRESETS)}"
-            )
+            raise ValueError(f"unknown pipeline preset {name!r}; expected one of {sorted(PREDIFF_PIPELINE_PRESETS)}")
         preset = PREDIFF_PIPELINE_PRESETS[name]
 
         def build(model_cls, spec):
@@ -222,8 +214,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         train_steps = self.scheduler.config.get("num_train_timesteps", None)
         if train_steps is not None and num_inference_steps > train_steps:
             raise ValueError(
-                f"num_inference_steps={num_inference_steps} exceeds the scheduler's "
-                f"num_train_timesteps={train_steps}"
+                f"num_inference_steps={num_inference_steps} exceeds the scheduler's num_train_timesteps={train_steps}"
             )
         if (
             not isinstance(num_ensemble_members, int)
@@ -247,9 +238,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             ]
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) not in expected:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(
-                    f"latents must be a torch.Tensor of shape {expected[0]} or {expected[1]}, got {got}"
-                )
+                raise ValueError(f"latents must be a torch.Tensor of shape {expected[0]} or {expected[1]}, got {got}")
             if not latents.is_floating_point() or not torch.isfinite(latents).all():
                 raise ValueError("latents must be a finite floating-point tensor")
         for control in knowledge_controls:
@@ -257,11 +246,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 raise ValueError(
                     f"knowledge_controls must be KnowledgeControl instances, got {type(control).__name__}"
                 )
-            if (
-                control.form == "official"
-                and control.scale != 0
-                and not isinstance(self.scheduler, DDPMScheduler)
-            ):
+            if control.form == "official" and control.scale != 0 and not isinstance(self.scheduler, DDPMScheduler):
                 raise ValueError(
                     f"{control!r} uses the official DDPM mean-shift form, which needs a DDPMScheduler; "
                     f"the pipeline has {type(self.scheduler).__name__} (use form='score' with other "
@@ -272,8 +257,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if unknown:
                 raise ValueError(
-                    "callback_on_step_end_tensor_inputs must be among "
-                    f"{self._callback_tensor_inputs}, got {unknown}"
+                    f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}"
                 )
         return context
 
@@ -282,9 +266,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         name = type(scheduler).__name__
         for attr in ("set_timesteps", "step", "scale_model_input"):
             if not callable(getattr(scheduler, attr, None)):
-                raise ValueError(
-                    f"the scheduler {name} cannot be driven by PreDiffPipeline: it has no {attr}()"
-                )
+                raise ValueError(f"the scheduler {name} cannot be driven by PreDiffPipeline: it has no {attr}()")
         alphas = getattr(scheduler, "alphas_cumprod", None)
         if not isinstance(alphas, torch.Tensor) or alphas.ndim != 1:
             raise ValueError(
@@ -294,8 +276,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         prediction_type = scheduler.config.get("prediction_type", None)
         if prediction_type != "epsilon":
             raise ValueError(
-                f"the denoiser predicts epsilon, but the scheduler {name} has "
-                f"prediction_type={prediction_type!r}"
+                f"the denoiser predicts epsilon, but the scheduler {name} has prediction_type={prediction_type!r}"
             )
 
     # ------------------------------------------------------------------ sampling helpers
@@ -315,9 +296,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             latents = latents.reshape(shape).to(device=device, dtype=torch.float32)
         return latents * self.scheduler.init_noise_sigma
 
-    def prepare_extra_step_kwargs(
-        self, generator: torch.Generator | list[torch.Generator] | None
-    ) -> dict[str, Any]:
+    def prepare_extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
         # Not every scheduler's step() takes a generator (only the stochastic ones use it).
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         return {"generator": generator} if "generator" in accepted else {}
@@ -477,12 +456,8 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 if self.interrupt:
                     continue
                 model_input = self.scheduler.scale_model_input(latents, t)
-                noise_pred, official_grad = self._noise_pred(
-                    model_input, t, context_latents, controls, batch_index
-                )
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
-                    0
-                ]
+                noise_pred, official_grad = self._noise_pred(model_input, t, context_latents, controls, batch_index)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if official_grad is not None:
                     # PreDiff's own form: the posterior mean moves by -scale * sigma_t * g (noise is additive,
                     # so shifting the sample after the step is the same as shifting the mean before it).

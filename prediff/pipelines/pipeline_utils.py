@@ -107,9 +107,7 @@ class ForecastPipelineMixin:
                 continue
             if name in kwargs:
                 init[name] = kwargs.pop(name)
-            elif (
-                isinstance(value, list) and len(value) == 2 and all(isinstance(v, str | None) for v in value)
-            ):
+            elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, str | None) for v in value):
                 init[name] = _load_component(folder, name, value, allow_pickle, torch_dtype, variant)
             else:
                 init[name] = value
@@ -126,18 +124,14 @@ class ForecastPipelineMixin:
     def _card_text(self) -> str:
         raise NotImplementedError
 
-    def save_pretrained(
-        self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any
-    ) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
         """Save every component (safetensors by default), `model_index.json` and a `README.md` model card.
 
         With `push_to_hub=True` the folder is uploaded afterwards (`repo_id`, `token`, `private`,
         `commit_message`, `create_pr` as in Diffusers).
         """
         hub_kwargs = {
-            k: kwargs.pop(k)
-            for k in ("repo_id", "token", "private", "commit_message", "create_pr")
-            if k in kwargs
+            k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs
         }
         super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         card = str(self.model_card())
@@ -187,9 +181,7 @@ class ForecastPipelineMixin:
         create_pr: bool = False,
     ) -> str:
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        return self._upload_folder(
-            folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr
-        )
+        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
 
 
 def count_parameters(module: torch.nn.Module | None) -> str:
@@ -214,8 +206,7 @@ def _load_component(
         return None
     if library.split(".")[0] not in _COMPONENT_LIBRARIES:
         raise ValueError(
-            f"component {name!r} is a {library}.{class_name}; only classes of {_COMPONENT_LIBRARIES} "
-            "can be loaded"
+            f"component {name!r} is a {library}.{class_name}; only classes of {_COMPONENT_LIBRARIES} can be loaded"
         )
     module = importlib.import_module(library)
     component_cls = getattr(module, class_name, None)

@@ -70,9 +70,7 @@ DEFAULT_INFERENCE_STEPS: dict[str, int] = {
 }
 
 
-def official_betas(
-    num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2
-) -> torch.Tensor:
+def official_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
     """The betas exactly as the official code computes them (float64 arithmetic, stored as float32), shape
     `(T,)`."""
     betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
