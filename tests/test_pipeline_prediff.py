@@ -140,6 +140,26 @@ def test_model_card_and_pickle_refusal(context, tmp_path):
     assert loaded.knowledge_model is None
 
 
+def test_allow_pickle_prefers_safetensors_and_falls_back_to_bin(tmp_path):
+    pipe = PreDiffPipeline.from_preset("prediff-tiny", knowledge_model=False)
+    pipe.save_pretrained(tmp_path / "safe")
+    pipe.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    expected = pipe.unet.state_dict()
+    for kind in ("safe", "pickled"):
+        loaded = PreDiffPipeline.from_pretrained(tmp_path / kind, allow_pickle=True)
+        for key, value in loaded.unet.state_dict().items():
+            assert torch.equal(value, expected[key]), (kind, key)
+    # A folder holding both: the safetensors weights win over a .bin with other weights next to them.
+    other = PreDiffPipeline.from_preset("prediff-tiny", knowledge_model=False)
+    torch.nn.init.normal_(other.unet.final_proj.weight)
+    other.save_pretrained(tmp_path / "other", safe_serialization=False)
+    bin_name = "diffusion_pytorch_model.bin"
+    (tmp_path / "safe" / "unet" / bin_name).write_bytes((tmp_path / "other" / "unet" / bin_name).read_bytes())
+    both = PreDiffPipeline.from_pretrained(tmp_path / "safe", allow_pickle=True)
+    assert torch.equal(both.unet.final_proj.weight, pipe.unet.final_proj.weight)
+    assert not torch.equal(both.unet.final_proj.weight, other.unet.final_proj.weight)
+
+
 def test_loads_by_repo_id_from_the_hub_cache_offline(context, tmp_path):
     pipe = tiny_pipeline("ddim", trained_like=True)
     revision = "0123456789abcdef0123456789abcdef01234567"

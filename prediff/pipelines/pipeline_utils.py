@@ -77,9 +77,10 @@ class ForecastPipelineMixin:
         e.g. with `HF_HUB_OFFLINE=1`).
 
         Weights load from safetensors only: pickle-based `.bin` files can execute code when loaded, so they
-        are refused unless `allow_pickle=True` is given explicitly. No code from the repository is ever run:
-        every component must be a class of prediff or Diffusers. Keyword arguments named like a component
-        (`unet=...`) replace that component; others are passed to the pipeline's constructor.
+        are refused unless `allow_pickle=True` is given explicitly; even then safetensors are preferred and a
+        component falls back to `.bin` only where it has no safetensors file. No code from the repository is
+        ever run: every component must be a class of prediff or Diffusers. Keyword arguments named like a
+        component (`unet=...`) replace that component; others are passed to the pipeline's constructor.
         """
         if not allow_pickle and kwargs.get("use_safetensors") is False:
             raise ValueError("use_safetensors=False loads pickle files; pass allow_pickle=True to allow that")
@@ -216,7 +217,12 @@ def _load_component(
         raise ValueError(f"component {name!r}: {library}.{class_name} is not a Diffusers model or scheduler")
     if issubclass(component_cls, SchedulerMixin):
         return component_cls.from_pretrained(folder, subfolder=name)
+    # Diffusers reads use_safetensors=False as ".bin only"; None is its "safetensors, else .bin" fallback.
     model = component_cls.from_pretrained(
-        folder, subfolder=name, use_safetensors=not allow_pickle, torch_dtype=torch_dtype, variant=variant
+        folder,
+        subfolder=name,
+        use_safetensors=None if allow_pickle else True,
+        torch_dtype=torch_dtype,
+        variant=variant,
     )
     return model.eval()
