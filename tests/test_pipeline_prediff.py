@@ -201,10 +201,15 @@ def test_every_scheduler_drives_the_pipeline(scheduler, context):
     assert out.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(out).all()
 
 
-def test_default_steps_follow_the_scheduler():
-    assert tiny_pipeline("dpmsolver++")._default_steps() == 20
-    assert tiny_pipeline("ddim")._default_steps() == 50
-    assert tiny_pipeline("ddpm")._default_steps() == 1000
+def test_default_steps_follow_the_scheduler(pipe, context):
+    expected = {"dpmsolver++": 20, "unipc": 20, "ddim": 50, "euler": 50, "ddpm": 50}
+    default = PreDiffPipeline(pipe.vae, pipe.unet, prediff_scheduler("ddpm"))
+    default.set_progress_bar_config(disable=True)
+    for name, steps in expected.items():
+        default.scheduler = prediff_scheduler(name)
+        assert default._default_steps() == steps, name
+    default(context[:1])
+    assert default.num_timesteps == 50
 
 
 def test_callback_reads_and_replaces_latents(pipe, context):

@@ -59,6 +59,41 @@ def test_every_preset_shares_the_training_noise_levels(name):
     assert all(float(a) > float(b) for a, b in zip(timesteps[:-1], timesteps[1:]))
 
 
+@pytest.mark.parametrize("name", sorted(SCHEDULER_PRESETS))
+@pytest.mark.parametrize("steps", [1, 3, 5, 20, 50, 1000])
+def test_sampling_starts_at_the_noisiest_level_for_any_step_count(name, steps):
+    scheduler = prediff_scheduler(name)
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == steps
+    assert float(scheduler.timesteps[0]) == 999.0
+
+
+def test_ddpm_preset_keeps_the_official_1000_step_loop():
+    # Diffusers' default spacing is what the official loop is: t = 999, 998, ..., 0 on the same betas.
+    trailing = prediff_scheduler("ddpm")
+    leading = prediff_scheduler("ddpm", timestep_spacing="leading")
+    assert torch.equal(trailing.betas, leading.betas)
+    trailing.set_timesteps(1000)
+    leading.set_timesteps(1000)
+    assert torch.equal(trailing.timesteps, torch.arange(999, -1, -1)) and torch.equal(
+        trailing.timesteps, leading.timesteps
+    )
+    # The training noise of prediff_training_scheduler is unchanged.
+    x, noise, t = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 10, 500, 999])
+    assert torch.equal(prediff_training_scheduler().add_noise(x, noise, t), leading.add_noise(x, noise, t))
+    # With fewer steps the official strides are kept, shifted to end at 0 and start at 999.
+    trailing.set_timesteps(5)
+    assert trailing.timesteps.tolist() == [999, 799, 599, 399, 199]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULER_PRESETS))
+def test_default_step_counts_are_fast_and_documented(name):
+    steps = DEFAULT_INFERENCE_STEPS[name]
+    assert 1 <= steps <= 50
+    lines = [line for line in prediff_scheduler.__doc__.splitlines() if line.strip().startswith(f'- "{name}"')]
+    assert len(lines) == 1 and f"{steps} steps" in lines[0], lines
+
+
 def test_fast_presets_and_overrides():
     assert isinstance(prediff_scheduler(), DPMSolverMultistepScheduler)
     assert prediff_scheduler().config.algorithm_type == "dpmsolver++"

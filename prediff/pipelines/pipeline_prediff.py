@@ -386,8 +386,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             context (`torch.Tensor` or `np.ndarray` of shape `(B, T_in, H, W, C)`):
                 The observed frames in physical units (e.g. VIL 0-255); scaled to [0, 1] with `value_range`.
             num_inference_steps (`int`, *optional*):
-                Denoising steps; default: the count the scheduler preset is meant for (DPM-Solver++ 20, DDIM
-                50, DDPM 1000), else 50.
+                Denoising steps; default: the count the scheduler preset is meant for
+                ([`~prediff.schedulers.DEFAULT_INFERENCE_STEPS`]: DPM-Solver++ and UniPC 20, DDIM, Euler and
+                DDPM 50), else 50. Pass 1000 with a DDPM scheduler for the official sampler.
             num_ensemble_members (`int`, defaults to 1): independent samples per context.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 Randomness; a list gives every ensemble member of every context its own generator, ordered
@@ -486,6 +487,8 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         return PreDiffPipelineOutput(frames=frames)
 
     def _default_steps(self) -> int:
+        """The step count of the scheduler's preset class ([`~prediff.schedulers.DEFAULT_INFERENCE_STEPS`]), else
+        50; never the 1000-step loop."""
         for name, (scheduler_cls, _) in SCHEDULER_PRESETS.items():
             if type(self.scheduler) is scheduler_cls:
                 return DEFAULT_INFERENCE_STEPS[name]

@@ -41,8 +41,10 @@ PREDIFF_NOISE_SCHEDULE: dict[str, Any] = dict(
 
 #: Scheduler presets: name -> (class, keyword arguments on top of the noise schedule).
 SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    # The official sampler: ancestral DDPM with the fixed-small posterior variance, no clipping.
-    "ddpm": (DDPMScheduler, dict(variance_type="fixed_small", clip_sample=False)),
+    # The official sampler: ancestral DDPM with the fixed-small posterior variance, no clipping. With 1000
+    # steps every spacing gives t = 999..0, the official loop; with fewer, "trailing" still starts at t=999
+    # where Diffusers' default "leading" would start at 1000 - 1000 / steps (t=980 for 50 steps).
+    "ddpm": (DDPMScheduler, dict(variance_type="fixed_small", clip_sample=False, timestep_spacing="trailing")),
     # Deterministic DDIM; "trailing" spacing starts at t=999 (the noise level the model was trained to start
     # from) and the final step lands on the clean estimate (alpha_bar = 1).
     "ddim": (DDIMScheduler, dict(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")),
@@ -60,9 +62,10 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
 }
 
-#: Number of inference steps each preset is meant for.
+#: Number of inference steps each preset is meant for, the pipeline's default. Never the 1000-step loop:
+#: DDPM defaults to 50 strided ancestral steps; pass `num_inference_steps=1000` for the official sampler.
 DEFAULT_INFERENCE_STEPS: dict[str, int] = {
-    "ddpm": 1000,
+    "ddpm": 50,
     "ddim": 50,
     "dpmsolver++": 20,
     "unipc": 20,
@@ -80,9 +83,18 @@ def official_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, be
 def prediff_scheduler(name: str = "dpmsolver++", **overrides: Any) -> SchedulerMixin:
     """A Diffusers scheduler on PreDiff's noise schedule.
 
+    Every preset starts sampling at t=999, whatever the number of steps. The step count each is meant for
+    ([`DEFAULT_INFERENCE_STEPS`], the pipeline's default):
+
+    - "dpmsolver++" (default): 20 steps of second-order multistep DPM-Solver++.
+    - "unipc": 20 steps of second-order UniPC.
+    - "ddim": 50 steps of deterministic DDIM.
+    - "euler": 50 steps of the Euler ODE sampler.
+    - "ddpm": 50 steps of ancestral DDPM; also the training schedule, and with `num_inference_steps=1000`
+      the official 1000-step sampler.
+
     Args:
-        name: "ddpm" (the official 1000-step sampler and the training schedule), "ddim", "dpmsolver++"
-            (default), "unipc" or "euler". [`DEFAULT_INFERENCE_STEPS`] gives the step count each is meant for.
+        name: one of the presets above.
         overrides: replace any scheduler argument, e.g. `algorithm_type="sde-dpmsolver++"`.
 
     Returns:
