@@ -1,4 +1,4 @@
-"""The ``prediff`` command.
+"""The prediff command: data sets, training, the demo, forecasts from files and their evaluation.
 
 Every sub-package that offers commands has a ``commands`` module with ``register(subparsers)``; this
 file only assembles them, so each command lives next to the code it drives.
@@ -10,7 +10,15 @@ import argparse
 import importlib
 import sys
 
-_COMMAND_MODULES = ("prediff.data.commands", "prediff.training.commands")
+#: Modules whose ``register(subparsers)`` adds a command, in the order ``prediff --help`` lists them. Each one
+#: imports only argparse-level code at module level, so ``prediff --help`` stays cheap.
+_COMMAND_MODULES = (
+    "prediff.data.commands",
+    "prediff.training.commands",
+    "prediff.demo",
+    "prediff.pipelines.commands",
+    "prediff.evaluation.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

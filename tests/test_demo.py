@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 pytest.importorskip("matplotlib")
 PIL = pytest.importorskip("PIL.Image")
 
-from prediff import demo  # noqa: E402
+from prediff import cli, demo  # noqa: E402
 
 TINY = dict(members=2, steps=3, num_sequences=2, progress=False, verbose=False)
 
@@ -74,15 +73,14 @@ def test_bad_arguments(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="prediff")
-    demo.register(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "cli"
     argv = ["demo", "--out", str(out), "--members", "2", "--steps", "2", "--sequences", "1", "--no-progress"]
-    args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "persistence" in printed and "MSE" in printed and str(out / "what_if.png") in printed
-    with pytest.raises(FileExistsError):
-        args.func(args)
-    args = parser.parse_args([*argv, "--overwrite"])
-    assert args.func(args) == 0
+    before = (out / "scores.json").read_bytes()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prediff demo: error:") and "--overwrite" in err, err
+    assert (out / "scores.json").read_bytes() == before
+    assert cli.main([*argv, "--overwrite"]) == 0

@@ -26,13 +26,9 @@ from prediff.models import EarthformerModel
 from prediff.pipelines import PreDiffPipeline
 from prediff.pipelines.forecast_io import member_generators
 
-MODULES = ("prediff.pipelines.commands", "prediff.evaluation.commands")
 
-
-def run(argv, monkeypatch) -> int:
-    # Registers the commands even before prediff.cli lists them.
-    missing = tuple(m for m in MODULES if m not in cli._COMMAND_MODULES)
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", cli._COMMAND_MODULES + missing)
+def run(argv) -> int:
+    """`prediff ARGV` through the real command-line parser; returns the exit status."""
     return cli.main([str(a) for a in argv])
 
 
@@ -103,8 +99,7 @@ def cli_report(pipe_dir, tmp_path_factory):
     ]
     argv += ["--members", 2, "--steps", 2, "--knowledge-control", "intensity", "--control-scale", 20]
     argv += ["--out", out / "report.json", "--markdown", out / "report.md", "--no-progress"]
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        code = run(argv, monkeypatch)
+    code = run(argv)
     assert code == 0
     return out, json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
 
@@ -203,10 +198,10 @@ def test_ensemble_scores_are_those_of_the_pipeline(pipe):
     assert list(report.forecasters) == ["prediff"] and "kc_mae" not in entry["scores"]
 
 
-def test_data_file_and_fixed_target(pipe_dir, tmp_path, monkeypatch):
+def test_data_file_and_fixed_target(pipe_dir, tmp_path):
     h5 = tmp_path / "storms.h5"
     argv = ["data", "generate", "storms", "--out", h5, "--num-sequences", 2, "--seq-len", 5]
-    assert run(argv + ["--height", 32, "--width", 32, "--seed", 4, "--quiet"], monkeypatch) == 0
+    assert run(argv + ["--height", 32, "--width", 32, "--seed", 4, "--quiet"]) == 0
     argv = [
         "evaluate",
         "--pipeline",
@@ -221,7 +216,7 @@ def test_data_file_and_fixed_target(pipe_dir, tmp_path, monkeypatch):
     ]
     argv += ["--knowledge-control", "intensity", "--n-sigma", 1, "--intensity-mean", 20, "--intensity-std", 5]
     argv += ["--out", tmp_path / "r.json", "--thresholds", "16,74", "--pool-sizes", "1,4"]
-    assert run(argv, monkeypatch) == 0
+    assert run(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert (
         report["settings"]["num_sequences"] == 2
@@ -285,12 +280,12 @@ def test_bad_datasets(pipe):
         (["--dataset", "storms", "--out", "EXISTING"], "already exist.*--overwrite"),
     ],
 )
-def test_command_errors(extra, message, pipe_dir, tmp_path, monkeypatch, capsys):
+def test_command_errors(extra, message, pipe_dir, tmp_path, capsys):
     existing = tmp_path / "report.json"
     existing.write_text("{}")
     extra = [existing if a == "EXISTING" else a for a in extra]
     argv = ["evaluate", "--pipeline", pipe_dir, "--members", 1, "--steps", 1, "--num-sequences", 1]
-    assert run(argv + extra + ["--no-progress"], monkeypatch) == 2
+    assert run(argv + extra + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prediff evaluate: error:") and re.search(message, err), err
     assert existing.read_text() == "{}"

@@ -23,13 +23,9 @@ from prediff.pipelines.forecast_io import (  # noqa: E402
     read_context,
 )
 
-MODULES = ("prediff.pipelines.commands", "prediff.evaluation.commands")
 
-
-def run(argv, monkeypatch) -> int:
-    # Registers the commands even before prediff.cli lists them.
-    missing = tuple(m for m in MODULES if m not in cli._COMMAND_MODULES)
-    monkeypatch.setattr(cli, "_COMMAND_MODULES", cli._COMMAND_MODULES + missing)
+def run(argv) -> int:
+    """`prediff ARGV` through the real command-line parser; returns the exit status."""
     return cli.main([str(a) for a in argv])
 
 
@@ -53,12 +49,12 @@ def context_frames(shape=(3, 32, 32), seed=0, high=200.0):
     return (np.random.default_rng(seed).random(shape) * high).astype(np.float32)
 
 
-def test_npy_to_netcdf_with_pictures(pipe, pipe_dir, tmp_path, monkeypatch):
+def test_npy_to_netcdf_with_pictures(pipe, pipe_dir, tmp_path):
     ctx = context_frames()
     np.save(tmp_path / "ctx.npy", ctx)
     out = tmp_path / "ens.nc"
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.npy", "--out", out]
-    assert run(argv + ["--members", 2, "--steps", 2, "--seed", 0, "--no-progress"], monkeypatch) == 0
+    assert run(argv + ["--members", 2, "--steps", 2, "--seed", 0, "--no-progress"]) == 0
 
     with xr.open_dataset(out) as ds:
         forecast = ds["forecast"]
@@ -97,16 +93,16 @@ def test_npy_to_netcdf_with_pictures(pipe, pipe_dir, tmp_path, monkeypatch):
 
     # An existing output is never replaced without --overwrite, and nothing is written.
     before = out.read_bytes()
-    assert run(argv + ["--members", 2, "--steps", 1, "--no-progress"], monkeypatch) == 2
+    assert run(argv + ["--members", 2, "--steps", 1, "--no-progress"]) == 2
     assert out.read_bytes() == before
     # With --overwrite it is; another seed gives another ensemble.
     extra = ["--members", 2, "--steps", 2, "--seed", 1, "--no-plots", "--no-pysteps", "--overwrite"]
-    assert run(argv + extra + ["--no-progress"], monkeypatch) == 0
+    assert run(argv + extra + ["--no-progress"]) == 0
     with xr.open_dataset(out) as ds:
         assert ds.attrs["seed"] == 1 and not np.allclose(ds["forecast"].values, values)
 
 
-def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path, monkeypatch):
+def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path):
     # Two events as (lon, event, time, lat): dims are recognised by name and reordered.
     frames = context_frames((2, 3, 32, 32))
     times = np.array(["2024-05-01T12:00", "2024-05-01T12:10", "2024-05-01T12:20"], dtype="datetime64[ns]")
@@ -118,7 +114,7 @@ def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path, monkeypatch):
     data.to_netcdf(tmp_path / "ctx.nc")
     out = tmp_path / "ens.zarr"
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.nc", "--out", out]
-    assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"], monkeypatch) == 0
+    assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
     ds = xr.open_zarr(out)
     assert ds["forecast"].dims == ("sample", "member", "time", "y", "x")
     assert ds["forecast"].shape == (2, 2, 2, 32, 32)
@@ -130,7 +126,7 @@ def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path, monkeypatch):
     assert np.load(tmp_path / "ens.npy").shape == (2, 2, 2, 32, 32)  # (sample, members, time, y, x)
 
 
-def test_hdf5_input_with_intensity_control(pipe_dir, tmp_path, monkeypatch):
+def test_hdf5_input_with_intensity_control(pipe_dir, tmp_path):
     h5py = pytest.importorskip("h5py")
     with h5py.File(tmp_path / "ctx.h5", "w") as f:
         f["radar/vil"] = context_frames((1, 3, 32, 32, 1))
@@ -139,7 +135,7 @@ def test_hdf5_input_with_intensity_control(pipe_dir, tmp_path, monkeypatch):
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.h5", "--variable", "radar/vil"]
     argv += ["--out", out, "--members", 2, "--steps", 1, "--no-plots", "--no-progress"]
     argv += ["--knowledge-control", "intensity", "--target", 40, "--control-scale", 10]
-    assert run(argv, monkeypatch) == 0
+    assert run(argv) == 0
     with xr.open_dataset(out) as ds:
         assert ds["forecast"].dims == ("member", "time", "y", "x")
         assert "anticipated mean intensity 40" in ds.attrs["knowledge_control"]
@@ -215,7 +211,7 @@ def broken_pipelines(pipe_dir, tmp_path_factory):
         ("out_suffix", r"--out must end in one of"),
     ],
 )
-def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, monkeypatch, capsys):
+def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, capsys):
     arrays = {
         "long": context_frames((4, 32, 32)),
         "short": context_frames((2, 32, 32)),
@@ -238,7 +234,7 @@ def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, monkeypa
     argv = ["forecast", "--pipeline", pipeline, "--input", path, "--out", out, "--members", 1, "--steps", 1]
     if case == "stray_option":
         argv += ["--target", 3]
-    assert run(argv + ["--no-progress", "--no-plots"], monkeypatch) == 2
+    assert run(argv + ["--no-progress", "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prediff forecast: error:")
     assert __import__("re").search(message, err), err
