@@ -86,9 +86,7 @@ def test_shipped_recipes_are_valid(path, tmp_path):
 def test_scientific_notation_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learning_rate: 5e-6\nkl_weight: 1e-6\ndata:\n  num_sequences: 3\n")
-    config = load_config(
-        "vae", path, parse_override_args(["--max_train_steps", "4", "--data.height=64", "--use_ema"])
-    )
+    config = load_config("vae", path, parse_override_args(["--max_train_steps", "4", "--data.height=64", "--use_ema"]))
     assert config.learning_rate == 5e-6 and config.kl_weight == 1e-6
     assert config.max_train_steps == 4 and config.data.height == 64 and config.use_ema is True
     assert config.data.num_sequences == 3
@@ -205,9 +203,7 @@ def test_losses_against_plain_definitions():
     torch.manual_seed(0)
     mean, logvar = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
     dist = torch.distributions.Normal(mean, (0.5 * logvar).exp())
-    reference = (
-        torch.distributions.kl_divergence(dist, torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
-    )
+    reference = torch.distributions.kl_divergence(dist, torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
     torch.testing.assert_close(gaussian_kl(mean, logvar), reference, rtol=1e-5, atol=1e-5)
     real, fake = torch.randn(10), torch.randn(10)
     expected = 0.5 * (torch.clamp(1 - real, min=0).mean() + torch.clamp(1 + fake, min=0).mean())
@@ -231,9 +227,7 @@ def test_losses_against_plain_definitions():
 def test_patchgan_has_the_official_layout():
     disc = PatchGANDiscriminator()
     # conv 1->64 (+bias), 64->128, 128->256, 256->512 (no bias, batch norm), 512->1 (+bias); 4x4 kernels.
-    expected = (
-        (1 * 64 * 16 + 64) + 64 * 128 * 16 + 256 + 128 * 256 * 16 + 512 + 256 * 512 * 16 + 1024 + 512 * 16 + 1
-    )
+    expected = (1 * 64 * 16 + 64) + 64 * 128 * 16 + 256 + 128 * 256 * 16 + 512 + 256 * 512 * 16 + 1024 + 512 * 16 + 1
     assert sum(p.numel() for p in disc.parameters()) == expected
     assert disc(torch.rand(2, 1, 128, 128)).shape == (2, 1, 14, 14)
 
@@ -303,9 +297,7 @@ def test_denoiser_learns_exports_a_pipeline_and_resumes_exactly(tmp_path, vae_di
     pipe = PreDiffPipeline.from_pretrained(out)
     assert pipe.knowledge_model is not None
     context = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
-    frames = pipe(
-        context, num_inference_steps=4, num_ensemble_members=2, generator=torch.manual_seed(0)
-    ).frames
+    frames = pipe(context, num_inference_steps=4, num_ensemble_members=2, generator=torch.manual_seed(0)).frames
     assert frames.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(frames).all()
     # The exported network holds the EMA weights of the last checkpoint.
     ema = load_file(str(out / "checkpoint-30" / "ema.safetensors"))

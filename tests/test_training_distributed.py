@@ -79,9 +79,7 @@ with open(f"{record}-{rank}.json", "w") as f:
 
 
 def test_two_process_run_on_cpu(tmp_path, vae_dir):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(
-        "accelerate"
-    )
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if accelerate is None:
         pytest.skip("the accelerate launcher is not installed")
     script = tmp_path / "run.py"

@@ -56,9 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kinds = train.add_subparsers(dest="kind", required=True)
     for kind, cls in CONFIG_CLASSES.items():
         parser = kinds.add_parser(kind, help=_HELP[kind], argument_default=argparse.SUPPRESS)
-        parser.add_argument(
-            "--config", default=None, help="YAML configuration file (default: the built-in recipe)"
-        )
+        parser.add_argument("--config", default=None, help="YAML configuration file (default: the built-in recipe)")
         options = parser.add_argument_group("configuration overrides (values are YAML)")
         for f in dataclasses.fields(cls):
             if f.name in ("data", "model"):
@@ -74,9 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             )
         for name in _model_keys(kind):
             key = f"model.{name}"
-            options.add_argument(
-                f"--{key}", dest=key, metavar="V", nargs="?", const="true", help=argparse.SUPPRESS
-            )
+            options.add_argument(f"--{key}", dest=key, metavar="V", nargs="?", const="true", help=argparse.SUPPRESS)
         parser.set_defaults(func=run_training, config=None)
 
 

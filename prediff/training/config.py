@@ -212,9 +212,7 @@ class TrainingConfig:
             f"one of {MIXED_PRECISION}",
             self.mixed_precision,
         )
-        _check(
-            self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"one of {LR_SCHEDULERS}", self.lr_scheduler
-        )
+        _check(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"one of {LR_SCHEDULERS}", self.lr_scheduler)
         _check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", self.optimizer)
         _check(self.report_to in REPORT_TO, "report_to", f"one of {REPORT_TO}", self.report_to)
         _check(0.0 <= self.ema_decay <= 1.0, "ema_decay", "a number in [0, 1]", self.ema_decay)
@@ -484,9 +482,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
 def _unknown(prefix: str, key: str, known: list[str]) -> ValueError:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
-    return ValueError(
-        f"unknown configuration key {prefix}{key!r}{hint} (known keys: {', '.join(sorted(known))})"
-    )
+    return ValueError(f"unknown configuration key {prefix}{key!r}{hint} (known keys: {', '.join(sorted(known))})")
 
 
 def _build(cls: type, values: Any, prefix: str = "") -> Any:
@@ -582,9 +578,7 @@ def load_config(
             raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
         loaded = _yaml().load(path.read_text(), Loader=_loader())
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(
-                f"configuration file {str(path)!r} must hold a mapping, got {type(loaded).__name__}"
-            )
+            raise ValueError(f"configuration file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
         values = loaded or {}
     values = apply_overrides(values, overrides or {})
     config = _build(CONFIG_CLASSES[kind], values)

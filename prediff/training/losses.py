@@ -50,9 +50,7 @@ class PatchGANDiscriminator(ModelMixin, ConfigMixin):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < num_layers else 1
             layers += [
-                nn.Conv2d(
-                    base_channels * prev, base_channels * mult, 4, stride=stride, padding=1, bias=False
-                ),
+                nn.Conv2d(base_channels * prev, base_channels * mult, 4, stride=stride, padding=1, bias=False),
                 nn.BatchNorm2d(base_channels * mult),
                 nn.LeakyReLU(0.2, True),
             ]

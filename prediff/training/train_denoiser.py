@@ -55,8 +55,7 @@ class DenoiserTrainer(LatentTrainer):
         cfg = self.config
         if cfg.validation_scheduler not in SCHEDULER_PRESETS:
             raise ValueError(
-                f"validation_scheduler must be one of {sorted(SCHEDULER_PRESETS)}, "
-                f"got {cfg.validation_scheduler!r}"
+                f"validation_scheduler must be one of {sorted(SCHEDULER_PRESETS)}, got {cfg.validation_scheduler!r}"
             )
         h, w, c = self.load_frozen_vae()
         d = cfg.data
@@ -87,9 +86,7 @@ class DenoiserTrainer(LatentTrainer):
             logvar_init=cfg.logvar_init,
         )
         self.train_modules = {"denoiser": _DenoiserForTraining(unet, loss)}
-        self.param_groups = {
-            "denoiser": (list(unet.parameters()) + list(loss.parameters()), cfg.learning_rate)
-        }
+        self.param_groups = {"denoiser": (list(unet.parameters()) + list(loss.parameters()), cfg.learning_rate)}
 
     def checkpoint_models(self) -> dict[str, torch.nn.Module]:
         module = self.unwrap("denoiser")

@@ -30,9 +30,7 @@ class _AutoencoderForTraining(nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(
-        self, frames: torch.Tensor, num_frames: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, frames: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         posterior = self.vae.encode(frames).latent_dist
         z = posterior.sample()
         if isinstance(self.vae, AutoencoderKLTemporalDecoder):
@@ -53,9 +51,7 @@ class VAETrainer(Trainer):
         kwargs = dict(cfg.model)
         preset = kwargs.pop("preset", "prediff-sevirlr")
         if preset not in AUTOENCODER_PRESETS:
-            raise ValueError(
-                f"unknown model.preset {preset!r}; expected one of {sorted(AUTOENCODER_PRESETS)}"
-            )
+            raise ValueError(f"unknown model.preset {preset!r}; expected one of {sorted(AUTOENCODER_PRESETS)}")
         cls = AutoencoderKLTemporalDecoder if cfg.temporal_decoder else AutoencoderKL
         self.check_model_kwargs(cls, kwargs, {})
         T, H, W, C = self.item_shape
@@ -65,9 +61,7 @@ class VAETrainer(Trainer):
         try:
             latent_frame_shape(vae, (H, W, C))
         except ValueError as error:
-            raise ValueError(
-                f"the autoencoder does not fit the data ({self.describe_data()}): {error}"
-            ) from None
+            raise ValueError(f"the autoencoder does not fit the data ({self.describe_data()}): {error}") from None
         if cfg.gradient_checkpointing:
             vae.enable_gradient_checkpointing()
         self.vae = vae.train()

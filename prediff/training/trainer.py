@@ -94,9 +94,7 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tup
     value_range = tuple(float(v) for v in full.value_range)
     n = len(full)
     if n == 0:
-        raise ValueError(
-            f"data set {d.dataset!r} ({d.path or 'generated'}) holds no window of seq_len={seq_len}"
-        )
+        raise ValueError(f"data set {d.dataset!r} ({d.path or 'generated'}) holds no window of seq_len={seq_len}")
     num_val = int(round(n * d.val_fraction))
     if d.val_fraction > 0 and num_val == 0 and n > 1:
         num_val = 1
@@ -164,8 +162,7 @@ class Trainer:
         self.item_shape = tuple(int(s) for s in frames.shape)
         if self.item_shape[0] < config.data.window_length:
             raise ValueError(
-                f"items have {self.item_shape[0]} frames, fewer than data.seq_len = "
-                f"{config.data.window_length}"
+                f"items have {self.item_shape[0]} frames, fewer than data.seq_len = {config.data.window_length}"
             )
         if config.data.augment and self.item_shape[1] != self.item_shape[2]:
             raise ValueError(
@@ -253,9 +250,7 @@ class Trainer:
         for key in kwargs:
             if key not in params or key == "self":
                 known = sorted(p for p in params if p != "self")
-                raise ValueError(
-                    f"unknown configuration key 'model.{key}' for {cls.__name__} (known keys: {known})"
-                )
+                raise ValueError(f"unknown configuration key 'model.{key}' for {cls.__name__} (known keys: {known})")
         merged = {**base, **kwargs}
         for key, value in derived.items():
             if key in merged and _as_tuple(merged[key]) != _as_tuple(value):
@@ -269,10 +264,7 @@ class Trainer:
     def describe_data(self) -> str:
         d = self.config.data
         T, H, W, C = self.item_shape
-        return (
-            f"data.context_length={d.context_length}, data.target_length={d.target_length}, "
-            f"frames {H}x{W}x{C}"
-        )
+        return f"data.context_length={d.context_length}, data.target_length={d.target_length}, frames {H}x{W}x{C}"
 
     def seed_micro_step(self, micro_step: int) -> None:
         rank = self.accelerator.process_index if self.accelerator is not None else 0
@@ -287,10 +279,7 @@ class Trainer:
         draws = torch.rand(frames.shape[0], 2)
         turns = torch.randint(0, 4, (frames.shape[0],))
         return torch.stack(
-            [
-                flip_rotate(f, bool(d[0] < 0.5), bool(d[1] < 0.5), int(k))
-                for f, d, k in zip(frames, draws, turns)
-            ]
+            [flip_rotate(f, bool(d[0] < 0.5), bool(d[1] < 0.5), int(k)) for f, d, k in zip(frames, draws, turns)]
         )
 
     def picture_path(self, tag: str, step: int) -> Path:
@@ -313,8 +302,7 @@ class Trainer:
         except ImportError:
             if not getattr(self, "_warned_plot", False):
                 warnings.warn(
-                    "validation pictures are skipped: matplotlib is not installed "
-                    '(pip install "prediff[plot]")',
+                    'validation pictures are skipped: matplotlib is not installed (pip install "prediff[plot]")',
                     stacklevel=2,
                 )
                 self._warned_plot = True
@@ -334,8 +322,7 @@ class Trainer:
                 log_with = "tensorboard"
             else:
                 warnings.warn(
-                    "tensorboard logging is skipped: tensorboard is not installed "
-                    '(pip install "prediff[train]")',
+                    'tensorboard logging is skipped: tensorboard is not installed (pip install "prediff[train]")',
                     stacklevel=2,
                 )
         project = ProjectConfiguration(
@@ -462,9 +449,7 @@ class Trainer:
         names += ["ema", "grad_scaler"]
         states, tstate = load_checkpoint(path, self.checkpoint_models(), names)
         if tstate.get("kind") != self.kind:
-            raise ValueError(
-                f"checkpoint {path} is from `train {tstate.get('kind')}`, not `train {self.kind}`"
-            )
+            raise ValueError(f"checkpoint {path} is from `train {tstate.get('kind')}`, not `train {self.kind}`")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(states[f"{name}.optimizer"])
             self.lr_schedulers[name].load_state_dict(
@@ -538,9 +523,7 @@ class Trainer:
         logs: dict[str, float] = {}
         try:
             with ema_ctx:
-                loader = DataLoader(
-                    self.val_dataset, batch_size=cfg.train_batch_size, collate_fn=collate_frames
-                )
+                loader = DataLoader(self.val_dataset, batch_size=cfg.train_batch_size, collate_fn=collate_frames)
                 sums: dict[str, float] = {}
                 count = 0
                 for i, frames in enumerate(loader):
@@ -671,16 +654,10 @@ class Trainer:
             self.last_logs = step_logs
             acc.log(step_logs, step=self.global_step)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{step_logs['train/loss']:.4g}", lr=f"{lr:.2e}", samples_s=f"{speed.value:.1f}"
-            )
+            bar.set_postfix(loss=f"{step_logs['train/loss']:.4g}", lr=f"{lr:.2e}", samples_s=f"{speed.value:.1f}")
             if self.global_step % cfg.checkpointing_steps == 0 or self.global_step == max_steps:
                 self.save_checkpoint(micro)
-            if (
-                cfg.validation_steps
-                and self.global_step % cfg.validation_steps == 0
-                and self.global_step < max_steps
-            ):
+            if cfg.validation_steps and self.global_step % cfg.validation_steps == 0 and self.global_step < max_steps:
                 self._validate_and_log()
         bar.close()
         self.samples_per_second = speed.value
@@ -698,9 +675,7 @@ class Trainer:
             if logs:
                 acc.log(logs, step=self.global_step)
                 self.last_logs.update(logs)
-                acc.print(
-                    f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items()))
-                )
+                acc.print(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))
         acc.wait_for_everyone()
 
     def _export(self) -> None:

@@ -186,9 +186,7 @@ def find_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str) 
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / path
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint folder"
-        )
+        raise FileNotFoundError(f"resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint folder")
     if not (path / STATE_FILE).is_file():
         raise ValueError(
             f"resume_from_checkpoint {str(path)!r} is incomplete (no {STATE_FILE}); it was interrupted while "
@@ -288,9 +286,7 @@ def load_checkpoint(
                 raise FileNotFoundError(f"checkpoint {path} lacks {name!r} ({file} or {folder}/)")
             state = load_file(str(file))
         module.load_state_dict(state, strict=True)
-    states = {
-        name: load_state(path, name, device) for name in state_names if (path / f"{name}.json").is_file()
-    }
+    states = {name: load_state(path, name, device) for name in state_names if (path / f"{name}.json").is_file()}
     return states, _read_json(path / STATE_FILE)
 
 
@@ -338,9 +334,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.batches_per_epoch = num_items // global_batch
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-        )
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
         return torch.randperm(self.num_items, generator=generator)
 
     def position(self, batch: int) -> tuple[int, int]:
