@@ -192,10 +192,7 @@ def run_demo(
     lo, hi = pipe.value_range
     T_in, H, W, _ = pipe.context_shape
     T_out = pipe.forecast_shape[0]
-    say(
-        f"prediff demo: {num_sequences} synthetic storm sequences of {T_in} + {T_out} frames of {H}x{W} "
-        f"(seed {seed})"
-    )
+    say(f"prediff demo: {num_sequences} synthetic storm sequences of {T_in} + {T_out} frames of {H}x{W} (seed {seed})")
     dataset = SyntheticStormDataset(num_sequences, T_in + T_out, H, W, seed=seed, progress=progress)
     # Items are VIL / 255 in [0, 1]; the pipeline takes physical units.
     frames = torch.stack([dataset[i]["frames"] for i in range(num_sequences)]) * (hi - lo) + lo
@@ -242,11 +239,7 @@ def run_demo(
     plot_forecast_panel(context[show], target[show], plain[show], title=title, path=files["panel"])
     save_forecast_gif(files["gif"], context[show], target[show], plain[show], title=title)
     clipped = [n for n in DEMO_N_SIGMAS if not lo <= stats.target(n) <= hi]
-    note = (
-        f" (targets of n = {', '.join(f'{n:g}' for n in clipped)} clipped to [{lo:g}, {hi:g}])"
-        if clipped
-        else ""
-    )
+    note = f" (targets of n = {', '.join(f'{n:g}' for n in clipped)} clipped to [{lo:g}, {hi:g}])" if clipped else ""
     plot_what_if(
         context[show],
         {n: what_if[i, 0] for i, n in enumerate(DEMO_N_SIGMAS)},
@@ -278,10 +271,7 @@ def run_demo(
         print()
         print("what-if (anticipated mean intensity -> mean intensity of the controlled forecast):")
         for n, v in what_if_record.items():
-            print(
-                f"  mu {'+' if n >= 0 else '-'} {abs(n):g} sigma = {v['anticipated']:7.2f} "
-                f"-> {v['achieved']:7.2f}"
-            )
+            print(f"  mu {'+' if n >= 0 else '-'} {abs(n):g} sigma = {v['anticipated']:7.2f} -> {v['achieved']:7.2f}")
         print()
         for path in files.values():
             print(f"wrote {path}")
@@ -300,9 +290,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--members", type=int, default=4, help="ensemble members per sequence (default: 4)")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
     parser.add_argument("--sequences", type=int, default=8, help="storm sequences to forecast (default: 8)")
-    parser.add_argument(
-        "--seed", type=int, default=DEMO_SEED, help=f"data and noise seed (default: {DEMO_SEED})"
-    )
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"data and noise seed (default: {DEMO_SEED})")
     parser.add_argument(
         "--control-scale",
         type=float,

@@ -38,9 +38,7 @@ def enso_root(tmp_path_factory):
         {"sst": (("year", "month", "lat", "lon"), np.stack(records))},
         coords={**coords, "lat": np.arange(-55, 65, 5.0), "lon": lon},
     ).to_netcdf(root / "CMIP_train.nc")
-    xr.Dataset({"nino": (("year", "month"), np.stack(labels))}, coords=coords).to_netcdf(
-        root / "CMIP_label.nc"
-    )
+    xr.Dataset({"nino": (("year", "month"), np.stack(labels))}, coords=coords).to_netcdf(root / "CMIP_label.nc")
     return root, truth, (lon >= 95) & (lon <= 330)
 
 
@@ -73,9 +71,7 @@ def test_splits_and_strides(enso_root):
         ("CMIP6", 1),
         ("CMIP5", 0),
     }
-    assert {val[i]["model"] for i in range(len(val))} == {1} and {
-        test[i]["model"] for i in range(len(test))
-    } == {2}
+    assert {val[i]["model"] for i in range(len(val))} == {1} and {test[i]["model"] for i in range(len(test))} == {2}
     assert [train[i]["start"] for i in range(4)] == [0, 10, 20, 30]  # Earthformer's training gap
     assert len(test) == len(range(0, 60 - 26 + 1, 11))
 

@@ -89,9 +89,7 @@ def test_items_carry_state_and_are_deterministic():
     assert float(item["frames"].max()) > 0.5  # the digits are drawn
     assert item["positions"].shape == (6, 3, 2) and item["velocities"].shape == (6, 3, 2)
     assert item["energy"].shape == (6,)
-    expected = nbody_energy(
-        item["positions"].double().numpy(), item["velocities"].double().numpy(), np.ones(3), G, D
-    )
+    expected = nbody_energy(item["positions"].double().numpy(), item["velocities"].double().numpy(), np.ones(3), G, D)
     np.testing.assert_allclose(item["energy"].numpy(), expected, rtol=1e-5)
     assert set(item["digits"].tolist()) <= set(range(10))
     again = NBodyDataset(num_sequences=3, seq_len=6, num_bodies=3, seed=4)[1]

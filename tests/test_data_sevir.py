@@ -211,17 +211,13 @@ def test_downsample_to_sevir_lr_and_read_back(sevir_root, tmp_path):
         assert f["vil"].shape == (3, 16, 16, 25) and f["vil"].dtype == np.uint8
         assert list(f["id"][:]) == [b"S1", b"S2", b"S3"]
         for index in (0, 2):
-            np.testing.assert_array_equal(
-                f["vil"][index], _brute_downsample(_raw(sevir_root, "2018H1", index))
-            )
+            np.testing.assert_array_equal(f["vil"][index], _brute_downsample(_raw(sevir_root, "2018H1", index)))
     lr = SEVIRDataset(dst, seq_len=13, stride=6)
     assert len(lr) == 7 * (1 + (25 - 13) // 6)
     expected = _brute_downsample(_raw(sevir_root, "2019H1", 0))[:, :, 6:19]
     item = lr[2 * 3 + 1]  # event S4, second window
     assert item["event_id"] == "S4"
-    np.testing.assert_allclose(
-        item["frames"][..., 0].numpy(), np.moveaxis(expected, -1, 0) / 255.0, rtol=1e-6
-    )
+    np.testing.assert_allclose(item["frames"][..., 0].numpy(), np.moveaxis(expected, -1, 0) / 255.0, rtol=1e-6)
     with pytest.raises(FileExistsError):
         downsample_sevir(sevir_root, dst, progress=False)
 

@@ -109,9 +109,7 @@ def test_json_report_structure(cli_report):
     assert report["lead_times"] == [1, 2]
     assert list(report["forecasters"]) == ["prediff", "prediff+intensity", "persistence"]
     settings = report["settings"]
-    assert (
-        settings["num_sequences"] == 3 and settings["members"] == 2 and settings["num_inference_steps"] == 2
-    )
+    assert settings["num_sequences"] == 3 and settings["members"] == 2 and settings["num_inference_steps"] == 2
     assert settings["thresholds"] == [16.0, 74.0, 133.0, 160.0, 181.0, 219.0]
     for name, entry in report["forecasters"].items():
         scores = entry["scores"]
@@ -219,8 +217,7 @@ def test_data_file_and_fixed_target(pipe_dir, tmp_path):
     assert run(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert (
-        report["settings"]["num_sequences"] == 2
-        and "25 (mu + 1 sigma" in report["settings"]["anticipated_intensity"]
+        report["settings"]["num_sequences"] == 2 and "25 (mu + 1 sigma" in report["settings"]["anticipated_intensity"]
     )
     frames = physical(SyntheticStormDataset(2, 5, 32, 32, seed=4, progress=False), 2)
     forecast = persistence(frames[:, :3], 2)

@@ -71,9 +71,7 @@ class RandomFlipRotate:
     def __call__(self, item: Any) -> Any:
         frames = item["frames"] if isinstance(item, dict) else item
         if self.rotate and frames.shape[-3] != frames.shape[-2]:
-            raise ValueError(
-                f"rotate=True needs square frames, got H x W = {frames.shape[-3]} x {frames.shape[-2]}"
-            )
+            raise ValueError(f"rotate=True needs square frames, got H x W = {frames.shape[-3]} x {frames.shape[-2]}")
         hflip, vflip, turns = self.sample()
         out = flip_rotate(frames, hflip, vflip, turns).contiguous()
         if not isinstance(item, dict):

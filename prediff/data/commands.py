@@ -13,9 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="generate, inspect and convert data sets")
     commands = data.add_subparsers(dest="data_command", required=True)
 
-    generate = commands.add_parser(
-        "generate", help="write a synthetic data set to HDF5 (.h5) or zarr (.zarr)"
-    )
+    generate = commands.add_parser("generate", help="write a synthetic data set to HDF5 (.h5) or zarr (.zarr)")
     kinds = generate.add_subparsers(dest="kind", required=True)
 
     storms = kinds.add_parser("storms", help="synthetic radar storms (VIL, uint8 0-255)")
@@ -26,21 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     storms.add_argument("--width", type=int, default=128)
     storms.set_defaults(func=_generate_storms)
 
-    nbody = kinds.add_parser(
-        "nbody", help="N-body digits (frames stored as uint8 0-255, with the physical state)"
-    )
+    nbody = kinds.add_parser("nbody", help="N-body digits (frames stored as uint8 0-255, with the physical state)")
     _output_arguments(nbody)
     nbody.add_argument("--num-sequences", type=int, default=1000)
     nbody.add_argument("--seq-len", type=int, default=20)
     nbody.add_argument("--num-bodies", type=int, default=3)
-    nbody.add_argument(
-        "--mnist", type=Path, default=None, help="MNIST .npz to take digits from (default: font)"
-    )
+    nbody.add_argument("--mnist", type=Path, default=None, help="MNIST .npz to take digits from (default: font)")
     nbody.set_defaults(func=_generate_nbody)
 
-    inspect = commands.add_parser(
-        "inspect", help="print shapes, value ranges and counts of a data file or folder"
-    )
+    inspect = commands.add_parser("inspect", help="print shapes, value ranges and counts of a data file or folder")
     inspect.add_argument("path", type=Path)
     inspect.set_defaults(func=_inspect)
 
@@ -104,9 +96,7 @@ def _generate_nbody(args: argparse.Namespace) -> int:
     from .nbody import NBodyDataset
 
     _check_output(args)
-    dataset = NBodyDataset(
-        args.num_sequences, args.seq_len, args.num_bodies, seed=args.seed, mnist_path=args.mnist
-    )
+    dataset = NBodyDataset(args.num_sequences, args.seq_len, args.num_bodies, seed=args.seed, mnist_path=args.mnist)
     k, t, s = dataset.num_bodies, dataset.seq_len, dataset.frame_size
 
     def items():

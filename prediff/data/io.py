@@ -30,8 +30,7 @@ def storage_format(path: str | os.PathLike) -> str:
     if suffix in ZARR_SUFFIXES:
         return "zarr"
     raise ValueError(
-        f"output path must end in one of {HDF5_SUFFIXES + ZARR_SUFFIXES} (HDF5 or zarr), "
-        f"got {os.fspath(path)!r}"
+        f"output path must end in one of {HDF5_SUFFIXES + ZARR_SUFFIXES} (HDF5 or zarr), got {os.fspath(path)!r}"
     )
 
 
@@ -93,9 +92,7 @@ def write_sequences(
                     raise ValueError(f"item {start + count} lacks the field {name!r}")
                 value = np.asarray(record[name])
                 if value.shape != shape:
-                    raise ValueError(
-                        f"item {start + count} field {name!r} has shape {value.shape}, expected {shape}"
-                    )
+                    raise ValueError(f"item {start + count} field {name!r} has shape {value.shape}, expected {shape}")
                 buffers[name][count] = value
             count += 1
             if count == chunk_sequences:
@@ -246,9 +243,7 @@ def inspect_path(path: str | os.PathLike) -> str:
         with h5py.File(target, "r") as f:
             lines.append("format: HDF5")
             datasets: list[tuple[str, Any]] = []
-            f.visititems(
-                lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None
-            )
+            f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
             lines += [_describe(name, obj) for name, obj in datasets]
             lines += _describe_attrs(f.attrs)
     elif suffix in ZARR_SUFFIXES:

@@ -33,9 +33,7 @@ from torch.utils.data import Dataset
 from .utils import check_positive_int, check_seed, import_optional
 
 
-def nbody_acceleration(
-    positions: np.ndarray, masses: np.ndarray, gravity: float, softening: float
-) -> np.ndarray:
+def nbody_acceleration(positions: np.ndarray, masses: np.ndarray, gravity: float, softening: float) -> np.ndarray:
     """``a_i = G sum_j m_j (x_j - x_i) / sqrt(|x_j - x_i|^2 + d^2)``.
 
     Args:
@@ -134,9 +132,7 @@ def font_digit_glyphs(height: int = 22) -> tuple[tuple[np.ndarray, ...], tuple[i
             canvas = image_mod.new("L", (3 * height, 3 * height), 0)
             draw_mod.Draw(canvas).text((height // 2, height // 4), str(digit), fill=255, font=font)
             if scale > 1:
-                canvas = canvas.resize(
-                    (canvas.width * scale, canvas.height * scale), image_mod.Resampling.BICUBIC
-                )
+                canvas = canvas.resize((canvas.width * scale, canvas.height * scale), image_mod.Resampling.BICUBIC)
             # Pen strokes: thicken to an MNIST-like width, then soften the edges.
             canvas = canvas.filter(filter_mod.MaxFilter(stroke)).filter(filter_mod.GaussianBlur(0.8))
             glyphs.append(_crop(np.asarray(canvas, dtype=np.float32) / 255.0))

@@ -65,9 +65,7 @@ def future_intensity_stats(
     ``max_items`` limits the computation to the first items (all by default).
     """
     context_length = check_positive_int("context_length", context_length)
-    count = (
-        len(dataset) if max_items is None else min(len(dataset), check_positive_int("max_items", max_items))
-    )
+    count = len(dataset) if max_items is None else min(len(dataset), check_positive_int("max_items", max_items))
     if count == 0:
         raise ValueError("future_intensity_stats needs a non-empty dataset")
     from tqdm.auto import tqdm
@@ -77,8 +75,7 @@ def future_intensity_stats(
         frames = dataset[i]["frames"]
         if frames.shape[0] <= context_length:
             raise ValueError(
-                f"context_length must be smaller than the sequence length {frames.shape[0]}, "
-                f"got {context_length}"
+                f"context_length must be smaller than the sequence length {frames.shape[0]}, got {context_length}"
             )
         values[i] = float(frames[context_length:].double().mean())
     return IntensityStats(float(values.mean()), float(values.std()))
@@ -118,9 +115,7 @@ def _power_law_noise(
     # Scales larger than the cut-off belong to the envelopes, not to the texture.
     k = np.where(k < 1.0 / min_wavelength_cutoff, np.inf, k)
     shape = (len(betas), size, size // 2 + 1)
-    spectrum = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(
-        shape, dtype=np.float32
-    )
+    spectrum = rng.standard_normal(shape, dtype=np.float32) + 1j * rng.standard_normal(shape, dtype=np.float32)
     filters = np.stack([k ** (-beta / 2.0) for beta in betas]).astype(np.float32)
     fields = np.fft.irfft2(spectrum * filters, s=(size, size)).astype(np.float32)
     fields -= fields.mean(axis=(1, 2), keepdims=True)
@@ -155,9 +150,7 @@ def _life_shape(t: np.ndarray, birth: np.ndarray, life: np.ndarray, skew: np.nda
     return np.sin(np.pi * s ** skew[:, None]) ** 2
 
 
-def generate_storm_sequence(
-    seed: int, index: int, seq_len: int, height: int = 128, width: int = 128
-) -> np.ndarray:
+def generate_storm_sequence(seed: int, index: int, seq_len: int, height: int = 128, width: int = 128) -> np.ndarray:
     """One synthetic radar sequence, uint8 VIL levels of shape (seq_len, height, width).
 
     Fully determined by ``(seed, index)``. Pixel size and frame interval are those of SEVIR-LR-like data (a
@@ -309,9 +302,7 @@ def _elliptic_sum(
         return out
     reach = 4.5 * np.maximum(sigma_along, sigma_across)  # (K, T)
     low, high = points.min(axis=(1, 2)), points.max(axis=(1, 2))  # (T, 2) bounding boxes
-    near = (centers[:, None, :] > low[None] - reach[..., None]) & (
-        centers[:, None, :] < high[None] + reach[..., None]
-    )
+    near = (centers[:, None, :] > low[None] - reach[..., None]) & (centers[:, None, :] < high[None] + reach[..., None])
     k_idx, t_idx = np.nonzero(near.all(-1) & (amplitude > 0))
     if k_idx.size == 0:
         return out

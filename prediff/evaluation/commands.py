@@ -50,16 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dataset", required=True, help="'storms', 'sevir' (with --root) or an HDF5/zarr file of sequences"
     )
     parser.add_argument("--root", type=Path, default=None, help="SEVIR / SEVIR-LR folder for --dataset sevir")
-    parser.add_argument(
-        "--num-sequences", type=int, default=None, help="sequences scored (storms: default 16)"
-    )
-    parser.add_argument(
-        "--data-seed", type=int, default=DEFAULT_DATA_SEED, help="seed of the synthetic storms"
-    )
+    parser.add_argument("--num-sequences", type=int, default=None, help="sequences scored (storms: default 16)")
+    parser.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="seed of the synthetic storms")
     parser.add_argument("--stride", type=int, default=None, help="window stride in SEVIR events / data files")
-    parser.add_argument(
-        "--start-date", default=None, help="SEVIR: events after it (PreDiff test: 2019-06-01)"
-    )
+    parser.add_argument("--start-date", default=None, help="SEVIR: events after it (PreDiff test: 2019-06-01)")
     parser.add_argument("--end-date", default=None, help="SEVIR: events up to it")
     parser.add_argument("--key", default="frames", help="array of a data file (default: frames)")
     parser.add_argument("--members", type=int, default=4, help="ensemble members (default: 4)")
@@ -80,9 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pool-sizes", default=",".join(map(str, SEVIR_POOL_SIZES)), help="max-pooling sizes of CSI and CRPS"
     )
     parser.add_argument("--fss-scales", default="1,4,16", help="FSS neighbourhood sizes in pixels")
-    parser.add_argument(
-        "--interval-minutes", type=float, default=None, help="minutes between frames (labels)"
-    )
+    parser.add_argument("--interval-minutes", type=float, default=None, help="minutes between frames (labels)")
     parser.add_argument(
         "--observed-factor",
         type=float,
@@ -148,9 +140,7 @@ def build_dataset(
 
     dataset = ArraySequenceDataset.from_file(path, seq_len=seq_len, key=key, stride=stride)
     if dataset.shape[2:] != (H, W, C):
-        raise ValueError(
-            f"frames in {path} are (H, W, C) = {dataset.shape[2:]}; the pipeline needs {(H, W, C)}"
-        )
+        raise ValueError(f"frames in {path} are (H, W, C) = {dataset.shape[2:]}; the pipeline needs {(H, W, C)}")
     return dataset, f"{path} ({len(dataset)} windows of {seq_len} frames)"
 
 
@@ -202,9 +192,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
                 scale=args.control_scale, method=args.control_method, observed_factor=args.observed_factor
             )
         else:
-            target, source = intensity_target(
-                pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std
-            )
+            target, source = intensity_target(pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std)
             control = IntensityControlSpec(
                 target=target,
                 scale=args.control_scale,

@@ -116,9 +116,7 @@ class ScoreSet:
         self.ensemble = ensemble
         self.deterministic = [
             CategoricalScore(thresholds, pools),
-            ContinuousScore(
-                ("mse", "rmse", "mae", "ssim") if side >= _SSIM_MIN_SIZE else ("mse", "rmse", "mae")
-            ),
+            ContinuousScore(("mse", "rmse", "mae", "ssim") if side >= _SSIM_MIN_SIZE else ("mse", "rmse", "mae")),
             FractionsSkillScore(thresholds, fss_scales),
         ]
         self.crps = EnsembleCRPS(pools)
@@ -154,9 +152,7 @@ class ScoreSet:
             metrics.append(self.spread)
         for metric in metrics:
             scores.update(metric.compute())
-            per_lead.update(
-                {k: np.asarray(v).tolist() for k, v in metric.compute(per_lead_time=True).items()}
-            )
+            per_lead.update({k: np.asarray(v).tolist() for k, v in metric.compute(per_lead_time=True).items()})
         if self._has_intensity:
             scores.update(self.intensity.compute())
         rank = self.rank.compute()["rank_histogram"].tolist() if self.rank is not None else None
@@ -203,14 +199,10 @@ def load_sequences(
             )
         frames.append(x[:num_frames])
     batch = np.stack(frames).astype(np.float32) * np.float32(hi - lo) + np.float32(lo)
-    return check_context_values(
-        batch, value_range, name=f"sequences {indices[0]}-{indices[-1]} of the data set"
-    )
+    return check_context_values(batch, value_range, name=f"sequences {indices[0]}-{indices[-1]} of the data set")
 
 
-def _baseline_forecast(
-    name: str, fn: Callable[..., Any], context: np.ndarray, num_frames: int, **kwargs: Any
-):
+def _baseline_forecast(name: str, fn: Callable[..., Any], context: np.ndarray, num_frames: int, **kwargs: Any):
     try:
         return np.asarray(fn(context, num_frames, **kwargs), dtype=np.float32)
     except ImportError:
@@ -358,9 +350,7 @@ def evaluate_pipeline(
     elif is_prediff:
         num_inference_steps = pipeline._default_steps()
     if knowledge_control is not None and not is_prediff:
-        raise ValueError(
-            "knowledge control needs a PreDiff pipeline; an Earthformer forecast is deterministic"
-        )
+        raise ValueError("knowledge control needs a PreDiff pipeline; an Earthformer forecast is deterministic")
     T_in, H, W, C = pipeline.context_shape
     T_out = pipeline.forecast_shape[0]
     value_range = pipeline.value_range
@@ -395,8 +385,7 @@ def evaluate_pipeline(
         name = f"{main_name}+intensity"
         forecasters[name] = run_pipeline(True)
         descriptions[name] = (
-            f"anticipated-intensity control towards {knowledge_control.describe()}, scale "
-            f"{knowledge_control.scale:g}"
+            f"anticipated-intensity control towards {knowledge_control.describe()}, scale {knowledge_control.scale:g}"
         )
     baseline_kwargs = dict(baseline_kwargs or {})
     for baseline in baselines:
@@ -456,9 +445,7 @@ def evaluate_pipeline(
     if knowledge_control is not None:
         settings["anticipated_intensity"] = knowledge_control.describe()
         settings["control_scale"] = knowledge_control.scale
-    units = str(
-        pipeline.config.get("units") or getattr(dataset, "units", None) or f"values in [{lo:g}, {hi:g}]"
-    )
+    units = str(pipeline.config.get("units") or getattr(dataset, "units", None) or f"values in [{lo:g}, {hi:g}]")
     minutes = None if interval_minutes is None else [float(interval_minutes) * t for t in range(1, T_out + 1)]
     return EvaluationReport(
         forecasters=results,

@@ -148,9 +148,7 @@ class EvaluationReport:
         data = asdict(self)
         for entry in data["forecasters"].values():
             entry["scores"] = {k: _finite_or_none(v) for k, v in entry["scores"].items()}
-            entry["per_lead_time"] = {
-                k: [_finite_or_none(x) for x in v] for k, v in entry["per_lead_time"].items()
-            }
+            entry["per_lead_time"] = {k: [_finite_or_none(x) for x in v] for k, v in entry["per_lead_time"].items()}
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -220,8 +218,7 @@ class EvaluationReport:
 
     def _notes(self) -> list[str]:
         notes = [
-            "Deterministic scores of an ensemble are those of its mean; "
-            "a deterministic forecast's CRPS is its MAE.",
+            "Deterministic scores of an ensemble are those of its mean; a deterministic forecast's CRPS is its MAE.",
         ]
         for name, entry in self.forecasters.items():
             if entry.knowledge_control:

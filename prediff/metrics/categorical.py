@@ -63,9 +63,7 @@ def max_pool_frames(x: torch.Tensor, pool_size: int) -> torch.Tensor:
     return pooled.reshape(b, t, c, h // pool_size, w // pool_size).permute(0, 1, 3, 4, 2)
 
 
-def _check_settings(
-    thresholds: Sequence[float], pool_sizes: Sequence[int], eps: float, bias_formula: str
-) -> None:
+def _check_settings(thresholds: Sequence[float], pool_sizes: Sequence[int], eps: float, bias_formula: str) -> None:
     if len(thresholds) == 0:
         raise ValueError("thresholds must name at least one threshold, got an empty sequence")
     if len(pool_sizes) == 0 or any(int(k) != k or k < 1 for k in pool_sizes):
@@ -224,9 +222,7 @@ def _single(score: str):
         eps: float = 1e-4,
         per_lead_time: bool = False,
     ) -> Any:
-        scores = categorical_scores(
-            pred, target, (threshold,), (pool_size,), eps, per_lead_time=per_lead_time
-        )
+        scores = categorical_scores(pred, target, (threshold,), (pool_size,), eps, per_lead_time=per_lead_time)
         return scores[score_key(score, float(threshold), pool_size)]
 
     fn.__name__ = score

@@ -100,9 +100,7 @@ class Nino34Score(Metric):
         """Add SST anomaly sequences ``pred`` and ``target`` ``(B, T, H, W, C)``."""
         pred, target = as_tensor("pred", pred, 5), as_tensor("target", target, 5)
         if pred.shape != target.shape:
-            raise ValueError(
-                f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}"
-            )
+            raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}")
         self.update_index(
             nino34_index(pred, self.lat_slice, self.lon_slice, self.window),
             nino34_index(target, self.lat_slice, self.lon_slice, self.window),
@@ -115,9 +113,7 @@ class Nino34Score(Metric):
             as_tensor("nino_target", nino_target, 2).double(),
         )
         if p.shape != t.shape:
-            raise ValueError(
-                f"nino_pred shape {tuple(p.shape)} does not match nino_target shape {tuple(t.shape)}"
-            )
+            raise ValueError(f"nino_pred shape {tuple(p.shape)} does not match nino_target shape {tuple(t.shape)}")
         self._check_num_frames(p.shape[1])
         t = t.to(p.device)
         nb = p.shape[0]
@@ -159,9 +155,7 @@ class Nino34Score(Metric):
             weights = nino34_lead_weights(num_leads)
         else:
             if self.weights.shape[0] < num_leads:
-                raise ValueError(
-                    f"weights has {self.weights.shape[0]} entries, fewer than the {num_leads} leads"
-                )
+                raise ValueError(f"weights has {self.weights.shape[0]} entries, fewer than the {num_leads} leads")
             weights = self.weights[:num_leads]
         weights = weights.to(corr.device)
         return {

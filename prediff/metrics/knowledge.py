@@ -54,9 +54,7 @@ class KnowledgeControlError(Metric):
     def __init__(self, statistic: str | Callable[[torch.Tensor], torch.Tensor] = "mean_intensity") -> None:
         if isinstance(statistic, str):
             if statistic not in STATISTICS:
-                raise ValueError(
-                    f"statistic must be one of {sorted(STATISTICS)} or a callable, got {statistic!r}"
-                )
+                raise ValueError(f"statistic must be one of {sorted(STATISTICS)} or a callable, got {statistic!r}")
             statistic = STATISTICS[statistic]
         elif not callable(statistic):
             raise ValueError(f"statistic must be a name or a callable, got {type(statistic).__name__}")
@@ -73,17 +71,14 @@ class KnowledgeControlError(Metric):
         """Add a batch of forecasts and the values their control anticipated."""
         pred = as_tensor("pred", pred)
         if pred.ndim not in (5, 6):
-            raise ValueError(
-                f"pred must be (B, T, H, W, C) or (B, M, T, H, W, C), got shape {tuple(pred.shape)}"
-            )
+            raise ValueError(f"pred must be (B, T, H, W, C) or (B, M, T, H, W, C), got shape {tuple(pred.shape)}")
         b = pred.shape[0]
         members = pred if pred.ndim == 6 else pred.unsqueeze(1)
         flat = members.reshape(-1, *members.shape[2:])
         values = torch.as_tensor(self.statistic(flat)).to(torch.float64)
         if values.shape != (flat.shape[0],):
             raise ValueError(
-                f"statistic must return one value per sample, shape ({flat.shape[0]},); "
-                f"got {tuple(values.shape)}"
+                f"statistic must return one value per sample, shape ({flat.shape[0]},); got {tuple(values.shape)}"
             )
         values = values.reshape(b, members.shape[1])
         if isinstance(anticipated, (int, float)):
@@ -95,9 +90,7 @@ class KnowledgeControlError(Metric):
             if target.numel() == 1:
                 target = target.expand(b)
             if target.shape != (b,):
-                raise ValueError(
-                    f"anticipated must be a number or of shape ({b},), got {tuple(target.shape)}"
-                )
+                raise ValueError(f"anticipated must be a number or of shape ({b},), got {tuple(target.shape)}")
         error = values - target.to(values.device).unsqueeze(1)
         if not torch.isfinite(error).all():
             raise ValueError("statistic returned NaN or infinite values")
@@ -110,9 +103,7 @@ class KnowledgeControlError(Metric):
     def compute(self, per_lead_time: bool = False) -> dict[str, Any]:
         """``kc_mae``, ``kc_rmse`` and ``kc_bias`` as floats."""
         if per_lead_time:
-            raise ValueError(
-                "KnowledgeControlError scores whole sequences; per_lead_time=True is not available"
-            )
+            raise ValueError("KnowledgeControlError scores whole sequences; per_lead_time=True is not available")
         self._check_updated()
         return {
             "kc_mae": self.sum_abs / self.count,

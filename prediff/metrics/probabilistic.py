@@ -97,11 +97,7 @@ class EnsembleCRPS(Metric):
         self._check_updated()
         out = {}
         for name, k in zip(self.names, self.pool_sizes):
-            s, n = (
-                (self.sums[k], self.counts[k])
-                if per_lead_time
-                else (self.sums[k].sum(), self.counts[k].sum())
-            )
+            s, n = (self.sums[k], self.counts[k]) if per_lead_time else (self.sums[k].sum(), self.counts[k].sum())
             out[name] = finalize(s / n, per_lead_time)
         return out
 
@@ -187,8 +183,7 @@ class RankHistogram(Metric):
         self._check_num_frames(t)
         if self.counts is not None and self.counts.shape[1] != m + 1:
             raise ValueError(
-                "every batch must have the same number of members; "
-                f"got M={m} after M={self.counts.shape[1] - 1}"
+                f"every batch must have the same number of members; got M={m} after M={self.counts.shape[1] - 1}"
             )
         ranks, valid = ensemble_ranks(pred, target, self.x_min, self._generator(pred.device))
         lead = torch.arange(t, device=pred.device).reshape(1, t, 1, 1, 1).expand_as(ranks)
@@ -234,9 +229,7 @@ class SpreadSkill(Metric):
         if m < 2:
             raise ValueError(f"spread needs at least 2 members, got M={m}")
         if self.num_members is not None and m != self.num_members:
-            raise ValueError(
-                f"every batch must have the same number of members; got M={m} after M={self.num_members}"
-            )
+            raise ValueError(f"every batch must have the same number of members; got M={m} after M={self.num_members}")
         self._check_num_frames(t)
         self.num_members = m
         pred, target = pred.double(), target.double()

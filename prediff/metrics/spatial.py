@@ -43,9 +43,7 @@ def neighbourhood_fraction(events: torch.Tensor, scale: int) -> torch.Tensor:
     before, after = scale // 2, (scale - 1) // 2
     # Box sums from an integral image, O(H W) whatever the scale. float32 holds the running event counts
     # exactly while a frame has fewer than 2**24 pixels; the fractions are formed in the caller's precision.
-    exact = (
-        torch.float32 if (events.shape[-2] + scale) * (events.shape[-1] + scale) < 2**24 else torch.float64
-    )
+    exact = torch.float32 if (events.shape[-2] + scale) * (events.shape[-1] + scale) < 2**24 else torch.float64
     padded = F.pad(events.to(exact), (before + 1, after, before + 1, after))
     integral = padded.cumsum(dim=2).cumsum(dim=1)
     window = (
@@ -93,9 +91,7 @@ class FractionsSkillScore(Metric):
         # Frames as (T, B*C, H, W) so the sums keep the lead-time axis.
         pred = pred.permute(1, 0, 4, 2, 3).reshape(t * b * c, h, w)
         target = target.permute(1, 0, 4, 2, 3).reshape(t * b * c, h, w)
-        sums = torch.zeros(
-            t, len(self.thresholds), len(self.scales), 3, dtype=torch.float64, device=pred.device
-        )
+        sums = torch.zeros(t, len(self.thresholds), len(self.scales), 3, dtype=torch.float64, device=pred.device)
         for i, threshold in enumerate(self.thresholds):
             events_f = (pred >= threshold).double()
             events_o = (target >= threshold).double()

@@ -48,9 +48,7 @@ def add_knowledge_control_arguments(parser: argparse.ArgumentParser, observed_de
         "pipeline's future_intensity.json or --intensity-mean/--intensity-std)",
     )
     group.add_argument("--intensity-mean", type=float, default=None, help="mu for --n-sigma (physical units)")
-    group.add_argument(
-        "--intensity-std", type=float, default=None, help="sigma for --n-sigma (physical units)"
-    )
+    group.add_argument("--intensity-std", type=float, default=None, help="sigma for --n-sigma (physical units)")
     group.add_argument(
         "--control-scale",
         type=float,
@@ -219,9 +217,7 @@ def run_forecast(
     out = Path(out)
     if out.suffix.lower() not in FORECAST_SUFFIXES:
         raise ValueError(f"--out must end in one of {FORECAST_SUFFIXES} (netCDF or zarr), got {str(out)!r}")
-    paths = _output_paths(
-        out, None if pysteps_out is None else Path(pysteps_out), not write_pysteps, not plots
-    )
+    paths = _output_paths(out, None if pysteps_out is None else Path(pysteps_out), not write_pysteps, not plots)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
@@ -231,14 +227,10 @@ def run_forecast(
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = (
-        pipeline if not isinstance(pipeline, (str, Path)) else load_forecast_pipeline(pipeline, device=device)
-    )
+    pipe = pipeline if not isinstance(pipeline, (str, Path)) else load_forecast_pipeline(pipeline, device=device)
     is_prediff = isinstance(pipe, PreDiffPipeline)
     if not is_prediff and knowledge_controls:
-        raise ValueError(
-            "knowledge control needs a PreDiff pipeline; this one is deterministic (Earthformer)"
-        )
+        raise ValueError("knowledge control needs a PreDiff pipeline; this one is deterministic (Earthformer)")
     context = read_context(input, key=variable, dims=dims)
     frames = context.frames
     T_in, H, W, C = pipe.context_shape
@@ -315,17 +307,13 @@ def run_forecast(
         from ..visualization import plot_forecast_panel, save_forecast_gif
 
         step = context.time_step
-        minutes = interval_minutes or (
-            float(step / np.timedelta64(1, "s")) / 60 if step is not None else 10.0
-        )
+        minutes = interval_minutes or (float(step / np.timedelta64(1, "s")) / 60 if step is not None else 10.0)
         title = f"{Path(str(model_id)).name}: {members} member(s) from {Path(context.source).name}"
         sample = frames[plot_sample]
         ens = ensemble[plot_sample]
         plot_forecast_panel(sample, None, ens, interval_minutes=minutes, title=title, path=paths["panel"])
         written["panel"] = paths["panel"]
-        written["gif"] = save_forecast_gif(
-            paths["gif"], sample, None, ens, interval_minutes=minutes, title=title
-        )
+        written["gif"] = save_forecast_gif(paths["gif"], sample, None, ens, interval_minutes=minutes, title=title)
     if progress:
         seconds = time.perf_counter() - start
         print(f"prediff forecast: {frames.shape[0]} context(s) x {members} member(s) in {seconds:.1f} s")
@@ -344,14 +332,10 @@ def _forecast_command(args: argparse.Namespace) -> int:
     pipe = load_forecast_pipeline(args.pipeline, device=device)
     controls, info = None, None
     if args.knowledge_control == "intensity":
-        target, source = intensity_target(
-            pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std
-        )
+        target, source = intensity_target(pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std)
         control = intensity_control_from_args(pipe, args, target)
         controls = [control]
-        info = (
-            f"anticipated mean intensity {target:.4g} ({source}), scale {control.scale:g}, {control.method}"
-        )
+        info = f"anticipated mean intensity {target:.4g} ({source}), scale {control.scale:g}, {control.method}"
     dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
     written = run_forecast(
         pipe,

@@ -93,9 +93,7 @@ def _check_pipeline_folder(folder: Path) -> str:
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str) for v in entry)):
             missing.append(f"{name} (not recorded in model_index.json)")
     for name, entry in index.items():
-        is_component = (
-            isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str | None) for v in entry)
-        )
+        is_component = isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str | None) for v in entry)
         if name.startswith("_") or not is_component or entry[1] is None:
             continue
         sub = folder / name
@@ -106,9 +104,7 @@ def _check_pipeline_folder(folder: Path) -> str:
         elif not is_scheduler and not any(sub.glob("*.safetensors")) and not any(sub.glob("*.bin")):
             missing.append(f"{name}/*.safetensors (weights)")
     if missing:
-        raise FileNotFoundError(
-            f"pipeline folder {str(folder)!r} is incomplete: missing {', '.join(missing)}"
-        )
+        raise FileNotFoundError(f"pipeline folder {str(folder)!r} is incomplete: missing {', '.join(missing)}")
     return class_name
 
 
@@ -263,9 +259,7 @@ def _pick_dim(dims: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _xarray_context(
-    data: Any, source: str, variable: str | None, dims: tuple[str, ...] | None
-) -> ContextInput:
+def _xarray_context(data: Any, source: str, variable: str | None, dims: tuple[str, ...] | None) -> ContextInput:
     """A `ContextInput` from an xarray Dataset, choosing and reordering the variable."""
     if variable is None:
         candidates = [name for name, var in data.data_vars.items() if var.ndim >= 3]
@@ -276,9 +270,7 @@ def _xarray_context(
             )
         variable = str(candidates[0])
     if variable not in data.data_vars:
-        raise ValueError(
-            f"{source} has no variable {variable!r}; it holds {sorted(map(str, data.data_vars))}"
-        )
+        raise ValueError(f"{source} has no variable {variable!r}; it holds {sorted(map(str, data.data_vars))}")
     var = data[variable]
     all_dims = [str(d) for d in var.dims]
     if dims is not None:
@@ -307,9 +299,7 @@ def _xarray_context(
     else:
         time = _pick_dim(all_dims, TIME_NAMES)
         if time is None:
-            datetimes = [
-                d for d in all_dims if d in var.coords and np.issubdtype(var[d].dtype, np.datetime64)
-            ]
+            datetimes = [d for d in all_dims if d in var.coords and np.issubdtype(var[d].dtype, np.datetime64)]
             time = datetimes[0] if datetimes else None
         if time is None:
             raise ValueError(
@@ -323,9 +313,7 @@ def _xarray_context(
         if y is None or x is None:
             unnamed = [d for d in rest if d not in (y, x) and _pick_dim([d], CHANNEL_NAMES) is None]
             if len(unnamed) < 2 - (y is not None) - (x is not None):
-                raise ValueError(
-                    f"cannot tell the spatial dimensions of {variable!r} {tuple(all_dims)}; use --dims"
-                )
+                raise ValueError(f"cannot tell the spatial dimensions of {variable!r} {tuple(all_dims)}; use --dims")
             if y is None and x is None:
                 y, x = unnamed[-2], unnamed[-1]
             elif y is None:
@@ -399,9 +387,7 @@ def read_context(
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
-            raise ValueError(
-                f"cannot read {source} as a .npy array (pickled arrays are refused): {error}"
-            ) from None
+            raise ValueError(f"cannot read {source} as a .npy array (pickled arrays are refused): {error}") from None
         if isinstance(array, np.lib.npyio.NpzFile):  # pragma: no cover - .npy suffix makes this unlikely
             raise ValueError(f"{source} is an .npz archive, not a .npy array")
         frames = _to_five_dims(_numeric(array, source), source)
@@ -442,9 +428,7 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
         if key is None:
             key = "frames" if "frames" in names else (names[0] if len(names) == 1 else None)
             if key is None:
-                raise ValueError(
-                    f"{source} holds {len(names)} datasets {sorted(names)}; choose one with --variable"
-                )
+                raise ValueError(f"{source} holds {len(names)} datasets {sorted(names)}; choose one with --variable")
         if key not in names:
             raise ValueError(f"{source} has no dataset {key!r}; it holds {sorted(names)}")
         array = _numeric(f[key][()], f"{source}:{key}")
@@ -648,9 +632,7 @@ def write_forecast(dataset: Any, path: str | os.PathLike, overwrite: bool = Fals
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORECAST_SUFFIXES:
-        raise ValueError(
-            f"forecast output must end in one of {FORECAST_SUFFIXES} (netCDF or zarr), got {str(path)!r}"
-        )
+        raise ValueError(f"forecast output must end in one of {FORECAST_SUFFIXES} (netCDF or zarr), got {str(path)!r}")
     _check_writable(path, overwrite)
     if suffix in ZARR_SUFFIXES:
         with atomic_output(path, overwrite=overwrite, directory=True) as tmp:
@@ -729,9 +711,7 @@ def intensity_target(
     """
     if target is not None:
         if n_sigma is not None:
-            raise ValueError(
-                f"give either a target or n_sigma, not both (target={target}, n_sigma={n_sigma})"
-            )
+            raise ValueError(f"give either a target or n_sigma, not both (target={target}, n_sigma={n_sigma})")
         if not np.isfinite(target):
             raise ValueError(f"target must be a finite number, got {target}")
         return float(target), "target given"
@@ -765,8 +745,6 @@ def member_generators(seed: int, sample_ids: Any, members: int) -> list:
     generators = []
     for sample in sample_ids:
         for member in range(members):
-            state = np.random.SeedSequence([int(seed), int(sample), member]).generate_state(
-                2, dtype=np.uint32
-            )
+            state = np.random.SeedSequence([int(seed), int(sample), member]).generate_state(2, dtype=np.uint32)
             generators.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
     return generators
