@@ -261,6 +261,13 @@ def test_bad_inputs_give_clear_errors(pipe, context):
         pipe(context, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"], **call)
     with pytest.raises(ValueError, match="knowledge_controls must be KnowledgeControl"):
         pipe(context, knowledge_controls=[lambda x: x], **call)
+    with pytest.raises(
+        ValueError, match=r"must be a KnowledgeControl or a list of them, got function .*FunctionControl"
+    ):
+        pipe(context, knowledge_controls=lambda x: x.mean(dim=(1, 2, 3, 4)), **call)
+    for generator in (3, [3, 4], torch.manual_seed):
+        with pytest.raises(ValueError, match="generator must be a torch.Generator, a list of them or None"):
+            pipe(context, generator=generator, **call)
     official = AnticipatedIntensityControl(target=10.0, method="analytic", form="official")
     with pytest.raises(ValueError, match="needs a DDPMScheduler; the pipeline has DPMSolverMultistepScheduler"):
         pipe(context, knowledge_controls=official, **call)
@@ -279,6 +286,17 @@ def test_bad_inputs_give_clear_errors(pipe, context):
     with pytest.raises(ValueError, match="has 4 channels but the vae has latent_channels=8"):
         other_vae = autoencoder_from_preset("prediff-tiny", latent_channels=8)
         PreDiffPipeline(other_vae, pipe.unet, pipe.scheduler)
+
+
+def test_non_callable_callback_is_refused_before_any_step(pipe, context):
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="callback_on_step_end must be callable.*got int"):
+            pipe(context, num_inference_steps=2, callback_on_step_end=5)
+    finally:
+        hook.remove()
+    assert calls == []
 
 
 def test_temporal_decoder_variant_runs(context):

@@ -200,6 +200,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         latents: Any,
         knowledge_controls: Sequence[KnowledgeControl],
         output_type: Any,
+        callback_on_step_end: Any,
         callback_on_step_end_tensor_inputs: Sequence[str] | None,
     ) -> torch.Tensor:
         """Validate the arguments of `__call__`; returns the context as a tensor. Raises `ValueError` naming
@@ -226,6 +227,12 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         self._check_scheduler()
         rows = context.shape[0] * num_ensemble_members
+        is_generator_list = isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator)
+        if not (generator is None or isinstance(generator, torch.Generator) or is_generator_list):
+            raise ValueError(
+                "generator must be a torch.Generator, a list of them or None (seed one with "
+                f"torch.Generator().manual_seed(seed)), got {generator!r}"
+            )
         if isinstance(generator, list) and len(generator) != rows:
             raise ValueError(
                 f"a list of generators needs one per ensemble member of every context, batch_size * "
@@ -253,6 +260,11 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                     "schedulers)"
                 )
             control.check(self.knowledge_model)
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(
+                "callback_on_step_end must be callable as callback_on_step_end(pipeline, i, t, callback_kwargs), "
+                f"got {type(callback_on_step_end).__name__}"
+            )
         if callback_on_step_end_tensor_inputs is not None:
             unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if unknown:
@@ -395,8 +407,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 (context, member), length `B * num_ensemble_members`. The same seeds give the same ensemble.
             latents (`torch.Tensor`, *optional*):
                 Initial noise `(B * M, T_out, h, w, c)` or `(B, M, T_out, h, w, c)` instead of drawing it.
-            knowledge_controls ([`KnowledgeControl`] or list, *optional*):
-                Controls that steer every step, each with its own scale (see `prediff.knowledge`).
+            knowledge_controls ([`KnowledgeControl`] or a list or tuple of them, *optional*):
+                Controls that steer every step, each with its own scale (see `prediff.knowledge`); a plain
+                function of the forecast goes in a [`FunctionControl`].
             output_type (`str`, defaults to `"np"`): `"np"`, `"pt"` or `"latent"`.
             return_dict (`bool`, defaults to True): return a [`PreDiffPipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
@@ -418,8 +431,13 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             controls = []
         elif isinstance(knowledge_controls, KnowledgeControl):
             controls = [knowledge_controls]
-        else:
+        elif isinstance(knowledge_controls, (list, tuple)):
             controls = list(knowledge_controls)
+        else:
+            raise ValueError(
+                "knowledge_controls must be a KnowledgeControl or a list of them, got "
+                f"{type(knowledge_controls).__name__} (wrap a function of the forecast in FunctionControl(fn))"
+            )
         if num_inference_steps is None:
             num_inference_steps = self._default_steps()
 
@@ -431,6 +449,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             latents,
             controls,
             output_type,
+            callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )
         self._interrupt = False
