@@ -52,3 +52,16 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
     assert "num_sequences" in capsys.readouterr().err
     assert main(["data", "inspect", str(tmp_path / "missing.h5")]) == 2
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, file_format", [("x.h5", "HDF5"), ("x.nc", "netCDF"), ("x.zarr", "a zarr group")])
+def test_inspect_unreadable_file_names_it_and_its_format(tmp_path, capsys, name, file_format):
+    path = tmp_path / name
+    if name.endswith(".zarr"):
+        path.mkdir()  # an empty folder: no zarr metadata
+    else:
+        path.write_text("not really")
+    assert main(["data", "inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prediff data: error: cannot read {path} as {file_format}: "), err
+    assert len(err.splitlines()) == 1  # one line, no traceback

@@ -103,3 +103,9 @@ def test_bad_input(enso_root, tmp_path):
         ENSODataset(root, value_range=(-1.0, 1.0), **LAYOUT)[0]
     clipped = ENSODataset(root, value_range=(-1.0, 1.0), clip=True, **LAYOUT)[0]["frames"]
     assert float(clipped.min()) == 0.0 and float(clipped.max()) == 1.0
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "CMIP_train.nc").write_bytes(b"not netCDF")
+    (corrupt / "CMIP_label.nc").write_bytes((root / "CMIP_label.nc").read_bytes())
+    with pytest.raises(ValueError, match=r"cannot read .*CMIP_train\.nc as netCDF"):
+        ENSODataset(corrupt, **LAYOUT)

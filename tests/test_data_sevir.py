@@ -161,6 +161,11 @@ def test_bad_input(sevir_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="SEVIR_VIL_STORMEVENTS_2018_0101_0630.h5"):
         SEVIRDataset(broken)
     assert len(SEVIRDataset(broken, skip_missing_files=True)) == 0
+    corrupt = broken / "data" / FILES["2018H1"]
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_bytes(b"truncated download")
+    with pytest.raises(ValueError, match=r"cannot read .*SEVIR_VIL_STORMEVENTS_2018_0101_0630\.h5 as HDF5"):
+        SEVIRDataset(broken)
 
 
 def test_dataloader_with_workers(sevir_root):

@@ -275,12 +275,15 @@ def test_bad_datasets(pipe):
         (["--dataset", "storms", "--n-sigma", 2], "--n-sigma only apply with --knowledge-control"),
         (["--dataset", "storms", "--knowledge-control", "intensity", "--n-sigma", 2], "--intensity-mean"),
         (["--dataset", "storms", "--out", "EXISTING"], "already exist.*--overwrite"),
+        (["--dataset", "NOT_HDF5"], r"cannot read .*notreally\.h5 as HDF5"),
     ],
 )
 def test_command_errors(extra, message, pipe_dir, tmp_path, capsys):
     existing = tmp_path / "report.json"
     existing.write_text("{}")
-    extra = [existing if a == "EXISTING" else a for a in extra]
+    not_hdf5 = tmp_path / "notreally.h5"
+    not_hdf5.write_text("text, not HDF5")
+    extra = [{"EXISTING": existing, "NOT_HDF5": not_hdf5}.get(a, a) for a in extra]
     argv = ["evaluate", "--pipeline", pipe_dir, "--members", 1, "--steps", 1, "--num-sequences", 1]
     assert run(argv + extra + ["--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -202,6 +202,8 @@ def broken_pipelines(pipe_dir, tmp_path_factory):
         ("range", r"outside the pipeline's value_range \[0, 255\].*--clip"),
         ("nan", "NaN or infinite"),
         ("garbage", "cannot read .* as a .npy array"),
+        ("garbage_h5", r"cannot read .*ctx\.h5 as HDF5"),
+        ("garbage_nc", r"cannot read .*ctx\.nc as netCDF"),
         ("suffix", "context file must end in one of"),
         ("missing", "does not exist"),
         ("no_weights", r"incomplete: missing unet/\*.safetensors"),
@@ -224,6 +226,9 @@ def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, capsys):
     np.save(path, arrays.get(case, context_frames()))
     if case == "garbage":
         path.write_bytes(b"not a numpy file")
+    elif case.startswith("garbage_"):
+        path = tmp_path / f"ctx.{case[len('garbage_') :]}"
+        path.write_text("text, not the format")
     elif case == "suffix":
         path = tmp_path / "ctx.txt"
         path.write_text("1 2 3")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import check_index, check_positive_int, check_value_range, scale_to_unit
+from .utils import check_index, check_positive_int, check_value_range, open_hdf5, scale_to_unit
 
 
 class _HDF5Source:
@@ -24,9 +24,7 @@ class _HDF5Source:
 
     def get(self) -> Any:
         if self._file is None or self._pid != os.getpid():
-            import h5py
-
-            self._file = h5py.File(self.filename, "r")
+            self._file = open_hdf5(self.filename)
             self._pid = os.getpid()
         return self._file[self.key]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import check_index, check_positive_int, check_value_range, import_optional, scale_to_unit
+from .utils import check_index, check_positive_int, check_value_range, open_netcdf, scale_to_unit
 
 #: Earthformer's SST scaling range (the extremes of CMIP5 and CMIP6), degrees C.
 ENSO_SST_RANGE = (-16.549121856689453, 10.198975563049316)
@@ -84,7 +84,6 @@ class ENSODataset(Dataset):
         cmip5_years: int = 140,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
-        xr = import_optional("xarray", "reading ICAR-ENSO")
         if split not in ("train", "val", "test", "all"):
             raise ValueError(f"split must be one of 'train', 'val', 'test', 'all', got {split!r}")
         self.root, self.split = Path(root), split
@@ -115,7 +114,7 @@ class ENSODataset(Dataset):
         for path in paths.values():
             if not path.exists():
                 raise FileNotFoundError(f"ICAR-ENSO file {path} does not exist")
-        with xr.open_dataset(paths["train"]) as train_file, xr.open_dataset(paths["label"]) as label_file:
+        with open_netcdf(paths["train"]) as train_file, open_netcdf(paths["label"]) as label_file:
             sst = self._variable(train_file, "sst", ("year", "month", "lat", "lon"), paths["train"])
             nino = self._variable(label_file, "nino", ("year", "month"), paths["label"])
             lon = sst["lon"].values

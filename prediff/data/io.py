@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .utils import atomic_output, import_optional
+from .utils import atomic_output, file_read_error, import_optional, open_hdf5, open_netcdf
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
@@ -154,12 +154,7 @@ class SequenceFile:
 
     def _open(self) -> Any:
         if self._root is None or self._pid != os.getpid():
-            if self.format == "hdf5":
-                h5py = import_optional("h5py", "reading HDF5 files")
-                self._root = h5py.File(self.path, "r")
-            else:
-                zarr = import_optional("zarr", "reading zarr stores")
-                self._root = zarr.open_group(str(self.path), mode="r")
+            self._root = open_hdf5(self.path) if self.format == "hdf5" else _open_zarr_group(self.path)
             self._pid = os.getpid()
         return self._root
 
@@ -198,6 +193,15 @@ class SequenceFile:
         state["_root"] = None
         state["_pid"] = None
         return state
+
+
+def _open_zarr_group(path: Path) -> Any:
+    """A zarr group opened for reading, or a ``ValueError`` naming the store (zarr's errors vary by version)."""
+    zarr = import_optional("zarr", "reading zarr stores")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as error:  # zarr raises several kinds for a folder that is not a group
+        raise file_read_error(path, "a zarr group", error) from None
 
 
 def _value_range(array: Any, max_elements_per_read: int = 1 << 24) -> tuple[float, float] | None:
@@ -240,22 +244,20 @@ def inspect_path(path: str | os.PathLike) -> str:
         lines += describe_sevir_root(target)
     elif suffix in HDF5_SUFFIXES:
         h5py = import_optional("h5py", "reading HDF5 files")
-        with h5py.File(target, "r") as f:
+        with open_hdf5(target) as f:
             lines.append("format: HDF5")
             datasets: list[tuple[str, Any]] = []
             f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
             lines += [_describe(name, obj) for name, obj in datasets]
             lines += _describe_attrs(f.attrs)
     elif suffix in ZARR_SUFFIXES:
-        zarr = import_optional("zarr", "reading zarr stores")
-        group = zarr.open_group(str(target), mode="r")
+        group = _open_zarr_group(target)
         lines.append("format: zarr")
         for name in sorted(group.array_keys()):
             lines.append(_describe(name, group[name]))
         lines += _describe_attrs(group.attrs)
     elif suffix == ".nc":
-        xr = import_optional("xarray", "reading netCDF files")
-        with xr.open_dataset(target) as ds:
+        with open_netcdf(target) as ds:
             lines.append("format: netCDF")
             lines.append("  dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
             for name, var in ds.data_vars.items():

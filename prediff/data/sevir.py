@@ -31,6 +31,7 @@ from .utils import (
     check_positive_int,
     check_value_range,
     import_optional,
+    open_hdf5,
     scale_to_unit,
 )
 
@@ -140,7 +141,6 @@ class SEVIRDataset(Dataset):
         skip_missing_files: bool = False,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
-        h5py = import_optional("h5py", "reading SEVIR")
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"SEVIR root folder {self.root} does not exist")
@@ -183,7 +183,7 @@ class SEVIRDataset(Dataset):
                     f"SEVIR file {path} (listed in {self.catalog_path}) does not exist; "
                     f"pass skip_missing_files=True to use only the files present"
                 )
-            with h5py.File(path, "r") as f:
+            with open_hdf5(path) as f:
                 if img_type not in f:
                     raise ValueError(f"{path} has no dataset {img_type!r}; it holds {sorted(f.keys())}")
                 shape = tuple(f[img_type].shape)
@@ -382,7 +382,7 @@ def downsample_sevir(
     written = []
     for name, key in tqdm(files, desc="SEVIR -> SEVIR-LR", disable=not progress):
         source_path, target = src / "data" / name, dst / "data" / name
-        with h5py.File(source_path, "r") as fin, atomic_output(target, overwrite=True) as tmp:
+        with open_hdf5(source_path) as fin, atomic_output(target, overwrite=True) as tmp:
             with h5py.File(tmp, "w") as fout:
                 if key not in fin:
                     raise ValueError(f"{source_path} has no dataset {key!r}; it holds {sorted(fin.keys())}")
@@ -411,7 +411,6 @@ def downsample_sevir(
 
 def describe_sevir_root(root: Path) -> list[str]:
     """Lines for ``prediff data inspect``: catalog counts per image type and the HDF5 files present."""
-    h5py = import_optional("h5py", "reading SEVIR")
     catalog = read_catalog(root / "CATALOG.csv")
     lines = ["format: SEVIR (CATALOG.csv + data/)"]
     for img_type, rows in catalog.groupby("img_type"):
@@ -423,7 +422,7 @@ def describe_sevir_root(root: Path) -> list[str]:
             f"{rows['time_utc'].min()} .. {rows['time_utc'].max()}, files present {len(present)}/{len(files)}"
         )
         for file_name in present[:3]:
-            with h5py.File(root / "data" / file_name, "r") as f:
+            with open_hdf5(root / "data" / file_name) as f:
                 if img_type in f:
                     lines.append(f"    {file_name}: {img_type} shape {f[img_type].shape} dtype {f[img_type].dtype}")
     return lines

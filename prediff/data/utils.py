@@ -1,4 +1,5 @@
-"""Helpers shared by the datasets: optional imports, argument checks, atomic output, per-process handles."""
+"""Helpers shared by the datasets: optional imports, opening files with clear errors, argument checks, atomic
+output, per-process handles."""
 
 from __future__ import annotations
 
@@ -32,6 +33,47 @@ def import_optional(module: str, purpose: str) -> Any:
         raise ImportError(
             f'{purpose} needs the optional package {module!r}; install it with: pip install "prediff[{extra}]"'
         ) from error
+
+
+def file_read_error(path: str | os.PathLike, file_format: str, error: BaseException) -> ValueError:
+    """The error for a file that exists but cannot be read as ``file_format``: names the file, the format and
+    the reader's own reason (h5py, netCDF and numpy messages alone often name neither), of which only the first
+    line is kept (xarray appends installation links)."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f"cannot read {os.fspath(path)} as {file_format}: {reason}")
+
+
+def open_hdf5(path: str | os.PathLike) -> Any:
+    """``h5py.File(path, "r")``, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not an HDF5 file, or not readable (h5py raises a bare ``OSError`` for both).
+    """
+    h5py = import_optional("h5py", "reading HDF5 files")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"HDF5 file {os.fspath(path)} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise file_read_error(path, "HDF5", error) from None
+
+
+def open_netcdf(path: str | os.PathLike) -> Any:
+    """``xarray.open_dataset(path)``, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not a netCDF file xarray can read (xarray raises ``ValueError`` when no engine
+            recognises the file and ``OSError`` from the netCDF library).
+    """
+    xr = import_optional("xarray", "reading netCDF files")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"netCDF file {os.fspath(path)} does not exist")
+    try:
+        return xr.open_dataset(path)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise file_read_error(path, "netCDF", error) from None
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -147,8 +189,7 @@ class HDF5HandleCache:
         key = os.fspath(path)
         handle = self._files.get(key)
         if handle is None:
-            h5py = import_optional("h5py", "reading HDF5 files")
-            handle = h5py.File(key, "r")
+            handle = open_hdf5(key)
             self._files[key] = handle
         return handle
 

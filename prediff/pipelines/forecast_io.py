@@ -395,14 +395,10 @@ def read_context(
     elif suffix in HDF5_SUFFIXES:
         context = _read_hdf5(path, key)
     elif suffix in NETCDF_SUFFIXES:
-        from ..data.utils import import_optional
+        from ..data.utils import open_netcdf
 
-        xr = import_optional("xarray", "reading netCDF context files")
-        try:
-            with xr.open_dataset(path) as data:
-                context = _xarray_context(data.load(), source, key, dims)
-        except (OSError, RuntimeError) as error:
-            raise ValueError(f"cannot read {source} as netCDF: {error}") from None
+        with open_netcdf(path) as data:
+            context = _xarray_context(data.load(), source, key, dims)
     else:
         context = _read_zarr(path, key, dims)
     if context.frames.size == 0:
@@ -414,15 +410,11 @@ def read_context(
 
 
 def _read_hdf5(path: Path, key: str | None) -> ContextInput:
-    from ..data.utils import import_optional
+    from ..data.utils import import_optional, open_hdf5
 
     h5py = import_optional("h5py", "reading HDF5 context files")
     source = str(path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"cannot read {source} as HDF5: {error}") from None
-    with handle as f:
+    with open_hdf5(path) as f:
         names: list[str] = []
         f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
         if key is None:
@@ -436,7 +428,7 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
 
 
 def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> ContextInput:
-    from ..data.utils import import_optional
+    from ..data.utils import file_read_error, import_optional
 
     source = str(path)
     xr = import_optional("xarray", "reading zarr context files")
@@ -461,7 +453,7 @@ def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> Con
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr raises several kinds for a folder that is not a store
-        raise ValueError(f"cannot read {source} as a zarr store: {error}") from None
+        raise file_read_error(source, "a zarr store", error) from None
     if hasattr(node, "array_keys"):
         names = sorted(node.array_keys())
         if key is None:
