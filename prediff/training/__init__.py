@@ -30,7 +30,13 @@ from .train_denoiser import DenoiserTrainer, train_denoiser
 from .train_earthformer import EarthformerTrainer, train_earthformer
 from .train_vae import VAETrainer, train_vae
 from .trainer import Trainer, build_datasets
-from .utils import NonFiniteLossError, ShardedBatchSampler, find_checkpoint, list_checkpoints
+from .utils import (
+    NonFiniteGradientError,
+    NonFiniteLossError,
+    ShardedBatchSampler,
+    find_checkpoint,
+    list_checkpoints,
+)
 
 TRAINERS = {
     "vae": VAETrainer,
@@ -50,6 +56,7 @@ __all__ = [
     "DiffusionLoss",
     "EarthformerTrainer",
     "EarthformerTrainingConfig",
+    "NonFiniteGradientError",
     "NonFiniteLossError",
     "PatchGANDiscriminator",
     "ShardedBatchSampler",

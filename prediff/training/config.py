@@ -124,8 +124,11 @@ class TrainingConfig:
         lr_scheduler, lr_warmup_steps, lr_num_cycles, lr_power: Diffusers' `get_scheduler` arguments
             (warmup in optimizer steps).
         optimizer, adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: the optimizer.
-        max_grad_norm: gradient clipping by global norm (null: none).
-        mixed_precision: "no", "fp16" or "bf16" (Accelerate's automatic mixed precision).
+        max_grad_norm: gradient clipping by global norm (null: none). The norm is checked before every
+            optimizer step either way: a NaN or infinite one stops the run, keeping the last checkpoint.
+        mixed_precision: "no", "fp16" or "bf16" (Accelerate's automatic mixed precision). On the CPU, bf16
+            runs Conv3d through oneDNN, whose backward intermittently gives NaN gradients for small layers (the
+            tiny alignment recipe stops within a few steps): use "no" there.
         allow_tf32: TF32 matmuls on Ampere and newer GPUs.
         gradient_checkpointing: recompute activations in backward to save memory.
         compile: `torch.compile` the trained network.

@@ -2,10 +2,10 @@
 
 [`Trainer`] owns what is the same for all components: data sets and their deterministic, sharded order;
 the `Accelerator` (mixed precision, gradient accumulation, distributed data parallel); optimizers and
-Diffusers learning-rate schedules; EMA; atomic checkpoints and exact resumption; the non-finite-loss guard;
-the progress bar; tensorboard logging; validation pictures; the export and the Hub upload. A component's
-trainer (`train_vae.py`, `train_denoiser.py`, ...) adds its networks, its loss, its validation and its
-exported folder.
+Diffusers learning-rate schedules; EMA; atomic checkpoints and exact resumption; the non-finite loss and
+gradient guards; the progress bar; tensorboard logging; validation pictures; the export and the Hub upload.
+A component's trainer (`train_vae.py`, `train_denoiser.py`, ...) adds its networks, its loss, its validation
+and its exported folder.
 
 Reproducibility: every random draw of micro-batch `m` on process `r` (noise, timesteps, posterior samples,
 dropout, augmentation) comes from the global torch generator reseeded with `(seed, r, m)`, and the data order
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .config import TrainingConfig, config_to_dict, save_config
 from .utils import (
+    NonFiniteGradientError,
     NonFiniteLossError,
     ShardedBatchSampler,
     Throughput,
@@ -487,6 +488,13 @@ class Trainer:
     def checkpoint_models(self) -> dict[str, torch.nn.Module]:
         return {name: self.unwrap(name) for name in self.train_modules}
 
+    def _where_to_resume(self) -> str:
+        """The end of a stop message: which checkpoint is kept and how to go on from it."""
+        last = list_checkpoints(self.output_dir)
+        if last:
+            return f"the last good checkpoint is {last[-1]}; resume with --resume_from_checkpoint latest"
+        return "no checkpoint was saved yet; start again"
+
     def _check_finite(self, losses: dict[str, torch.Tensor], micro_step: int) -> float:
         """Sum the losses across processes; stop every process if any is NaN or infinite."""
         acc = self.accelerator
@@ -496,17 +504,49 @@ class Trainer:
         if acc.num_processes > 1:
             stats = acc.reduce(stats, reduction="sum")
         if stats[1].item() > 0:
-            last = list_checkpoints(self.output_dir)
-            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved yet"
             values = {k: float(v.detach()) for k, v in losses.items()}
             raise NonFiniteLossError(
                 f"the loss became NaN or infinite at step {self.global_step + 1} (micro-batch {micro_step}, "
                 f"losses on process {acc.process_index}: {values}); training stopped without saving. "
-                f"{where}; "
-                f"resume with --resume_from_checkpoint latest, e.g. with a lower learning_rate, "
-                f"max_grad_norm or mixed_precision 'no', and check the data for NaN values"
+                f"{self._where_to_resume()}, e.g. with a lower learning_rate, max_grad_norm or mixed_precision "
+                f"'no', and check the data for NaN values"
             )
         return float(stats[0].item()) / acc.num_processes
+
+    def _clip_and_check_gradients(self, micro_step: int) -> dict[str, float]:
+        """Before an optimizer step: the global gradient norm of every optimizer's parameters (fp16 gradients
+        unscaled first), clipped to `max_grad_norm` when it is set. Stops every process, before any optimizer
+        steps, if a norm is NaN or infinite. Returns the norms (name -> norm before clipping)."""
+        acc, cfg = self.accelerator, self.config
+        # Once for all optimizers (Accelerate's clip_grad_norm_ unscales every optimizer at each call, which
+        # fails on the second one); a no-op unless fp16.
+        acc.unscale_gradients()
+        # Without max_grad_norm the bound is infinite: the call only measures the norm.
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        norms = {
+            name: torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
+            for name, opt in self.optimizers.items()
+        }
+        values = {name: float(norm) for name, norm in norms.items()}
+        bad = torch.tensor([float(not all(math.isfinite(v) for v in values.values()))], device=acc.device)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        # fp16's gradient scaler expects overflows: it skips that step itself and lowers the loss scale.
+        if bad.item() > 0 and getattr(acc, "scaler", None) is None:
+            cause = ""
+            if acc.device.type == "cpu" and cfg.mixed_precision == "bf16":
+                cause = (
+                    "mixed_precision 'bf16' on the CPU is the likely cause: PyTorch's oneDNN bf16 Conv3d backward "
+                    "intermittently returns NaN weight gradients for small layers (the tiny alignment recipe hits "
+                    "it within a few steps); on the CPU use mixed_precision 'no'. "
+                )
+            raise NonFiniteGradientError(
+                f"the gradients became NaN or infinite at step {self.global_step + 1} (micro-batch "
+                f"{micro_step}, gradient norms on process {acc.process_index}: {values}) although the loss was "
+                f"finite; training stopped before the optimizer step, without saving. {cause}"
+                f"{self._where_to_resume()}, e.g. with a lower learning_rate or mixed_precision 'no'"
+            )
+        return values
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
@@ -629,10 +669,8 @@ class Trainer:
                 losses, logs = self.compute_losses(frames)
                 loss_value = self._check_finite(losses, micro)
                 acc.backward(sum(losses.values()))
-                if acc.sync_gradients and cfg.max_grad_norm is not None:
-                    for opt in self.optimizers.values():
-                        params = [p for group in opt.param_groups for p in group["params"]]
-                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                if acc.sync_gradients:
+                    grad_norms = self._clip_and_check_gradients(micro)
                 for opt in self.optimizers.values():
                     opt.step()
                     opt.zero_grad(set_to_none=True)
@@ -650,6 +688,7 @@ class Trainer:
             lr = next(iter(self.lr_schedulers.values())).get_last_lr()[0]
             step_logs = {"train/loss": running, "train/lr": lr}
             step_logs.update({f"train/{k}": float(v) for k, v in logs.items()})
+            step_logs.update({f"train/grad_norm_{name}": norm for name, norm in grad_norms.items()})
             running = 0.0
             self.last_logs = step_logs
             acc.log(step_logs, step=self.global_step)

@@ -1,5 +1,6 @@
 """What every training loop shares: atomic checkpoints (save, rotate, find, resume) without pickle,
-reproducible data order and random draws, the non-finite-loss guard and throughput measurement.
+reproducible data order and random draws, the errors of the non-finite loss and gradient guards and throughput
+measurement.
 
 A checkpoint is a folder `checkpoint-{step}` holding safetensors weights and JSON state:
 
@@ -33,6 +34,7 @@ from torch.utils.data import Sampler
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "NonFiniteGradientError",
     "NonFiniteLossError",
     "ShardedBatchSampler",
     "Throughput",
@@ -52,6 +54,11 @@ _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving, earlier checkpoints are intact."""
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """The gradients became NaN or infinite although the loss was finite; training stopped before the optimizer
+    step and without saving, earlier checkpoints are intact."""
 
 
 # ---------------------------------------------------------------------------------------------- files
