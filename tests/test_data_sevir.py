@@ -168,6 +168,42 @@ def test_bad_input(sevir_root, tmp_path):
         SEVIRDataset(broken)
 
 
+def _one_event_root(root, vil, time_utc="2018-03-01 10:00:00"):
+    """A SEVIR tree with one VIL event E1: ``vil`` is the file's (1, H, W, T) dataset."""
+    path = root / "data" / FILES["2018H1"]
+    path.parent.mkdir(parents=True)
+    catalog = pd.DataFrame([_row("E1", FILES["2018H1"], 0, "vil", time_utc, 0.0)], columns=COLUMNS)
+    catalog.to_csv(root / "CATALOG.csv", index=False)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vil", data=vil)
+    return root
+
+
+def test_bad_dtypes_dates_and_catalogs(tmp_path):
+    text = np.full((1, 8, 8, 13), b"x", dtype="S1")
+    with pytest.raises(ValueError, match=r"SEVIR_VIL_STORMEVENTS_2018_0101_0630\.h5:vil holds \|S1 values"):
+        SEVIRDataset(_one_event_root(tmp_path / "text", text))
+    # Float VIL is refused with the default range (x / 255 of already scaled data passes every range check)...
+    floats = np.random.default_rng(0).random((1, 8, 8, 13)).astype(np.float32)
+    root = _one_event_root(tmp_path / "float", floats)
+    with pytest.raises(ValueError, match=r":vil holds float32 values, but SEVIR stores vil as uint8"):
+        SEVIRDataset(root)
+    # ... and read from a declared range.
+    item = SEVIRDataset(root, value_range=(0.0, 1.0))[0]
+    np.testing.assert_allclose(item["frames"][..., 0].numpy(), np.moveaxis(floats[0], -1, 0), rtol=1e-6)
+    with pytest.raises(ValueError, match="outside the declared value_range"):
+        SEVIRDataset(root, value_range=(0.0, 0.5))[0]
+
+    vil = np.zeros((1, 8, 8, 13), dtype=np.uint8)
+    root = _one_event_root(tmp_path / "date", vil, time_utc="notadate")
+    with pytest.raises(ValueError, match=r"CATALOG\.csv: time_utc 'notadate' of event E1 \(line 2\) is not a date"):
+        SEVIRDataset(root)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "CATALOG.csv").write_text("")
+    with pytest.raises(ValueError, match=r"SEVIR catalog .*empty.CATALOG\.csv is empty"):
+        SEVIRDataset(tmp_path / "empty")
+
+
 def test_dataloader_with_workers(sevir_root):
     ds = SEVIRDataset(sevir_root, seq_len=13, stride=18)
     loader = DataLoader(ds, batch_size=3, num_workers=2, shuffle=False)

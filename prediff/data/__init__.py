@@ -12,6 +12,7 @@ from .enso import ENSO_SST_RANGE, ENSODataset
 from .io import SequenceFile, inspect_path, write_sequences
 from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
 from .sevir import (
+    SEVIR_DTYPES,
     SEVIR_VALUE_RANGES,
     SEVIRDataset,
     downsample_sevir,
@@ -23,6 +24,7 @@ from .storms import IntensityStats, SyntheticStormDataset, future_intensity_stat
 
 __all__ = [
     "ENSO_SST_RANGE",
+    "SEVIR_DTYPES",
     "SEVIR_VALUE_RANGES",
     "ArraySequenceDataset",
     "ENSODataset",

@@ -30,6 +30,7 @@ from .utils import (
     check_index,
     check_positive_int,
     check_value_range,
+    file_read_error,
     import_optional,
     open_hdf5,
     scale_to_unit,
@@ -44,6 +45,10 @@ SEVIR_VALUE_RANGES = {
     "ir069": (-8000.0, -1000.0),
     "ir107": (-7000.0, 2000.0),
 }
+#: How SEVIR stores each image type. With the default ``value_range`` (the encoding's) a file must hold this
+#: dtype: a float VIL file, for instance, is most likely already scaled or in kg m^-2, and dividing it by 255
+#: would pass every range check while giving wrong values. A declared ``value_range`` accepts any number type.
+SEVIR_DTYPES = {"vil": np.uint8, "vis": np.int16, "ir069": np.int16, "ir107": np.int16}
 #: Official PreDiff split date: train/val on or before it, test after it.
 PREDIFF_SPLIT_DATE = "2019-06-01"
 
@@ -66,11 +71,29 @@ def read_catalog(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"SEVIR catalog {path} does not exist")
-    catalog = pd.read_csv(path, low_memory=False)
+    try:
+        catalog = pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"SEVIR catalog {path} is empty; expected a header with {list(CATALOG_COLUMNS)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise file_read_error(path, "a CSV catalog", error) from None
     missing = [c for c in CATALOG_COLUMNS if c not in catalog.columns]
     if missing:
         raise ValueError(f"SEVIR catalog {path} lacks the column(s) {missing}; found {list(catalog.columns)}")
-    catalog["time_utc"] = pd.to_datetime(catalog["time_utc"])
+    # Parsing the whole column at once is fast, but fails on mixed formats and on a bad value without naming
+    # its row; then parse value by value, which accepts mixed formats and leaves NaT where a value is no date.
+    try:
+        times = pd.to_datetime(catalog["time_utc"])
+    except (TypeError, ValueError):
+        times = pd.to_datetime(catalog["time_utc"], errors="coerce", format="mixed")
+    bad = np.flatnonzero(times.isna().to_numpy())
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(
+            f"SEVIR catalog {path}: time_utc {catalog['time_utc'].iloc[row]!r} of event {catalog['id'].iloc[row]} "
+            f"(line {row + 2}) is not a date; expected e.g. '2019-06-01 12:00:00' ({len(bad)} such row(s))"
+        )
+    catalog["time_utc"] = times
     return catalog
 
 
@@ -115,7 +138,8 @@ class SEVIRDataset(Dataset):
         drop_missing (`bool`, defaults to True): keep only rows with ``pct_missing == 0``.
         event_ids (*optional*): restrict to these event ids.
         value_range (`tuple`, *optional*): physical range mapped to [0, 1]; defaults to
-            ``SEVIR_VALUE_RANGES``.
+            ``SEVIR_VALUE_RANGES``, and then the files must hold SEVIR's encoding (``SEVIR_DTYPES``: uint8 for
+            VIL, int16 for the others). With a declared range any integer or float data are read.
         clip (`bool`, *optional*): clip values outside ``value_range`` instead of raising; defaults to False
             for VIL (its range is the encoding's) and True for the other types (their ranges are display
             ranges).
@@ -151,6 +175,7 @@ class SEVIRDataset(Dataset):
         if img_type == "lght":
             raise ValueError("img_type 'lght' is a list of lightning flashes, not an image sequence; not supported")
         self.img_type = img_type
+        self.stored_dtype: np.dtype | None = None
         if value_range is None:
             if img_type not in SEVIR_VALUE_RANGES:
                 raise ValueError(
@@ -158,6 +183,7 @@ class SEVIRDataset(Dataset):
                     f"(known types: {sorted(SEVIR_VALUE_RANGES)})"
                 )
             value_range = SEVIR_VALUE_RANGES[img_type]
+            self.stored_dtype = np.dtype(SEVIR_DTYPES[img_type])
         self.value_range = check_value_range("value_range", value_range)
         self.clip = (img_type != "vil") if clip is None else bool(clip)
         self.transform = transform
@@ -186,9 +212,10 @@ class SEVIRDataset(Dataset):
             with open_hdf5(path) as f:
                 if img_type not in f:
                     raise ValueError(f"{path} has no dataset {img_type!r}; it holds {sorted(f.keys())}")
-                shape = tuple(f[img_type].shape)
+                shape, dtype = tuple(f[img_type].shape), f[img_type].dtype
             if len(shape) != 4:
                 raise ValueError(f"{path}:{img_type} must be 4-D (N, H, W, T), got shape {shape}")
+            self._check_dtype(path, dtype)
             shapes[file_name] = shape
         events = events[keep].reset_index(drop=True)
 
@@ -215,6 +242,19 @@ class SEVIRDataset(Dataset):
         self._files = HDF5HandleCache()
         frame_shapes = {s[1:3] for s in shapes.values()}
         self.frame_shape = frame_shapes.pop() if len(frame_shapes) == 1 else None
+
+    def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
+        """Refuse non-numeric data, and data not in SEVIR's encoding when the default value range applies."""
+        where = f"{path}:{self.img_type}"
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise ValueError(f"{where} holds {dtype} values; SEVIR images must be integers or floats")
+        if self.stored_dtype is not None and dtype != self.stored_dtype:
+            low, high = self.value_range
+            raise ValueError(
+                f"{where} holds {dtype} values, but SEVIR stores {self.img_type} as {self.stored_dtype} (the "
+                f"default value_range [{low:g}, {high:g}] is that encoding's); pass value_range=(low, high) "
+                f"to read data in other units"
+            )
 
     @property
     def num_events(self) -> int:
