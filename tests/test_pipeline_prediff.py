@@ -10,12 +10,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 
 from prediff.knowledge import AnticipatedIntensityControl, FunctionControl
 from prediff.models.autoencoder import autoencoder_from_preset, decode_sequence
 from prediff.pipelines import PreDiffPipeline, PreDiffPipelineOutput
-from prediff.schedulers import prediff_scheduler
+from prediff.schedulers import official_betas, prediff_scheduler
 
 STEPS = 3
 
@@ -297,6 +302,39 @@ def test_non_callable_callback_is_refused_before_any_step(pipe, context):
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_scheduler_on_another_noise_schedule_is_refused(pipe, context):
+    for scheduler, message in [
+        (DDIMScheduler(), r"alphas_cumprod\[\d+\] = .*; its config has beta_schedule='linear' \(trained: 'scaled_"),
+        (prediff_scheduler("ddim", beta_end=0.012), r"its config has beta_end=0.012 \(trained: 0.02\)"),
+        # Zero terminal SNR changes the noise levels without any config entry of the schedule.
+        (prediff_scheduler("ddim", rescale_betas_zero_snr=True), r"alphas_cumprod\[999\] = [^;]*; build it with"),
+        (
+            prediff_scheduler("dpmsolver++", num_train_timesteps=500),
+            r"has 500 noise levels \(num_train_timesteps\), but the denoiser was trained on 1000",
+        ),
+    ]:
+        other = PreDiffPipeline(pipe.vae, pipe.unet, scheduler)
+        with pytest.raises(ValueError, match=message):
+            other(context, num_inference_steps=2)
+
+
+def test_any_scheduler_on_the_training_betas_is_accepted(pipe, context):
+    kwargs = dict(num_inference_steps=2, num_ensemble_members=1)
+    reference = pipe(context, generator=generators(2), **kwargs).frames
+    for scheduler in [
+        DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
+        EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config),
+        DDIMScheduler(trained_betas=official_betas().numpy(), clip_sample=False, timestep_spacing="trailing"),
+    ]:
+        other = PreDiffPipeline(pipe.vae, pipe.unet, scheduler)
+        other.set_progress_bar_config(disable=True)
+        frames = other(context, generator=generators(2), **kwargs).frames
+        assert frames.shape == reference.shape and np.isfinite(frames).all()
+        if isinstance(scheduler, type(pipe.scheduler)):
+            # The pipeline's own scheduler rebuilt from its config: the same forecast.
+            np.testing.assert_array_equal(frames, reference)
 
 
 def test_temporal_decoder_variant_runs(context):

@@ -18,7 +18,13 @@ from ..knowledge import KnowledgeControl, KnowledgeControlState, knowledge_gradi
 from ..models.alignment import KnowledgeAlignmentModel
 from ..models.autoencoder import autoencoder_from_preset, decode_sequence, encode_sequence
 from ..models.earthformer_unet import EarthformerUNetModel
-from ..schedulers import DEFAULT_INFERENCE_STEPS, SCHEDULER_PRESETS, prediff_scheduler
+from ..schedulers import (
+    DEFAULT_INFERENCE_STEPS,
+    PREDIFF_NOISE_SCHEDULE,
+    SCHEDULER_PRESETS,
+    prediff_scheduler,
+    prediff_training_scheduler,
+)
 from .pipeline_output import PreDiffPipelineOutput
 from .pipeline_utils import ForecastPipelineMixin, check_value_range, count_parameters, to_context_tensor
 
@@ -285,10 +291,46 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 f"the scheduler {name} has no alphas_cumprod: PreDiffPipeline needs a discrete-time "
                 "diffusion scheduler on the training noise schedule (DDPM, DDIM, DPM-Solver++, UniPC, Euler)"
             )
+        self._check_noise_schedule(alphas)
         prediction_type = scheduler.config.get("prediction_type", None)
         if prediction_type != "epsilon":
             raise ValueError(
                 f"the denoiser predicts epsilon, but the scheduler {name} has prediction_type={prediction_type!r}"
+            )
+
+    def _check_noise_schedule(self, alphas: torch.Tensor) -> None:
+        """Reject a scheduler whose noise levels `alpha_bar_t` are not those the denoiser was trained on.
+
+        Every prediff denoiser is trained with [`~prediff.schedulers.prediff_training_scheduler`]; any scheduler
+        with the same `alpha_bar_t` (a preset, `SomeScheduler.from_config(pipe.scheduler.config)`, or
+        `trained_betas=official_betas()`) is accepted, whatever its config says about how they were made.
+        """
+        name = type(self.scheduler).__name__
+        trained = prediff_training_scheduler().alphas_cumprod.double()
+        remedy = (
+            "build it with prediff.schedulers.prediff_scheduler(...) or "
+            "SchedulerClass.from_config(prediff.schedulers.prediff_training_scheduler().config)"
+        )
+        if alphas.shape != trained.shape:
+            raise ValueError(
+                f"the scheduler {name} has {alphas.shape[0]} noise levels (num_train_timesteps), but the denoiser "
+                f"was trained on {trained.shape[0]}; {remedy}"
+            )
+        # float32 cumulative products made in different ways agree to ~1e-6; another schedule is off by far more.
+        deviation = (alphas.detach().cpu().double() - trained).abs() / trained
+        if deviation.max() > 1e-4:
+            t = int(deviation.argmax())
+            config = self.scheduler.config
+            differs = [
+                f"{key}={config[key]!r} (trained: {value!r})"
+                for key, value in PREDIFF_NOISE_SCHEDULE.items()
+                if key in config and config[key] != value
+            ]
+            raise ValueError(
+                f"the scheduler {name} is not on the noise schedule the denoiser was trained with: its "
+                f"alphas_cumprod[{t}] = {float(alphas[t]):.4g} where training had {float(trained[t]):.4g}"
+                + (f"; its config has {', '.join(differs)}" if differs else "")
+                + f"; {remedy}"
             )
 
     # ------------------------------------------------------------------ sampling helpers
