@@ -98,7 +98,7 @@ def test_scientific_notation_and_overrides(tmp_path):
     "overrides, error, match",
     [
         ({"max_train_step": 3}, ValueError, "did you mean 'max_train_steps'"),
-        ({"data.num_sequence": 3}, ValueError, "data.'num_sequence'|'data.num_sequence'|num_sequence"),
+        ({"data.num_sequence": 3}, ValueError, "'data.num_sequence'; did you mean 'data.num_sequences'"),
         ({"learning_rate": "fast"}, ValueError, "learning_rate must be a number"),
         ({"train_batch_size": 0}, ValueError, "train_batch_size must be an integer >= 1"),
         ({"mixed_precision": "fp8"}, ValueError, "mixed_precision must be one of"),
@@ -113,6 +113,30 @@ def test_scientific_notation_and_overrides(tmp_path):
 def test_bad_configurations_fail_clearly(overrides, error, match):
     with pytest.raises(error, match=match):
         load_config("earthformer", TINY / "earthformer.yaml", overrides)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        # Prefixes of real keys are not expanded to them (argparse's allow_abbrev would have).
+        (["--max_train_step", "2"], "'max_train_step'; did you mean 'max_train_steps'"),
+        (["--data.num_sequence=3"], "'data.num_sequence'; did you mean 'data.num_sequences'"),
+        # Typos that are no prefix get the same suggestion instead of "unrecognized arguments".
+        (["--max_trian_steps", "2"], "'max_trian_steps'; did you mean 'max_train_steps'"),
+        (["--model.base_unit", "8"], "'model.base_unit' for EarthformerModel; did you mean 'model.base_units'"),
+        (["stray"], "expected a --key value override, got 'stray'"),
+        # Keys spelt with hyphens still reach their field.
+        (["--max-train-steps", "0"], "max_train_steps must be null or an integer >= 1, got 0"),
+    ],
+)
+def test_command_line_keys_are_exact(arguments, message, tmp_path, capsys):
+    from prediff.cli import main
+
+    out = tmp_path / "run"
+    base = ["train", "earthformer", "--config", str(TINY / "earthformer.yaml"), "--output_dir", str(out)]
+    assert main([*base, "--report_to", "none", *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_latent_trainers_need_a_vae(tmp_path):

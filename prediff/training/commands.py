@@ -1,19 +1,19 @@
 """``prediff train {vae,denoiser,alignment,earthformer} --config FILE [--key value ...]``.
 
 Every configuration key is also an option: top-level keys by name (`--max_train_steps 4`), nested ones with
-a dot (`--data.num_sequences 8`, `--model.base_units 32`); values are read as YAML. The same command runs on
-one process or many: `accelerate launch -m prediff train denoiser --config FILE --vae DIR`.
+a dot (`--data.num_sequences 8`, `--model.base_units 32`); values are read as YAML. Options are never
+abbreviated: an unknown or misspelt key fails before anything is written, naming the closest key. The same
+command runs on one process or many: `accelerate launch -m prediff train denoiser --config FILE --vae DIR`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import sys
 from typing import Any
 
-from .config import CONFIG_CLASSES, DataConfig, load_config, parse_value
+from .config import CONFIG_CLASSES, DataConfig, load_config, parse_override_args, parse_value
 
 __all__ = ["register", "run_training"]
 
@@ -25,25 +25,21 @@ _HELP = {
 }
 
 
-def _model_keys(kind: str) -> list[str]:
-    """Constructor arguments of the network trained by `kind` (the `model.*` keys), plus `preset`."""
-    try:
-        if kind == "vae":
-            from diffusers import AutoencoderKL
+class _TrainParser(argparse.ArgumentParser):
+    """The parser of one `prediff train KIND`. Options are never abbreviated (`--max_train_step` must not
+    silently become `--max_train_steps`), and arguments that no option matches are handed to the configuration
+    as overrides (`args.unknown_overrides`), whose unknown-key error names the closest key; argparse alone
+    would only say "unrecognized arguments"."""
 
-            cls: Any = AutoencoderKL
-        elif kind == "denoiser":
-            from ..models.earthformer_unet import EarthformerUNetModel as cls
-        elif kind == "alignment":
-            from ..models.alignment import KnowledgeAlignmentModel as cls
-        else:
-            from .train_earthformer import _earthformer_class
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
-            cls = _earthformer_class()
-    except ImportError:
-        return ["preset"]
-    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    return ["preset", *params]
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.unknown_overrides = extras
+        return namespace, []
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a component (vae, denoiser, alignment, earthformer) with Accelerate",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    kinds = train.add_subparsers(dest="kind", required=True)
+    kinds = train.add_subparsers(dest="kind", required=True, parser_class=_TrainParser)
     for kind, cls in CONFIG_CLASSES.items():
         parser = kinds.add_parser(kind, help=_HELP[kind], argument_default=argparse.SUPPRESS)
         parser.add_argument("--config", default=None, help="YAML configuration file (default: the built-in recipe)")
@@ -70,31 +66,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             options.add_argument(
                 f"--{key}", dest=key, metavar="V", nargs="?", const="true", help=f"(default: {f.default})"
             )
-        for name in _model_keys(kind):
-            key = f"model.{name}"
-            options.add_argument(f"--{key}", dest=key, metavar="V", nargs="?", const="true", help=argparse.SUPPRESS)
         parser.set_defaults(func=run_training, config=None)
 
 
 def run_training(args: argparse.Namespace) -> int:
     """Build the configuration from `--config` and the overrides, train, and report where the result is."""
-    from .train_alignment import AlignmentTrainer
-    from .train_denoiser import DenoiserTrainer
-    from .train_earthformer import EarthformerTrainer
-    from .train_vae import VAETrainer
+    from . import TRAINERS
     from .utils import NonFiniteLossError
 
-    trainers = {
-        "vae": VAETrainer,
-        "denoiser": DenoiserTrainer,
-        "alignment": AlignmentTrainer,
-        "earthformer": EarthformerTrainer,
-    }
-    reserved = {"func", "config", "kind", "command"}
+    reserved = {"func", "config", "kind", "command", "unknown_overrides"}
     overrides = {k: parse_value(v) for k, v in vars(args).items() if k not in reserved}
+    # `model.*` keys (free constructor arguments, checked when the network is built) and misspelt keys.
+    overrides.update(parse_override_args(args.unknown_overrides))
     config = load_config(args.kind, args.config, overrides)
     try:
-        trainer = trainers[args.kind](config)
+        trainer = TRAINERS[args.kind](config)
         output = trainer.train()
     except NonFiniteLossError as error:
         print(f"prediff train {args.kind}: error: {error}", file=sys.stderr)

@@ -482,10 +482,15 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported configuration field type {annotation!r} for {name}")
 
 
-def _unknown(prefix: str, key: str, known: list[str]) -> ValueError:
+def unknown_key_error(prefix: str, key: str, known: list[str], owner: str | None = None) -> ValueError:
+    """The error for configuration key `prefix + key` (e.g. "data." + "num_sequence"), naming the closest of
+    the `known` keys of that section (and the class `owner` that defines them, if any)."""
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
-    return ValueError(f"unknown configuration key {prefix}{key!r}{hint} (known keys: {', '.join(sorted(known))})")
+    hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+    where = f" for {owner}" if owner else ""
+    return ValueError(
+        f"unknown configuration key {prefix + key!r}{where}{hint} (known keys: {', '.join(sorted(known))})"
+    )
 
 
 def _build(cls: type, values: Any, prefix: str = "") -> Any:
@@ -500,7 +505,7 @@ def _build(cls: type, values: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            raise _unknown(prefix, str(key), known)
+            raise unknown_key_error(prefix, str(key), known)
         kwargs[key] = _coerce(f"{prefix}{key}", value, hints[key])
     return cls(**kwargs)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .config import TrainingConfig, config_to_dict, save_config
+from .config import TrainingConfig, config_to_dict, save_config, unknown_key_error
 from .utils import (
     NonFiniteGradientError,
     NonFiniteLossError,
@@ -250,8 +250,8 @@ class Trainer:
         params = inspect.signature(cls.__init__).parameters
         for key in kwargs:
             if key not in params or key == "self":
-                known = sorted(p for p in params if p != "self")
-                raise ValueError(f"unknown configuration key 'model.{key}' for {cls.__name__} (known keys: {known})")
+                known = ["preset", *(p for p in params if p not in ("self", "args", "kwargs"))]
+                raise unknown_key_error("model.", key, known, owner=cls.__name__)
         merged = {**base, **kwargs}
         for key, value in derived.items():
             if key in merged and _as_tuple(merged[key]) != _as_tuple(value):
