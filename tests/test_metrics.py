@@ -13,6 +13,7 @@ from prediff import metrics
 from prediff.metrics import (
     CategoricalScore,
     ContinuousScore,
+    EnergyConservationError,
     EnsembleCRPS,
     FractionsSkillScore,
     KnowledgeControlError,
@@ -327,6 +328,45 @@ def test_knowledge_control_error():
         KnowledgeControlError()(det, 0.0, per_lead_time=True)
     with pytest.raises(ValueError, match="anticipated"):
         KnowledgeControlError()(det, [1.0, 2.0])
+
+
+def test_energy_conservation_error_on_nbody_states():
+    from prediff.data import NBodyDataset, nbody_energy
+
+    data = NBodyDataset(3, seq_len=8, seed=5)
+    items = [data[i] for i in range(3)]
+    initial = np.array([float(item["energy"][3]) for item in items])  # the last of 4 context frames
+    # Two "members" per sample: the simulated future, and one whose bodies move 10% faster.
+    energies = np.empty((3, 2, 4))
+    for b, item in enumerate(items):
+        positions, velocities = item["positions"][4:].double().numpy(), item["velocities"][4:].double().numpy()
+        for m, speed in enumerate((1.0, 1.1)):
+            energies[b, m] = nbody_energy(positions, speed * velocities, data.masses, data.gravity, data.softening)
+    np.testing.assert_allclose(energies[:, 0], np.stack([item["energy"][4:].numpy() for item in items]), rtol=1e-5)
+
+    metric = EnergyConservationError()
+    metric.update(energies[:2], initial[:2])
+    metric.update(energies[2:], initial[2:])  # accumulates like one batch of 3
+    got, per_lead = metric.compute(), metric.compute(per_lead_time=True)
+    error = energies - initial[:, None, None]
+    assert got["energy_mae"] == pytest.approx(np.abs(error).mean(), rel=1e-12)
+    assert got["energy_rmse"] == pytest.approx(np.sqrt((error**2).mean()), rel=1e-12)
+    assert got["energy_bias"] == pytest.approx(error.mean(), rel=1e-12)
+    # The control's violation: the L2 norm over the forecast frames, per sequence.
+    violation = np.mean([np.sqrt(sum(e**2 for e in error[b, m])) for b in range(3) for m in range(2)])
+    assert got["energy_violation"] == pytest.approx(violation, rel=1e-12)
+    np.testing.assert_allclose(per_lead["energy_mae"], np.abs(error).mean(axis=(0, 1)), rtol=1e-12)
+    assert "energy_violation" not in per_lead and per_lead["energy_bias"].shape == (4,)
+    # Deterministic forecasts (B, T); faster bodies carry more kinetic energy.
+    plain, faster = (EnergyConservationError()(energies[:, m], initial)["energy_bias"] for m in range(2))
+    assert faster > plain
+    # A single initial energy for every sample; get_metric builds the same metric.
+    one = metrics.get_metric("energy_conservation_error")(energies[:, 0], float(initial[0]))
+    assert one["energy_mae"] == pytest.approx(np.abs(energies[:, 0] - initial[0]).mean(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"energy must be \(B, T\) or \(B, M, T\)"):
+        metric.update(energies[..., None], initial)
+    with pytest.raises(ValueError, match=r"initial_energy must be a number or of shape \(3,\)"):
+        metric.update(energies, initial[:2])
 
 
 # -------------------------------------------------------------------------------------------------- errors

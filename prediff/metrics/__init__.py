@@ -24,7 +24,13 @@ from .categorical import (
 )
 from .continuous import ContinuousScore, mae, mse, ssim, ssim_per_frame
 from .enso import Nino34Score, nino34_index, nino34_lead_weights, nino34_skill
-from .knowledge import KnowledgeControlError, knowledge_control_error, max_intensity, mean_intensity
+from .knowledge import (
+    EnergyConservationError,
+    KnowledgeControlError,
+    knowledge_control_error,
+    max_intensity,
+    mean_intensity,
+)
 from .probabilistic import (
     EnsembleCRPS,
     RankHistogram,
@@ -51,6 +57,7 @@ _METRICS: dict[str, tuple[type[Metric], dict[str, Any]]] = {
     "fss": (FractionsSkillScore, {}),
     "nino34": (Nino34Score, {}),
     "knowledge_control_error": (KnowledgeControlError, {}),
+    "energy_conservation_error": (EnergyConservationError, {}),
 }
 
 
@@ -59,7 +66,7 @@ def get_metric(name: str, **kwargs: Any) -> Metric:
 
     Names: ``categorical`` / ``csi`` (POD, SUCR, CSI, BIAS, CSI-M), ``continuous`` (MSE, RMSE, MAE, SSIM),
     ``mse``, ``rmse``, ``mae``, ``ssim``, ``crps``, ``rank_histogram``, ``spread_skill``, ``fss``, ``nino34``,
-    ``knowledge_control_error``.
+    ``knowledge_control_error``, ``energy_conservation_error``.
     """
     key = name.lower().replace("-", "_")
     if key not in _METRICS:
@@ -73,6 +80,7 @@ __all__ = [
     "SEVIR_THRESHOLDS",
     "CategoricalScore",
     "ContinuousScore",
+    "EnergyConservationError",
     "EnsembleCRPS",
     "FractionsSkillScore",
     "KnowledgeControlError",

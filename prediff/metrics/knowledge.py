@@ -1,21 +1,26 @@
 """How well a forecast obeys a knowledge control: the error of its statistic against the anticipated value.
 
-PreDiff's built-in control steers the average intensity of the forecast sequence towards an anticipated
-value (a number, or ``mu + n sigma`` of the training distribution). Its error is measured on the finished
-forecast: ``|statistic(forecast) - anticipated|`` per sample (per member for ensembles), summarised as mean
-absolute error, root mean squared error and mean signed error (bias). Any other control is measured the
+PreDiff's anticipated-intensity control steers the average intensity of the forecast sequence towards an
+anticipated value (a number, or ``mu + n sigma`` of the training distribution). Its error is measured on the
+finished forecast: ``|statistic(forecast) - anticipated|`` per sample (per member for ensembles), summarised as
+mean absolute error, root mean squared error and mean signed error (bias). Any other control is measured the
 same way by passing its statistic as a function.
+
+The energy-conservation control (N-body) steers the total energy of every future frame to the initial energy.
+A frame's energy is a function of the bodies' state, not of its pixels, so :class:`EnergyConservationError`
+takes per-frame energies: ``prediff.data.nbody_energy`` of states (the definition the simulator, the data
+sets' ``"energy"`` and hence the control's alignment network share), or an estimator's prediction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._base import ArrayLike, Metric, as_tensor
+from ._base import ArrayLike, Metric, as_tensor, finalize
 
 
 def mean_intensity(x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +37,20 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean_intensity": mean_intensity,
     "max_intensity": max_intensity,
 }
+
+
+def _per_sample(name: str, value: ArrayLike | float | Sequence[float], batch_size: int) -> torch.Tensor:
+    """A number, one value or ``batch_size`` values as a float64 tensor of shape ``(batch_size,)``."""
+    if isinstance(value, (int, float)):
+        return torch.full((batch_size,), float(value), dtype=torch.float64)
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value, dtype=np.float64)
+    values = as_tensor(name, value).double().reshape(-1)
+    if values.numel() == 1:
+        values = values.expand(batch_size)
+    if values.shape != (batch_size,):
+        raise ValueError(f"{name} must be a number or of shape ({batch_size},), got {tuple(values.shape)}")
+    return values
 
 
 class KnowledgeControlError(Metric):
@@ -81,16 +100,7 @@ class KnowledgeControlError(Metric):
                 f"statistic must return one value per sample, shape ({flat.shape[0]},); got {tuple(values.shape)}"
             )
         values = values.reshape(b, members.shape[1])
-        if isinstance(anticipated, (int, float)):
-            target = torch.full((b,), float(anticipated), dtype=torch.float64)
-        else:
-            if isinstance(anticipated, (list, tuple)):
-                anticipated = np.asarray(anticipated, dtype=np.float64)
-            target = as_tensor("anticipated", anticipated).double().reshape(-1)
-            if target.numel() == 1:
-                target = target.expand(b)
-            if target.shape != (b,):
-                raise ValueError(f"anticipated must be a number or of shape ({b},), got {tuple(target.shape)}")
+        target = _per_sample("anticipated", anticipated, b)
         error = values - target.to(values.device).unsqueeze(1)
         if not torch.isfinite(error).all():
             raise ValueError("statistic returned NaN or infinite values")
@@ -114,6 +124,66 @@ class KnowledgeControlError(Metric):
     def __call__(self, pred: ArrayLike, anticipated: ArrayLike | float, per_lead_time: bool = False) -> dict:
         """Scores of one batch alone."""
         return super().__call__(pred, anticipated, per_lead_time)
+
+
+class EnergyConservationError(Metric):
+    """Error of a forecast's total energy per frame against the conserved initial energy, accumulated over
+    batches: the quantity [`~prediff.EnergyConservationControl`] steers.
+
+    ``update(energy, initial_energy)``: ``energy`` ``(B, T)`` the total energy of every forecast frame, or
+    ``(B, M, T)`` for an ensemble (every member is scored); ``initial_energy`` a number or ``(B,)`` values
+    (e.g. the energy of the last context frame), in the same units. For N-body states, energies are
+    ``prediff.data.nbody_energy(positions, velocities, masses, gravity, softening)``.
+
+    ``compute()`` returns
+
+    * ``energy_mae``, ``energy_rmse``, ``energy_bias``: mean absolute, root mean squared and mean signed
+      ``E_t - E_0`` over frames, members and samples (``per_lead_time=True``: one value per frame ``t``);
+    * ``energy_violation``: the control's own violation, the L2 norm over the forecast frames of
+      ``E_t - E_0``, averaged over members and samples (whole sequences, so absent per lead time).
+    """
+
+    names = ("energy_mae", "energy_rmse", "energy_bias", "energy_violation")
+
+    def _reset_state(self) -> None:
+        # Sums over samples and members, one entry per lead time.
+        self.sums: dict[str, torch.Tensor] = {}
+        self.sum_violation = 0.0
+        self.count = 0  # scored sequences (samples x members)
+
+    def update(self, energy: ArrayLike, initial_energy: ArrayLike | float) -> None:
+        """Add a batch of per-frame forecast energies and the energies they should conserve."""
+        energy = as_tensor("energy", energy).double()
+        if energy.ndim not in (2, 3):
+            raise ValueError(f"energy must be (B, T) or (B, M, T), got shape {tuple(energy.shape)}")
+        members = energy if energy.ndim == 3 else energy.unsqueeze(1)
+        target = _per_sample("initial_energy", initial_energy, members.shape[0]).to(members.device)
+        self._check_num_frames(members.shape[2])
+        error = (members - target[:, None, None]).flatten(end_dim=1)  # (B * M, T)
+        for name, values in (("abs", error.abs()), ("sq", error**2), ("signed", error)):
+            self.sums[name] = self.sums.get(name, 0.0) + values.sum(0)
+        self.sum_violation += float(torch.linalg.vector_norm(error, dim=1).sum())
+        self.count += error.shape[0]
+
+    def compute(self, per_lead_time: bool = False) -> dict[str, Any]:
+        """The scores as floats, or ``(T,)`` arrays of ``energy_mae/rmse/bias`` with ``per_lead_time=True``."""
+        self._check_updated()
+        means = {
+            name: total / self.count if per_lead_time else total.sum() / (self.count * self._num_frames)
+            for name, total in self.sums.items()
+        }
+        scores = {
+            "energy_mae": finalize(means["abs"], per_lead_time),
+            "energy_rmse": finalize(means["sq"].sqrt(), per_lead_time),
+            "energy_bias": finalize(means["signed"], per_lead_time),
+        }
+        if not per_lead_time:
+            scores["energy_violation"] = self.sum_violation / self.count
+        return scores
+
+    def __call__(self, energy: ArrayLike, initial_energy: ArrayLike | float, per_lead_time: bool = False) -> dict:
+        """Scores of one batch alone."""
+        return super().__call__(energy, initial_energy, per_lead_time)
 
 
 def knowledge_control_error(
