@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,17 +82,6 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -177,6 +165,7 @@ def run_demo(
 
     from .baselines import persistence
     from .data import SyntheticStormDataset
+    from .data.utils import atomic_output
     from .knowledge import AnticipatedIntensityControl
     from .metrics import knowledge_control_error
     from .pretrained import load_shipped_pipeline, shipped_intensity_stats
@@ -264,7 +253,8 @@ def run_demo(
         },
         "seconds": seconds,
     }
-    _atomic_write_text(files["scores"], json.dumps(record, indent=2) + "\n")
+    with atomic_output(files["scores"], overwrite=True) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if verbose:
         print()
         print(format_scores(scores))

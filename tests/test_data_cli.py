@@ -1,5 +1,8 @@
 """The ``prediff data`` commands: generate, inspect, refuse to overwrite."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +45,19 @@ def test_generate_nbody_with_state(tmp_path, capsys):
         np.testing.assert_array_equal(f["positions"][0], direct[0]["positions"].numpy())
         expected = np.round(direct[0]["frames"].numpy() * 255)
         np.testing.assert_array_equal(f["frames"][0], expected)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_data_sets_get_the_permissions_of_plain_files(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        for name in ("storms.h5", "storms.zarr"):
+            args = ["data", "generate", "storms", "--out", str(tmp_path / name), "--num-sequences", "1"]
+            assert main([*args, "--seq-len", "2", "--height", "16", "--width", "16", "--quiet"]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "storms.h5").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "storms.zarr").stat().st_mode) == 0o777 & ~umask
 
 
 def test_bad_arguments_are_reported(tmp_path, capsys):

@@ -1,5 +1,8 @@
 """SEVIR / SEVIR-LR on a miniature tree in the published layout (real CATALOG.csv and HDF5 files)."""
 
+import os
+import stat
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -243,7 +246,13 @@ def _brute_downsample(event):
 
 def test_downsample_to_sevir_lr_and_read_back(sevir_root, tmp_path):
     dst = tmp_path / "sevir_lr"
-    written = downsample_sevir(sevir_root, dst, progress=False)
+    previous = os.umask(0o027)
+    try:
+        written = downsample_sevir(sevir_root, dst, progress=False)
+    finally:
+        os.umask(previous)
+    for path in [*written, dst / "CATALOG.csv"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path  # as open() makes them under umask 027
     assert sorted(p.relative_to(dst / "data").as_posix() for p in written) == sorted(
         FILES[k] for k in ("2018H1", "2019H1", "2019H2")
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -72,13 +74,22 @@ def test_bad_arguments(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_command_line(tmp_path, capsys):
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_command_line(tmp_path, capsys, umask_027):
     out = tmp_path / "cli"
     argv = ["demo", "--out", str(out), "--members", "2", "--steps", "2", "--sequences", "1", "--no-progress"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "persistence" in printed and "MSE" in printed and str(out / "what_if.png") in printed
     before = (out / "scores.json").read_bytes()
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path  # what open() makes under umask 027
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("prediff demo: error:") and "--overwrite" in err, err

@@ -4,7 +4,9 @@ formats, data files, Earthformer, errors."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -99,13 +101,18 @@ def cli_report(pipe_dir, tmp_path_factory):
     ]
     argv += ["--members", 2, "--steps", 2, "--knowledge-control", "intensity", "--control-scale", 20]
     argv += ["--out", out / "report.json", "--markdown", out / "report.md", "--no-progress"]
-    code = run(argv)
-    assert code == 0
+    previous = os.umask(0o027)
+    try:
+        assert run(argv) == 0
+    finally:
+        os.umask(previous)
     return out, json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
 
 
 def test_json_report_structure(cli_report):
-    _, report, _ = cli_report
+    out, report, _ = cli_report
+    for name in ("report.json", "report.md"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o640  # what open() makes under umask 027
     assert report["lead_times"] == [1, 2]
     assert list(report["forecasters"]) == ["prediff", "prediff+intensity", "persistence"]
     settings = report["settings"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -114,7 +116,13 @@ def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path):
     data.to_netcdf(tmp_path / "ctx.nc")
     out = tmp_path / "ens.zarr"
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.nc", "--out", out]
-    assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
+    previous = os.umask(0o027)
+    try:
+        assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
+    finally:
+        os.umask(previous)
+    # What mkdir() / open() make under umask 027, not the owner-only modes of temporary files.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750 and stat.S_IMODE((tmp_path / "ens.npy").stat().st_mode) == 0o640
     ds = xr.open_zarr(out)
     assert ds["forecast"].dims == ("sample", "member", "time", "y", "x")
     assert ds["forecast"].shape == (2, 2, 2, 32, 32)

@@ -159,6 +159,24 @@ def test_shapes_that_do_not_fit_the_data_fail_before_training(tmp_path, vae_dir)
     assert not (tmp_path / "denoiser").exists() and not (tmp_path / "vae").exists()
 
 
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        ({"train_batch_size": 7}, ValueError, "6 items, fewer than one global batch"),
+        ({"resume_from_checkpoint": "checkpoint-3"}, FileNotFoundError, "'checkpoint-3' is not a checkpoint"),
+        ({"resume_from_checkpoint": "OTHER"}, ValueError, r"is from `train vae`, not `train earthformer`"),
+    ],
+)
+def test_errors_found_when_training_starts_write_nothing(overrides, error, match, tmp_path):
+    other = save_checkpoint(tmp_path / "other", 1, {}, {}, {"kind": "vae"})
+    if overrides.get("resume_from_checkpoint") == "OTHER":
+        overrides = {"resume_from_checkpoint": str(other)}
+    trainer = EarthformerTrainer(tiny("earthformer", tmp_path, **{"data.num_sequences": 8}, **overrides))
+    with pytest.raises(error, match=match):
+        trainer.train()
+    assert not (tmp_path / "earthformer").exists()
+
+
 # ------------------------------------------------------------------------------------------ building blocks
 
 

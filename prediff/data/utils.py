@@ -141,7 +141,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
 
     Readers never see a half-written file: the result appears at ``path`` only once it is complete, and a
     failure leaves any previous file untouched. ``directory=True`` is for outputs that are folders (zarr
-    stores).
+    stores). The result gets the permissions a plain ``open()`` / ``mkdir()`` would give it under the
+    current umask (``0o666`` / ``0o777`` minus the umask), not the owner-only ones of ``tempfile``.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -155,6 +156,12 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp / mkdtemp create owner-only (0600 / 0700) entries, which would hide shared outputs. The umask
+        # can only be read by setting it: a strict one for that instant (what other threads create meanwhile is
+        # owner-only, never too open), then the old one again.
+        umask = os.umask(0o077)
+        os.umask(umask)
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
         if target.is_dir() and not target.is_symlink():
             # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it.
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))

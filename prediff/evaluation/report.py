@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..data.utils import atomic_output
 
 __all__ = ["HEADLINE_SCORES", "EvaluationReport", "ForecasterScores"]
 
@@ -288,15 +289,6 @@ class EvaluationReport:
             if suffix in (".md", ".markdown")
             else self.to_table() + "\n"
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
         return path

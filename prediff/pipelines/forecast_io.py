@@ -600,13 +600,6 @@ def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _default_permissions(path: Path) -> None:
-    """Temporary files and folders are created owner-only; give the result what a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def _check_writable(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
@@ -633,7 +626,6 @@ def write_forecast(dataset: Any, path: str | os.PathLike, overwrite: bool = Fals
         encoding = {name: {"zlib": True, "complevel": 4} for name in dataset.data_vars}
         with atomic_output(path, overwrite=overwrite) as tmp:
             dataset.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
-    _default_permissions(path)
     return path
 
 
@@ -660,7 +652,6 @@ def write_pysteps_array(ensemble: np.ndarray, path: str | os.PathLike, overwrite
         array = array[0]
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-    _default_permissions(path)
     return path
 
 

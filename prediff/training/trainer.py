@@ -40,6 +40,7 @@ from .utils import (
     load_checkpoint,
     micro_step_seed,
     move_into,
+    read_training_state,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -436,29 +437,38 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
-    def _resume(self) -> int:
-        """Load the checkpoint named by `resume_from_checkpoint`; returns the micro-step to continue from."""
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint named by `resume_from_checkpoint` (None: start a new run), checked against this run
+        before anything is written: it must exist, be complete, come from this command and hold EMA weights
+        when `use_ema` is on."""
         cfg = self.config
         if not cfg.resume_from_checkpoint:
-            return 0
+            return None
         path = find_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
-        acc = self.accelerator
         if path is None:
-            acc.print(f"no checkpoint in {self.output_dir} yet; starting a new run")
+            self.accelerator.print(f"no checkpoint in {self.output_dir} yet; starting a new run")
+            return None
+        kind = read_training_state(path).get("kind")
+        if kind != self.kind:
+            raise ValueError(f"checkpoint {path} is from `train {kind}`, not `train {self.kind}`")
+        if cfg.use_ema and not (path / "ema.json").is_file():
+            raise ValueError(f"use_ema is on but checkpoint {path} holds no EMA state")
+        return path
+
+    def _resume(self, path: Path | None) -> int:
+        """Load the checkpoint `path` (from `_checkpoint_to_resume`); returns the micro-step to continue from."""
+        if path is None:
             return 0
+        cfg, acc = self.config, self.accelerator
         names = [f"{n}.optimizer" for n in self.optimizers] + [f"{n}.lr_scheduler" for n in self.optimizers]
         names += ["ema", "grad_scaler"]
         states, tstate = load_checkpoint(path, self.checkpoint_models(), names)
-        if tstate.get("kind") != self.kind:
-            raise ValueError(f"checkpoint {path} is from `train {tstate.get('kind')}`, not `train {self.kind}`")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(states[f"{name}.optimizer"])
             self.lr_schedulers[name].load_state_dict(
                 {**states[f"{name}.lr_scheduler"], "lr_lambdas": [None] * len(opt.param_groups)}
             )
         if self.ema is not None:
-            if "ema" not in states:
-                raise ValueError(f"use_ema is on but checkpoint {path} holds no EMA state")
             self.ema.load_state_dict(states["ema"])
             self.ema.to(self.device)
         scaler = getattr(acc, "scaler", None)
@@ -612,6 +622,12 @@ class Trainer:
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        # What can only be checked with the number of processes (the global batch) or on disk (the checkpoint
+        # to resume from) is checked before anything is written.
+        sampler_probe = ShardedBatchSampler(
+            len(self.train_dataset), cfg.train_batch_size, acc.num_processes, acc.process_index, cfg.seed
+        )
+        resume_path = self._checkpoint_to_resume()
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.output_dir)
@@ -623,9 +639,6 @@ class Trainer:
             module = self.train_modules[name]
             module.train()
         self.move_frozen_to(acc.device, self.weight_dtype)
-        sampler_probe = ShardedBatchSampler(
-            len(self.train_dataset), cfg.train_batch_size, acc.num_processes, acc.process_index, cfg.seed
-        )
         max_steps = self._max_steps(sampler_probe)
         self._make_optimizers(max_steps)
         prepared = acc.prepare(*[self.train_modules[n] for n in names], *self.optimizers.values())
@@ -641,7 +654,7 @@ class Trainer:
             self.ema = EMAModel(self.ema_model().parameters(), decay=cfg.ema_decay)
             self.ema.to(acc.device)
 
-        start_micro = self._resume()
+        start_micro = self._resume(resume_path)
         self.sampler, batches = self._data_loader(start_micro)
         acc.init_trackers(f"prediff-{self.kind}", config=_flatten_config(config_to_dict(cfg)))
 

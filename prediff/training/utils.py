@@ -43,6 +43,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "micro_step_seed",
+    "read_training_state",
     "rotate_checkpoints",
     "save_checkpoint",
 ]
@@ -202,6 +203,11 @@ def find_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str) 
     return path
 
 
+def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The `training_state.json` of checkpoint `path`: step, kind, data position, seed and configuration."""
+    return _read_json(Path(path) / STATE_FILE)
+
+
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
     """Remove temporary checkpoint folders left by a run killed while saving."""
     root = Path(output_dir)
@@ -294,7 +300,7 @@ def load_checkpoint(
             state = load_file(str(file))
         module.load_state_dict(state, strict=True)
     states = {name: load_state(path, name, device) for name in state_names if (path / f"{name}.json").is_file()}
-    return states, _read_json(path / STATE_FILE)
+    return states, read_training_state(path)
 
 
 # ---------------------------------------------------------------------------------------------- data order
