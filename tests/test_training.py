@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +243,26 @@ def test_checkpoint_save_is_atomic(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
     state = load_file(str(tmp_path / "checkpoint-4" / "net.safetensors"))
     torch.testing.assert_close(state["weight"], good.weight.detach())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_get_the_permissions_of_plain_ones(tmp_path, umask):
+    from prediff.training.config import save_config
+
+    previous = os.umask(umask)
+    try:
+        checkpoint = save_checkpoint(tmp_path / "run", 1, {"net": torch.nn.Linear(2, 2)}, {}, {"kind": "x"})
+        save_config(load_config("earthformer"), tmp_path / "run" / "training_config.yaml")
+        (tmp_path / "plain").mkdir()
+        (tmp_path / "plain.txt").write_text("")
+    finally:
+        os.umask(previous)
+    folder_mode, file_mode = 0o777 & ~umask, 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == folder_mode
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == file_mode
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == folder_mode
+    for file in (checkpoint / "training_state.json", tmp_path / "run" / "training_config.yaml"):
+        assert stat.S_IMODE(file.stat().st_mode) == file_mode, file
 
 
 def test_losses_against_plain_definitions():

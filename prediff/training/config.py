@@ -595,8 +595,9 @@ def load_config(
 
 
 def save_config(config: TrainingConfig, path: str | os.PathLike) -> None:
-    """Write the configuration as YAML, atomically."""
-    from .utils import atomic_write_text
+    """Write the configuration as YAML, atomically (with the permissions of a plain `open`)."""
+    from ..data.utils import atomic_output
 
     text = _yaml().safe_dump(config_to_dict(config), sort_keys=False)
-    atomic_write_text(Path(path), text)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")

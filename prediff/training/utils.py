@@ -9,8 +9,9 @@ A checkpoint is a folder `checkpoint-{step}` holding safetensors weights and JSO
 - `{name}.lr_scheduler.json`, `ema.safetensors` + `ema.json`, `grad_scaler.json`;
 - `training_state.json`, written last: step, data position, seed and the configuration.
 
-It is written into a hidden temporary folder next to it and moved into place with `os.replace`, so a crash
-while saving leaves every earlier checkpoint intact and never leaves a half-written `checkpoint-{step}`.
+It is written into a hidden temporary folder next to it and moved into place with `os.replace`
+(`prediff.data.utils.atomic_output`), so a crash while saving leaves every earlier checkpoint intact and never
+leaves a half-written `checkpoint-{step}`; it gets the permissions of a plain `mkdir` under the umask.
 Loading reads only safetensors and JSON, so it never executes code.
 """
 
@@ -32,13 +33,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 
+from ..data.utils import atomic_output
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "NonFiniteGradientError",
     "NonFiniteLossError",
     "ShardedBatchSampler",
     "Throughput",
-    "atomic_write_text",
     "find_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -63,20 +65,6 @@ class NonFiniteGradientError(NonFiniteLossError):
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -252,8 +240,8 @@ def save_checkpoint(
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_PREFIX}{step}.", suffix=".tmp", dir=root))
-    try:
+    # Built in `.checkpoint-{step}.*.tmp` (what `remove_stale_temporaries` removes after a crash).
+    with atomic_output(final, overwrite=True, directory=True) as tmp:
         for name, module in models.items():
             if hasattr(module, "save_pretrained"):
                 module.save_pretrained(tmp / name, safe_serialization=True)
@@ -262,16 +250,6 @@ def save_checkpoint(
         for name, state in states.items():
             save_state(tmp, name, state)
         _write_json(tmp / STATE_FILE, {**training_state, "step": step})
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=root))
-            os.replace(final, old / "old")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     rotate_checkpoints(root, total_limit)
     return final
 
