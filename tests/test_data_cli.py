@@ -70,6 +70,18 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_inspect_npy_and_refuse_what_is_not_npy(tmp_path, capsys):
+    np.save(tmp_path / "ctx.npy", np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    assert main(["data", "inspect", str(tmp_path / "ctx.npy")]) == 0
+    assert "format: npy\n  array: shape (2, 3, 4)  dtype float32  range [0, 23]" in capsys.readouterr().out
+    (tmp_path / "text.npy").write_text("1 2 3")
+    (tmp_path / "text.npz").write_text("1 2 3")
+    assert main(["data", "inspect", str(tmp_path / "text.npy")]) == 2
+    assert "text.npy is not a NumPy .npy file" in capsys.readouterr().err  # not numpy's "pickled data"
+    assert main(["data", "inspect", str(tmp_path / "text.npz")]) == 2
+    assert "text.npz is not a NumPy .npz archive" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name, file_format", [("x.h5", "HDF5"), ("x.nc", "netCDF"), ("x.zarr", "a zarr group")])
 def test_inspect_unreadable_file_names_it_and_its_format(tmp_path, capsys, name, file_format):
     path = tmp_path / name

@@ -209,7 +209,8 @@ def broken_pipelines(pipe_dir, tmp_path_factory):
         ("ndim", r"must have shape \(T, H, W\), \(T, H, W, C\) or \(B, T, H, W, C\)"),
         ("range", r"outside the pipeline's value_range \[0, 255\].*--clip"),
         ("nan", "NaN or infinite"),
-        ("garbage", "cannot read .* as a .npy array"),
+        ("garbage", r"ctx\.npy is not a NumPy \.npy file"),
+        ("pickled", r"cannot read .*ctx\.npy as a NumPy \.npy array \(pickled object arrays are refused\)"),
         ("garbage_h5", r"cannot read .*ctx\.h5 as HDF5"),
         ("garbage_nc", r"cannot read .*ctx\.nc as netCDF"),
         ("suffix", "context file must end in one of"),
@@ -234,6 +235,8 @@ def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, capsys):
     np.save(path, arrays.get(case, context_frames()))
     if case == "garbage":
         path.write_bytes(b"not a numpy file")
+    elif case == "pickled":
+        np.save(path, np.array([{"frames": 1}], dtype=object), allow_pickle=True)
     elif case.startswith("garbage_"):
         path = tmp_path / f"ctx.{case[len('garbage_') :]}"
         path.write_text("text, not the format")

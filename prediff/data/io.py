@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .utils import atomic_output, file_read_error, import_optional, open_hdf5, open_netcdf
+from .utils import atomic_output, file_read_error, import_optional, load_npy, open_hdf5, open_netcdf
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
@@ -230,8 +231,8 @@ def _describe(name: str, array: Any) -> str:
 def inspect_path(path: str | os.PathLike) -> str:
     """A text summary of a data file: arrays with shapes, dtypes and value ranges, metadata and counts.
 
-    Understands HDF5 files, zarr stores, netCDF files (ICAR-ENSO), ``.npz`` archives and SEVIR / SEVIR-LR
-    roots (folders holding ``CATALOG.csv``).
+    Understands HDF5 files, zarr stores, netCDF files (ICAR-ENSO), ``.npy`` arrays (such as a context for
+    ``prediff forecast``), ``.npz`` archives and SEVIR / SEVIR-LR roots (folders holding ``CATALOG.csv``).
     """
     target = Path(path)
     if not target.exists():
@@ -262,15 +263,20 @@ def inspect_path(path: str | os.PathLike) -> str:
             lines.append("  dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
             for name, var in ds.data_vars.items():
                 lines.append(_describe(f"{name}{tuple(var.dims)}", var.values))
+    elif suffix == ".npy":
+        lines.append("format: npy")
+        lines.append(_describe("array", load_npy(target, mmap_mode="r")))
     elif suffix == ".npz":
+        # np.load takes any file that is not a zip archive or .npy for a pickle.
+        if not zipfile.is_zipfile(target):
+            raise ValueError(f"{target} is not a NumPy .npz archive (not a zip file)")
         with np.load(target, allow_pickle=False) as archive:
             lines.append("format: npz")
             lines += [_describe(name, archive[name]) for name in archive.files]
     else:
         raise ValueError(
-            f"cannot inspect {target}: expected an HDF5 (.h5/.hdf5), zarr (.zarr), netCDF (.nc) or .npz "
-            f"file, "
-            f"or a SEVIR root folder with CATALOG.csv"
+            f"cannot inspect {target}: expected an HDF5 (.h5/.hdf5), zarr (.zarr), netCDF (.nc), .npy or .npz "
+            "file, or a SEVIR root folder with CATALOG.csv"
         )
     return "\n".join(lines)
 

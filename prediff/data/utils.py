@@ -22,6 +22,8 @@ _EXTRA_OF = {
     "zarr": "data",
     "PIL": "data",
 }
+#: The first bytes of every ``.npy`` file (``numpy.lib.format.MAGIC_PREFIX``).
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def import_optional(module: str, purpose: str) -> Any:
@@ -74,6 +76,25 @@ def open_netcdf(path: str | os.PathLike) -> Any:
         return xr.open_dataset(path)
     except (OSError, ValueError, RuntimeError) as error:
         raise file_read_error(path, "netCDF", error) from None
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """The array of a NumPy ``.npy`` file, never unpickled (``mmap_mode="r"`` maps it instead of reading it).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a ``.npy`` file (numpy would call any such file "pickled data"), holds
+            Python objects, or is truncated.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f".npy file {os.fspath(path)} does not exist")
+    with open(path, "rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise ValueError(f"{os.fspath(path)} is not a NumPy .npy file (it lacks the .npy header)")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise file_read_error(path, "a NumPy .npy array (pickled object arrays are refused)", error) from None
 
 
 def check_positive_int(name: str, value: Any) -> int:

@@ -384,13 +384,9 @@ def read_context(
             f"context file must end in one of {CONTEXT_SUFFIXES} (.npy, HDF5, zarr, netCDF), got {source!r}"
         )
     if suffix in NPY_SUFFIXES:
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as error:
-            raise ValueError(f"cannot read {source} as a .npy array (pickled arrays are refused): {error}") from None
-        if isinstance(array, np.lib.npyio.NpzFile):  # pragma: no cover - .npy suffix makes this unlikely
-            raise ValueError(f"{source} is an .npz archive, not a .npy array")
-        frames = _to_five_dims(_numeric(array, source), source)
+        from ..data.utils import load_npy
+
+        frames = _to_five_dims(_numeric(load_npy(path), source), source)
         context = ContextInput(frames=frames, source=path)
     elif suffix in HDF5_SUFFIXES:
         context = _read_hdf5(path, key)
