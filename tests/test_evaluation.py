@@ -3,6 +3,7 @@ formats, data files, Earthformer, errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -296,6 +297,19 @@ def test_command_errors(extra, message, pipe_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("prediff evaluate: error:") and re.search(message, err), err
     assert existing.read_text() == "{}"
+
+
+def test_pysteps_baselines_without_pysteps_fail_before_any_forecast(pipe, pipe_dir, capsys):
+    if importlib.util.find_spec("pysteps") is not None:
+        pytest.skip("pysteps is installed")
+    # Values outside the pipeline's range: reading the first batch would raise a ValueError.
+    values = np.full((1, 5, 32, 32, 1), 900.0, dtype=np.float32)
+    dataset = ArraySequenceDataset(values, 5, value_range=(0, 1000))
+    with pytest.raises(ImportError, match=r"'steps' baseline needs pysteps: pip install \"prediff\[pysteps\]\""):
+        evaluate_pipeline(pipe, dataset, baselines=("persistence", "steps"), progress=False)
+    argv = ["evaluate", "--pipeline", pipe_dir, "--dataset", "storms", "--baselines", "extrapolation"]
+    assert run(argv + ["--members", 1, "--steps", 1, "--num-sequences", 1, "--no-progress"]) == 2
+    assert "prediff evaluate: error: the 'extrapolation' baseline needs pysteps" in capsys.readouterr().err
 
 
 def test_pysteps_baselines_match_their_functions(pipe):

@@ -18,6 +18,7 @@ of its mean.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from .report import EvaluationReport, ForecasterScores
 __all__ = ["IntensityControlSpec", "ScoreSet", "evaluate_forecasts", "evaluate_pipeline", "load_sequences"]
 
 DEFAULT_FSS_SCALES = (1, 4, 16)
+#: Baselines computed by pysteps, an optional extra.
+PYSTEPS_BASELINES = ("extrapolation", "steps")
 #: SSIM's Gaussian window needs frames at least this large.
 _SSIM_MIN_SIZE = 11
 
@@ -390,8 +393,11 @@ def evaluate_pipeline(
     baseline_kwargs = dict(baseline_kwargs or {})
     for baseline in baselines:
         fn = get_baseline(baseline)
+        # Before any forecast: without pysteps these baselines would fail only at the first batch.
+        if baseline in PYSTEPS_BASELINES and importlib.util.find_spec("pysteps") is None:
+            raise ImportError(f'the {baseline!r} baseline needs pysteps: pip install "prediff[pysteps]"')
         kwargs = dict(baseline_kwargs.pop(baseline, {}))
-        if baseline in ("extrapolation", "steps"):
+        if baseline in PYSTEPS_BASELINES:
             kwargs.setdefault("value_range", value_range)
         if baseline == "steps":
             kwargs.setdefault("num_members", members)
