@@ -17,7 +17,8 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
 )
 
-from prediff.knowledge import AnticipatedIntensityControl, FunctionControl
+from prediff.data import NBodyDataset
+from prediff.knowledge import AnticipatedIntensityControl, EnergyConservationControl, FunctionControl
 from prediff.models.autoencoder import autoencoder_from_preset, decode_sequence
 from prediff.pipelines import PreDiffPipeline, PreDiffPipelineOutput
 from prediff.schedulers import official_betas, prediff_scheduler
@@ -462,6 +463,43 @@ def test_official_and_score_forms_agree_in_sign(context):
     cosine = torch.nn.functional.cosine_similarity(shifts["score"], shifts["official"], dim=1)
     assert (cosine > 0.5).all(), cosine
     assert (moves["score"] > 0).all() and (moves["official"] > 0).all(), moves
+
+
+@pytest.fixture(scope="module")
+def nbody_context() -> torch.Tensor:
+    dataset = NBodyDataset(2, seq_len=3, frame_size=32)
+    return torch.stack([dataset[i]["frames"] for i in range(2)])  # (2, 3, 32, 32, 1) digit intensity in [0, 1]
+
+
+@pytest.mark.parametrize(("scheduler", "form", "scale"), [("ddim", "score", 50.0), ("ddpm", "official", 300.0)])
+def test_energy_conservation_control_reduces_the_energy_error(scheduler, form, scale, nbody_context):
+    torch.manual_seed(0)
+    base = PreDiffPipeline.from_preset("prediff-tiny", scheduler=scheduler)
+    energy_net = base.knowledge_model
+    # At its default init the output barely depends on the latents; a trained network's output layer does not.
+    torch.nn.init.normal_(energy_net.out[-1].c_proj.weight, std=0.3)
+    pipe = PreDiffPipeline(base.vae, base.unet, base.scheduler, knowledge_model=energy_net, value_range=(0.0, 1.0))
+    pipe.set_progress_bar_config(disable=True)
+
+    def energy(latents: torch.Tensor) -> torch.Tensor:
+        """The control's energy of every frame of clean latents (N, 2, h, w, c): the network's estimate at t=0."""
+        with torch.no_grad():
+            return energy_net(latents, torch.tensor(0)).sample[..., 0]
+
+    # The conserved energy is the last observed frame's, measured in the network's units on the encoded context.
+    with torch.no_grad():
+        initial = energy(pipe.encode_context(nbody_context)[:, -2:])[:, -1]  # (B,), one per context
+
+    def energy_error(latents: torch.Tensor) -> torch.Tensor:
+        """The control's violation at t=0: L2 norm over the future frames of energy - initial energy, (B * M,)."""
+        return torch.linalg.vector_norm(energy(latents.flatten(0, 1)) - initial.repeat_interleave(2)[:, None], dim=1)
+
+    kwargs = dict(num_inference_steps=4, num_ensemble_members=2, output_type="latent")
+    plain = energy_error(pipe(nbody_context, generator=generators(4), **kwargs).frames)
+    control = EnergyConservationControl(initial_energy=initial.tolist(), scale=scale, form=form)
+    steered = energy_error(pipe(nbody_context, generator=generators(4), knowledge_controls=control, **kwargs).frames)
+    ratio = steered / plain
+    assert (ratio < 0.9).all() and ratio.mean() < 0.7, ratio
 
 
 def test_posterior_std_is_the_fixed_small_ddpm_std():
