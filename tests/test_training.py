@@ -371,6 +371,26 @@ def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path):
     assert issubclass(NonFiniteGradientError, NonFiniteLossError)  # the command line reports both alike
 
 
+def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path):
+    from prediff.data.storms import VIL_UNITS
+    from prediff.models import EarthformerModel
+    from prediff.pipelines import EarthformerPipeline
+
+    EarthformerTrainer(tiny("earthformer", tmp_path, max_train_steps=2)).train()
+    out = tmp_path / "earthformer"
+    pipe = EarthformerPipeline.from_pretrained(out)
+    assert pipe.value_range == (0.0, 255.0) and pipe.config.units == VIL_UNITS
+    assert "2 steps" in pipe.config.training_data and VIL_UNITS in (out / "README.md").read_text()
+    assert list((out / "validation").glob("forecast-*.png")) and (out / "checkpoint-2").is_dir()
+    # The network alone loads from its subfolder; the pipeline forecasts in physical units with it.
+    model = EarthformerModel.from_pretrained(out, subfolder="model").eval()
+    context = torch.rand(1, 3, 32, 32, 1) * 255
+    frames = pipe(context, output_type="pt").frames
+    assert frames.shape == (1, 2, 32, 32, 1) and torch.isfinite(frames).all()
+    with torch.no_grad():
+        torch.testing.assert_close(frames, model(context / 255).sample * 255)
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
 

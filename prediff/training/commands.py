@@ -21,7 +21,7 @@ _HELP = {
     "vae": "the frame autoencoder (L1 + KL + PatchGAN loss)",
     "denoiser": "the latent denoiser; the result is a PreDiffPipeline folder (needs --vae DIR)",
     "alignment": "the knowledge-alignment network (needs --vae DIR)",
-    "earthformer": "the deterministic Earthformer forecaster",
+    "earthformer": "the deterministic Earthformer forecaster; the result is an EarthformerPipeline folder",
 }
 
 

@@ -376,7 +376,8 @@ class AlignmentTrainingConfig(_LatentTrainingConfig):
 
 @dataclass
 class EarthformerTrainingConfig(TrainingConfig):
-    """`prediff train earthformer`: the deterministic Earthformer forecaster, MSE on [0, 1]-scaled frames."""
+    """`prediff train earthformer`: the deterministic Earthformer forecaster, MSE on [0, 1]-scaled frames; the
+    result is an `EarthformerPipeline` folder."""
 
     adam_weight_decay: float = 0.0
 

@@ -117,16 +117,14 @@ class DenoiserTrainer(LatentTrainer):
     def pipeline(self, unet: EarthformerUNetModel | None = None, export: bool = False) -> PreDiffPipeline:
         """A `PreDiffPipeline` around the network being trained (`export`: fresh float32 autoencoder)."""
         cfg = self.config
-        d = cfg.data
         return PreDiffPipeline(
             vae=load_vae(cfg.vae) if export else self.vae,
             unet=unet if unet is not None else self.unwrap("denoiser").unet,
             scheduler=prediff_scheduler(cfg.validation_scheduler),
             knowledge_model=self.knowledge_model,
             value_range=self.value_range,
-            training_data=f"data.dataset={d.dataset!r}"
-            + (f" ({d.path})" if d.path else f" (num_sequences={d.num_sequences}, seed={d.seed})")
-            + f"; {d.context_length} context + {d.target_length} target frames; {self.global_step} steps",
+            units=self.units,
+            training_data=self.describe_training(),
         )
 
     def validation_forecasts(self, frames: torch.Tensor, step: int) -> dict[str, float] | None:

@@ -1,8 +1,10 @@
 """`prediff train earthformer`: the deterministic Earthformer forecaster.
 
 Each item is cut into `context_length` context frames and `target_length` target frames (in [0, 1]); the
-network maps the context to the target directly; loss: MSE (official). The result is the network's folder
-(`EarthformerModel.from_pretrained(output_dir)`).
+network maps the context to the target directly; loss: MSE (official). The result is a pipeline folder,
+`EarthformerPipeline.from_pretrained(output_dir)`, which keeps the data's value range and units (forecasts
+in physical units); the network alone loads with `EarthformerModel.from_pretrained(output_dir,
+subfolder="model")`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..pipelines import EarthformerPipeline
 from .config import EarthformerTrainingConfig
 from .trainer import Trainer
 
@@ -89,11 +92,16 @@ class EarthformerTrainer(Trainer):
         return None
 
     def export(self, folder: Path) -> Any:
-        model = self.unwrap("earthformer")
-        model.save_pretrained(folder, safe_serialization=True)
-        return model
+        pipe = EarthformerPipeline(
+            self.unwrap("earthformer"),
+            value_range=self.value_range,
+            units=self.units,
+            training_data=self.describe_training(),
+        )
+        pipe.save_pretrained(folder)
+        return pipe
 
 
 def train_earthformer(config: EarthformerTrainingConfig, **kwargs: Any) -> Path:
-    """Train the Earthformer described by `config`; returns the output folder."""
+    """Train the Earthformer described by `config`; returns the output folder, an `EarthformerPipeline` folder."""
     return EarthformerTrainer(config, **kwargs).train()

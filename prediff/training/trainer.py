@@ -70,8 +70,9 @@ class _InMemory(Dataset):
         return {"frames": self.frames[index], "index": index}
 
 
-def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tuple[float, float]]:
-    """The training and validation splits described by `config.data`, and the data's physical value range."""
+def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tuple[float, float], str | None]:
+    """The training and validation splits described by `config.data`, the data's physical value range (the
+    values of 0 and 1) and its units when they are known."""
     d = config.data
     seq_len = d.window_length
     if d.dataset == "storms":
@@ -94,6 +95,15 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tup
 
         full = ArraySequenceDataset.from_file(d.path, seq_len=seq_len, key=d.key, stride=d.stride)
     value_range = tuple(float(v) for v in full.value_range)
+    units = getattr(full, "units", None)
+    if d.dataset == "sevir" and d.img_type == "vil":
+        from ..data.storms import VIL_UNITS
+
+        units = VIL_UNITS
+    elif d.dataset == "file":
+        from ..data.io import SequenceFile
+
+        units = SequenceFile(d.path).metadata.get("units")
     n = len(full)
     if n == 0:
         raise ValueError(f"data set {d.dataset!r} ({d.path or 'generated'}) holds no window of seq_len={seq_len}")
@@ -106,7 +116,7 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tup
     if d.cache_in_memory:
         train = _InMemory(train)
         val = _InMemory(val) if val is not None else None
-    return train, val, value_range
+    return train, val, value_range, units
 
 
 def collate_frames(items: list[dict[str, Any]]) -> torch.Tensor:
@@ -134,6 +144,7 @@ class Trainer:
         train_dataset, val_dataset: data sets to use instead of those described by `config.data` (items are
             dicts with `"frames"` `(T, H, W, C)` in [0, 1]).
         value_range: physical values of 0 and 1 (with explicit data sets; default `(0, 255)`).
+        units: what the physical values are (with explicit data sets; recorded in exported pipelines).
 
     Subclasses set `kind` and implement `build`, `compute_losses`, `validation_losses`, `export` and
     optionally `log_validation_pictures` and `samples_per_item`.
@@ -147,14 +158,16 @@ class Trainer:
         train_dataset: Dataset | None = None,
         val_dataset: Dataset | None = None,
         value_range: tuple[float, float] | None = None,
+        units: str | None = None,
     ) -> None:
         config.validate()
         self.config = config
         if train_dataset is None:
-            self.train_dataset, self.val_dataset, self.value_range = build_datasets(config)
+            self.train_dataset, self.val_dataset, self.value_range, self.units = build_datasets(config)
         else:
             self.train_dataset, self.val_dataset = train_dataset, val_dataset
             self.value_range = tuple(value_range) if value_range is not None else (0.0, 255.0)
+            self.units = units
         if len(self.train_dataset) == 0:
             raise ValueError("the training split is empty; lower data.val_fraction or add data")
         frames = self.train_dataset[0]["frames"]
@@ -267,6 +280,15 @@ class Trainer:
         d = self.config.data
         T, H, W, C = self.item_shape
         return f"data.context_length={d.context_length}, data.target_length={d.target_length}, frames {H}x{W}x{C}"
+
+    def describe_training(self) -> str:
+        """What the exported result was trained on, for its model card."""
+        d = self.config.data
+        source = f" ({d.path})" if d.path else f" (num_sequences={d.num_sequences}, seed={d.seed})"
+        return (
+            f"data.dataset={d.dataset!r}{source}; {d.context_length} context + {d.target_length} target frames; "
+            f"{self.global_step} steps"
+        )
 
     def seed_micro_step(self, micro_step: int) -> None:
         rank = self.accelerator.process_index if self.accelerator is not None else 0
