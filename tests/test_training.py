@@ -391,6 +391,78 @@ def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path):
         torch.testing.assert_close(frames, model(context / 255).sample * 255)
 
 
+def test_gradient_checkpointing_recomputes_and_trains_the_same(tmp_path, vae_dir):
+    weights, calls = [], []
+    for checkpointing in (False, True):
+        config = tiny(
+            "alignment",
+            tmp_path / str(checkpointing),
+            vae=str(vae_dir),
+            max_train_steps=2,
+            gradient_checkpointing=checkpointing,
+            num_validation_samples=0,
+            **{"data.num_sequences": 8},
+        )
+        trainer = AlignmentTrainer(config)
+        model = trainer.train_modules["alignment"]
+        # Counted in forward itself: module hooks do not run when checkpointing recomputes.
+        block = model.down_time_embed_blocks[0]
+        with_grad: list[bool] = []
+
+        def counting_forward(*args, forward=block.forward, seen=with_grad):
+            seen.append(torch.is_grad_enabled())
+            return forward(*args)
+
+        block.forward = counting_forward
+        trainer.train()
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        calls.append(sum(with_grad))
+    # With checkpointing every training forward of the block runs again in backward; the result is the same.
+    assert calls == [2, 4]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6)
+
+
+# Accelerate keeps one mixed-precision setting per process, so the bf16 run has a process of its own.
+_BF16_SCRIPT = """
+import json, sys
+import torch
+from prediff.training import EarthformerTrainer, load_config
+
+config = load_config("earthformer", sys.argv[1], {
+    "output_dir": sys.argv[2], "report_to": "none", "max_train_steps": 2, "mixed_precision": "bf16",
+    "num_validation_batches": 1, "num_validation_samples": 0, "data.num_sequences": 8,
+})
+trainer = EarthformerTrainer(config)
+dtypes = set()
+for module in trainer.train_modules["earthformer"].modules():
+    if isinstance(module, torch.nn.Linear):
+        module.register_forward_hook(lambda m, i, o: dtypes.add(str(o.dtype)))
+trainer.train()
+print(json.dumps({"dtypes": sorted(dtypes), "loss": trainer.last_logs["train/loss"]}))
+"""
+
+
+def test_bf16_mixed_precision_runs_on_the_cpu(tmp_path):
+    import subprocess
+    import sys
+
+    from prediff.pipelines import EarthformerPipeline
+
+    out = tmp_path / "bf16"
+    run = subprocess.run(
+        [sys.executable, "-c", _BF16_SCRIPT, str(TINY / "earthformer.yaml"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "torch.bfloat16" in result["dtypes"] and np.isfinite(result["loss"])
+    pipe = EarthformerPipeline.from_pretrained(out)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in pipe.model.parameters())
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
 
