@@ -171,6 +171,24 @@ def test_read_context_layouts(tmp_path):
     np.testing.assert_array_equal(got.frames, array[...])
 
 
+def test_read_context_chooses_the_array_of_a_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    zarr = pytest.importorskip("zarr")
+    frames = context_frames((3, 8, 8))
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["radar/a"], f["radar/b"] = frames, frames + 1
+    group = zarr.open_group(str(tmp_path / "two.zarr"), mode="w")
+    create = getattr(group, "create_array", None) or group.create_dataset
+    for name, values in (("a", frames), ("b", frames + 1)):
+        create(name, shape=values.shape, dtype="f4")[...] = values
+    for path, kind, second in ((tmp_path / "two.h5", "dataset", "radar/b"), (tmp_path / "two.zarr", "array", "b")):
+        with pytest.raises(ValueError, match=rf"holds 2 {kind}s .*; choose one with --variable"):
+            read_context(path)
+        with pytest.raises(ValueError, match=rf"has no {kind} 'c'"):
+            read_context(path, key="c")
+        np.testing.assert_array_equal(read_context(path, key=second).frames[0, ..., 0], frames + 1)
+
+
 def test_intensity_target_from_the_pipeline_folder(pipe_dir, tmp_path):
     folder = tmp_path / "with_stats"
     shutil.copytree(pipe_dir, folder)

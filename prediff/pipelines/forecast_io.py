@@ -405,6 +405,17 @@ def read_context(
     return context
 
 
+def _choose_array(names: list[str], key: str | None, source: str, kind: str) -> str:
+    """`key`, checked to be one of `names`; by default `frames`, or the file's only array."""
+    if key is None:
+        key = "frames" if "frames" in names else (names[0] if len(names) == 1 else None)
+        if key is None:
+            raise ValueError(f"{source} holds {len(names)} {kind}s {names}; choose one with --variable")
+    if key not in names:
+        raise ValueError(f"{source} has no {kind} {key!r}; it holds {names}")
+    return key
+
+
 def _read_hdf5(path: Path, key: str | None) -> ContextInput:
     from ..data.utils import import_optional, open_hdf5
 
@@ -413,12 +424,7 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
     with open_hdf5(path) as f:
         names: list[str] = []
         f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-        if key is None:
-            key = "frames" if "frames" in names else (names[0] if len(names) == 1 else None)
-            if key is None:
-                raise ValueError(f"{source} holds {len(names)} datasets {sorted(names)}; choose one with --variable")
-        if key not in names:
-            raise ValueError(f"{source} has no dataset {key!r}; it holds {sorted(names)}")
+        key = _choose_array(sorted(names), key, source, "dataset")
         array = _numeric(f[key][()], f"{source}:{key}")
     return ContextInput(frames=_to_five_dims(array, f"{source}:{key}"), source=path, variable=key)
 
@@ -451,13 +457,7 @@ def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> Con
     except Exception as error:  # zarr raises several kinds for a folder that is not a store
         raise file_read_error(source, "a zarr store", error) from None
     if hasattr(node, "array_keys"):
-        names = sorted(node.array_keys())
-        if key is None:
-            key = "frames" if "frames" in names else (names[0] if len(names) == 1 else None)
-            if key is None:
-                raise ValueError(f"{source} holds {len(names)} arrays {names}; choose one with --variable")
-        if key not in names:
-            raise ValueError(f"{source} has no array {key!r}; it holds {names}")
+        key = _choose_array(sorted(node.array_keys()), key, source, "array")
         array = node[key][...]
     else:
         array = node[...]
