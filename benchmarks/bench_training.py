@@ -5,7 +5,9 @@ reference attention path).
     python benchmarks/bench_training.py [--steps 30] [--gpu-steps 30] [--gpu-batch 8] [--skip-cpu]
 
 A sample is one item (a context + target sequence); for the autoencoder it is one frame. The rate is taken
-over the training steps after the first (which warms up caches and compiles), and excludes validation.
+over the last 20 training steps (never the first, which warms up caches and compiles) and excludes setup,
+validation and export; the wall time includes them. The autoencoder has two rows: the recipe trains it
+without the PatchGAN discriminator up to `disc_start` and with it afterwards, so the recipe's time is the sum.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ TINY = Path(__file__).resolve().parents[1] / "examples" / "configs" / "synthetic
 
 
 def run(kind: str, config_path: Path | None, overrides: dict) -> tuple[float, float]:
-    """Train `kind` with `overrides`; returns (samples per second, wall seconds)."""
+    """Train `kind` with `overrides`; returns (samples per second, wall seconds including the setup: data,
+    networks, Accelerator; and the final validation and export)."""
     config = load_config(kind, config_path, overrides)
-    trainer = TRAINERS[kind](config)
     start = time.perf_counter()
+    trainer = TRAINERS[kind](config)
     trainer.train()
     return trainer.samples_per_second, time.perf_counter() - start
 
@@ -38,19 +41,27 @@ def cpu(steps: int) -> None:
         common = {"report_to": "none", "max_train_steps": steps, "checkpointing_steps": 10**6}
         common.update(num_validation_batches=1, num_validation_samples=0)
         vae_dir = Path(tmp) / "vae"
-        for kind in ("vae", "alignment", "denoiser", "earthformer"):
-            extra = {"output_dir": str(Path(tmp) / kind)}
-            if kind in ("alignment", "denoiser"):
-                extra["vae"] = str(vae_dir)
-            rate, wall = run(kind, TINY / f"{kind}.yaml", {**common, **extra})
+        vae = load_config("vae", TINY / "vae.yaml")
+        # (label, kind, overrides, which of the recipe's steps train like this; None: all)
+        rows = [
+            ("vae", "vae", {"output_dir": str(vae_dir), "disc_start": steps}, range(vae.disc_start)),
+            ("vae + PatchGAN", "vae", {"disc_start": 0}, range(vae.disc_start, vae.max_train_steps)),
+            ("alignment", "alignment", {"vae": str(vae_dir)}, None),
+            ("denoiser", "denoiser", {"vae": str(vae_dir)}, None),
+            ("earthformer", "earthformer", {}, None),
+        ]
+        for label, kind, extra, recipe_steps in rows:
+            rate, wall = run(kind, TINY / f"{kind}.yaml", {**common, "output_dir": str(Path(tmp) / label), **extra})
             recipe = load_config(kind, TINY / f"{kind}.yaml", {k: v for k, v in extra.items() if k == "vae"})
+            recipe_steps = recipe_steps if recipe_steps is not None else range(recipe.max_train_steps)
             per_step = recipe.train_batch_size * recipe.gradient_accumulation_steps
             per_step *= recipe.data.window_length if kind == "vae" else 1
-            minutes = recipe.max_train_steps * per_step / rate / 60
+            minutes = len(recipe_steps) * per_step / rate / 60
             unit = "frames" if kind == "vae" else "sequences"
             print(
-                f"  {kind:12s} {rate:8.1f} {unit}/s  ({wall:.1f} s for {steps} steps incl. setup; recipe "
-                f"of {recipe.max_train_steps} steps: about {minutes:.1f} min)"
+                f"  {label:15s} {rate:8.1f} {unit}/s  ({wall:.1f} s for {steps} steps incl. setup, validation and "
+                f"export; recipe steps {recipe_steps.start + 1}-{recipe_steps.stop} like this: about {minutes:.1f} "
+                f"min)"
             )
 
 
@@ -90,7 +101,10 @@ def gpu(steps: int, batch: int) -> None:
             torch.cuda.reset_peak_memory_stats()
             rate, wall = run("denoiser", None, {**base, **extra})
             peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"  {label:30s} {rate:8.2f} sequences/s  ({wall:.0f} s incl. setup, peak {peak:.1f} GiB)")
+            print(
+                f"  {label:30s} {rate:8.2f} sequences/s  ({wall:.0f} s incl. setup, validation and export, "
+                f"peak {peak:.1f} GiB)"
+            )
 
 
 def main() -> None:
