@@ -341,13 +341,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path):
-    # From step 3 on, one parameter's gradient is NaN while the loss stays finite; without max_grad_norm the
+    # From step 2 on, one parameter's gradient is NaN while the loss stays finite; without max_grad_norm the
     # norm is still checked, and with gradient accumulation only on the step's last micro-batch.
     config = tiny(
         "earthformer",
         tmp_path,
-        max_train_steps=6,
-        checkpointing_steps=2,
+        max_train_steps=4,
+        checkpointing_steps=1,
         gradient_accumulation_steps=2,
         max_grad_norm=None,
         num_validation_samples=0,
@@ -356,16 +356,16 @@ def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path):
     trainer = EarthformerTrainer(config)
     model = trainer.train_modules["earthformer"]
     first = next(model.parameters())
-    first.register_hook(lambda grad: grad * float("nan") if trainer.global_step >= 2 else grad)
+    first.register_hook(lambda grad: grad * float("nan") if trainer.global_step >= 1 else grad)
     with pytest.raises(
-        NonFiniteGradientError, match=r"step 3 \(micro-batch 5.*last good checkpoint is .*checkpoint-2"
+        NonFiniteGradientError, match=r"step 2 \(micro-batch 3.*last good checkpoint is .*checkpoint-1"
     ):
         trainer.train()
     # No optimizer step ran after the NaN gradients: the weights and the kept checkpoint are finite.
     assert all(torch.isfinite(p).all() for p in model.parameters())
     out = tmp_path / "earthformer"
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
-    files = sorted((out / "checkpoint-2").rglob("*.safetensors"))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1"]
+    files = sorted((out / "checkpoint-1").rglob("*.safetensors"))
     assert files and all(torch.isfinite(t).all() for f in files for t in load_file(str(f)).values())
     assert not (out / "config.json").exists() and not (out / "model_index.json").exists()
     assert issubclass(NonFiniteGradientError, NonFiniteLossError)  # the command line reports both alike

@@ -546,25 +546,26 @@ class Trainer:
         return float(stats[0].item()) / acc.num_processes
 
     def _clip_and_check_gradients(self, micro_step: int) -> dict[str, float]:
-        """Before an optimizer step: the global gradient norm of every optimizer's parameters (fp16 gradients
-        unscaled first), clipped to `max_grad_norm` when it is set. Stops every process, before any optimizer
-        steps, if a norm is NaN or infinite. Returns the norms (name -> norm before clipping)."""
+        """Before an optimizer step: the global gradient norm of every optimizer's parameters, clipped to
+        `max_grad_norm` when it is set. Stops every process, before any optimizer steps, if a norm is NaN or
+        infinite. Returns the norms (name -> norm before clipping)."""
         acc, cfg = self.accelerator, self.config
-        # Once for all optimizers (Accelerate's clip_grad_norm_ unscales every optimizer at each call, which
-        # fails on the second one); a no-op unless fp16.
-        acc.unscale_gradients()
+        # With fp16 the gradients still carry the loss scale, which the grad scaler divides out in each
+        # optimizer's step; they cannot be unscaled here (its update() after the first optimizer's step would
+        # unscale the second one twice), so the bound and the norm are scaled instead, which is the same clip.
+        scaler = getattr(acc, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None else 1.0
         # Without max_grad_norm the bound is infinite: the call only measures the norm.
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-        norms = {
-            name: torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
-            for name, opt in self.optimizers.items()
-        }
-        values = {name: float(norm) for name, norm in norms.items()}
+        max_norm = cfg.max_grad_norm * scale if cfg.max_grad_norm is not None else math.inf
+        values = {}
+        for name, opt in self.optimizers.items():
+            params = [p for group in opt.param_groups for p in group["params"]]
+            values[name] = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) / scale
         bad = torch.tensor([float(not all(math.isfinite(v) for v in values.values()))], device=acc.device)
         if acc.num_processes > 1:
             bad = acc.reduce(bad, reduction="sum")
         # fp16's gradient scaler expects overflows: it skips that step itself and lowers the loss scale.
-        if bad.item() > 0 and getattr(acc, "scaler", None) is None:
+        if bad.item() > 0 and scaler is None:
             cause = ""
             if acc.device.type == "cpu" and cfg.mixed_precision == "bf16":
                 cause = (
