@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,11 @@ def random_official_state_dict(section: str, seed: int = 0) -> dict[str, torch.T
 def relative_error(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1e-12) -> float:
     """Largest absolute difference relative to the largest magnitude of ``expected`` (at least ``floor``)."""
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(floor)).item()
+
+
+@pytest.fixture
+def umask_027():
+    """Run a test under umask 027, where plain open() / mkdir() make 0o640 files and 0o750 folders."""
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 
 import pytest
@@ -72,13 +71,6 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="folder"):
         demo.run_demo(out=tmp_path / "file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
-
-
-@pytest.fixture
-def umask_027():
-    previous = os.umask(0o027)
-    yield
-    os.umask(previous)
 
 
 def test_command_line(tmp_path, capsys, umask_027):

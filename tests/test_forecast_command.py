@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 
@@ -104,7 +103,7 @@ def test_npy_to_netcdf_with_pictures(pipe, pipe_dir, tmp_path):
         assert ds.attrs["seed"] == 1 and not np.allclose(ds["forecast"].values, values)
 
 
-def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path):
+def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path, umask_027):
     # Two events as (lon, event, time, lat): dims are recognised by name and reordered.
     frames = context_frames((2, 3, 32, 32))
     times = np.array(["2024-05-01T12:00", "2024-05-01T12:10", "2024-05-01T12:20"], dtype="datetime64[ns]")
@@ -116,11 +115,7 @@ def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path):
     data.to_netcdf(tmp_path / "ctx.nc")
     out = tmp_path / "ens.zarr"
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.nc", "--out", out]
-    previous = os.umask(0o027)
-    try:
-        assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
-    finally:
-        os.umask(previous)
+    assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
     # What mkdir() / open() make under umask 027, not the owner-only modes of temporary files.
     assert stat.S_IMODE(out.stat().st_mode) == 0o750 and stat.S_IMODE((tmp_path / "ens.npy").stat().st_mode) == 0o640
     ds = xr.open_zarr(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -103,11 +104,13 @@ def test_seeds_reproduce_members_differ_and_members_are_independent(pipe, contex
 
 
 @pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpmsolver++"])
-def test_save_load_reproduces_the_ensemble(scheduler, context, tmp_path):
+def test_save_load_reproduces_the_ensemble(scheduler, context, tmp_path, umask_027):
     pipe = tiny_pipeline(scheduler, trained_like=True)
     kwargs = dict(num_inference_steps=4, num_ensemble_members=2)
     before = pipe(context, generator=generators(4), **kwargs).frames
     pipe.save_pretrained(tmp_path)
+    # Every file, the model card included, has the mode a plain open() gives under umask 027.
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()} == {0o640}
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "knowledge_model" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(tmp_path.rglob("*.bin"))

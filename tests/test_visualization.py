@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import stat
 
 import numpy as np
 import pytest
@@ -28,9 +28,7 @@ MAGENTA = tuple(round(255 * v) for v in VIL_COLORS[-1])
 
 def _storm(num_frames, size=16, peak=250.0):
     yy, xx = np.mgrid[0:size, 0:size]
-    return np.stack([peak * np.exp(-((xx - 4 - t) ** 2 + (yy - 6) ** 2) / 8.0) for t in range(num_frames)])[
-        ..., None
-    ]
+    return np.stack([peak * np.exp(-((xx - 4 - t) ** 2 + (yy - 6) ** 2) / 8.0) for t in range(num_frames)])[..., None]
 
 
 def _axes_texts(fig):
@@ -55,7 +53,7 @@ def test_vil_colormap_levels_and_colours():
         imshow_kwargs("not-a-map")
 
 
-def test_forecast_panel(tmp_path):
+def test_forecast_panel(tmp_path, umask_027):
     seq = _storm(7)
     context, target = seq[:4], seq[4:]
     ensemble = np.stack([target, target * 0.5, target * 0.8])
@@ -81,7 +79,7 @@ def test_forecast_panel(tmp_path):
     with Image.open(tmp_path / "small.png") as image:
         assert image.size[1] < height  # two rows instead of five
     assert len(small.axes) == 2 * 4 + 1  # grid + colour bar
-    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # what open() makes under umask 027
     assert sorted(p.name for p in tmp_path.iterdir()) == ["panel.png", "small.png"]  # no temporary files left
     plot_forecast_panel(context[..., 0], cmap="viridis", path=tmp_path / "ctx.pdf")
     assert (tmp_path / "ctx.pdf").read_bytes()[:4] == b"%PDF"
@@ -106,9 +104,7 @@ def test_forecast_gif(tmp_path):
     seq = _storm(7)
     context, target = seq[:4], seq[4:]
     ensemble = np.stack([target, target * 0.7])
-    path = save_forecast_gif(
-        tmp_path / "forecast.gif", context, target, ensemble, frame_duration_ms=120, dpi=40
-    )
+    path = save_forecast_gif(tmp_path / "forecast.gif", context, target, ensemble, frame_duration_ms=120, dpi=40)
     with Image.open(path) as gif:
         assert gif.n_frames == 4 + 3
         assert gif.info["loop"] == 0 and gif.info["duration"] == 120

@@ -15,6 +15,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download
 
+from ..data.utils import atomic_output
+
 __all__ = ["ForecastPipelineMixin", "check_value_range", "count_parameters", "to_context_tensor"]
 
 
@@ -137,15 +139,8 @@ class ForecastPipelineMixin:
         super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         card = str(self.model_card())
         path = os.path.join(save_directory, "README.md")
-        fd, tmp = tempfile.mkstemp(dir=save_directory, prefix=".README.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(card)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_text(card, encoding="utf-8")
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
             self._push_folder(save_directory, repo_id, **hub_kwargs)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..data.utils import atomic_output
 
 
 def require_matplotlib() -> Any:
@@ -65,20 +66,11 @@ def lead_time_labels(num_context: int, num_forecast: int, interval_minutes: floa
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
     path = Path(path)
+    # A picture is never the first thing in a folder: a missing one is a mistyped path, not one to create.
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {str(path.parent)!r} for {path.name!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        # mkstemp makes owner-only files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, overwrite=True) as tmp:
+        write(tmp)
     return path
 
 
