@@ -25,20 +25,12 @@ DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--preset", default="prediff-sevirlr", help="pipeline preset (prediff-sevirlr, prediff-tiny)"
-    )
-    parser.add_argument(
-        "--schedulers", nargs="+", default=list(DEFAULT_SCHEDULERS), help="name:steps entries"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="prediff-sevirlr", help="pipeline preset (prediff-sevirlr, prediff-tiny)")
+    parser.add_argument("--schedulers", nargs="+", default=list(DEFAULT_SCHEDULERS), help="name:steps entries")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--members", type=int, default=8, help="ensemble members")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per configuration (median reported)"
-    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument(
         "--control",
         choices=("learned", "analytic"),

@@ -54,9 +54,7 @@ def open_dataset(path: Path) -> Any:
     return xr.open_dataset(path)
 
 
-def read_context(
-    path: Path, variable: str, num_frames: int, height: int, width: int
-) -> tuple[Any, np.ndarray]:
+def read_context(path: Path, variable: str, num_frames: int, height: int, width: int) -> tuple[Any, np.ndarray]:
     """The last `num_frames` frames of `variable`, cropped to `height x width`: the DataArray and the context
     `(1, num_frames, height, width, 1)` as float32."""
     ds = open_dataset(path)
@@ -69,8 +67,7 @@ def read_context(
         raise ValueError(f"{variable!r} must hold at least {num_frames} time steps, got {da.sizes['time']}")
     if da.sizes["y"] < height or da.sizes["x"] < width:
         raise ValueError(
-            f"{variable!r} frames must be at least {height}x{width} pixels, "
-            f"got {da.sizes['y']}x{da.sizes['x']}"
+            f"{variable!r} frames must be at least {height}x{width} pixels, got {da.sizes['y']}x{da.sizes['x']}"
         )
     top, left = (da.sizes["y"] - height) // 2, (da.sizes["x"] - width) // 2
     da = da.isel(time=slice(-num_frames, None), y=slice(top, top + height), x=slice(left, left + width))
@@ -78,9 +75,7 @@ def read_context(
     return da, context
 
 
-def write_forecast(
-    frames: np.ndarray, template: Any, variable: str, attrs: dict, out: Path, overwrite: bool
-) -> None:
+def write_forecast(frames: np.ndarray, template: Any, variable: str, attrs: dict, out: Path, overwrite: bool) -> None:
     """Write `(M, T_out, H, W)` forecast frames with the coordinates of `template` (the context DataArray)."""
     xr = _xarray()
     if out.exists() and not overwrite:
@@ -124,9 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("input", type=Path, help="zarr store or netCDF file with a (time, y, x) variable")
     parser.add_argument("--variable", default="vil")
     parser.add_argument("--out", type=Path, required=True, help="output .zarr or .nc")
-    parser.add_argument(
-        "--pipeline", default=None, help="a PreDiffPipeline folder (default: the shipped one)"
-    )
+    parser.add_argument("--pipeline", default=None, help="a PreDiffPipeline folder (default: the shipped one)")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -136,9 +129,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.tiny:
         args.members, args.steps = 2, 4
 
-    pipe = (
-        load_shipped_pipeline() if args.pipeline is None else PreDiffPipeline.from_pretrained(args.pipeline)
-    )
+    pipe = load_shipped_pipeline() if args.pipeline is None else PreDiffPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     T_in, H, W, _ = pipe.context_shape
     template, context = read_context(args.input, args.variable, T_in, H, W)
@@ -152,9 +143,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise FileExistsError(f"{str(args.out)!r} already exists; pass --overwrite to replace it")
 
     generator = torch.Generator().manual_seed(args.seed)
-    frames = pipe(
-        context, num_inference_steps=args.steps, num_ensemble_members=args.members, generator=generator
-    )
+    frames = pipe(context, num_inference_steps=args.steps, num_ensemble_members=args.members, generator=generator)
     forecast = frames.frames[0, ..., 0]  # (M, T_out, H, W)
     attrs = {
         "units": pipe.config.get("units") or template.attrs.get("units", ""),

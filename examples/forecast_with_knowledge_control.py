@@ -26,9 +26,7 @@ from prediff.pretrained import load_shipped_pipeline, shipped_intensity_stats
 
 def main(argv: list[str] | None = None) -> dict[float, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--pipeline", default=None, help="a PreDiffPipeline folder (default: the shipped one)"
-    )
+    parser.add_argument("--pipeline", default=None, help="a PreDiffPipeline folder (default: the shipped one)")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=100.0, help="control strength")
@@ -59,15 +57,11 @@ def main(argv: list[str] | None = None) -> dict[float, float]:
     item = SyntheticStormDataset(1, T_in + T_out, H, W, seed=args.seed, progress=False)[0]["frames"]
     frames = item.numpy()[None] * 255.0  # (1, T, H, W, 1), VIL 0-255
     context, future = frames[:, :T_in], frames[:, T_in:]
-    print(
-        f"observed future mean intensity: {future.mean():.2f} (training mu = {mu:.2f}, sigma = {sigma:.2f})"
-    )
+    print(f"observed future mean intensity: {future.mean():.2f} (training mu = {mu:.2f}, sigma = {sigma:.2f})")
 
     # 3. Without control.
     generator = torch.Generator().manual_seed(args.seed)
-    plain = pipe(
-        context, num_inference_steps=args.steps, num_ensemble_members=args.members, generator=generator
-    )
+    plain = pipe(context, num_inference_steps=args.steps, num_ensemble_members=args.members, generator=generator)
     print(f"no control:         forecast mean intensity {plain.frames.mean():7.2f}")
 
     # 4. With control, one anticipated intensity per row: the context repeated for every n.

@@ -64,9 +64,7 @@ TINY_COMMON = {
 }
 
 
-def stage_overrides(
-    stage: str, root: str, output_dir: Path, tiny: bool, extra: dict[str, Any]
-) -> dict[str, Any]:
+def stage_overrides(stage: str, root: str, output_dir: Path, tiny: bool, extra: dict[str, Any]) -> dict[str, Any]:
     """The overrides that point a stage's recipe at the data and at the earlier stages' results."""
     overrides: dict[str, Any] = {"data.path": root, "output_dir": str(output_dir / stage)}
     if stage in ("alignment", "denoiser"):
@@ -85,12 +83,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sevir-lr-root", required=True, help="SEVIR-LR folder with CATALOG.csv and data/")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/sevirlr"))
-    parser.add_argument(
-        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run, in order"
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key"
-    )
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run, in order")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     parser.add_argument("--tiny", action="store_true", help="tiny networks, 2 steps per stage")
     args = parser.parse_args(argv)
     extra = parse_override_args([f"--{item}" for item in args.set])

@@ -40,10 +40,7 @@ def test_encode_matches_per_frame_reference_and_chunking(tiny_vae):
         reference = torch.stack(
             [
                 torch.stack(
-                    [
-                        tiny_vae.encode(frames[b, t].permute(2, 0, 1)[None]).latent_dist.mean[0]
-                        for t in range(3)
-                    ]
+                    [tiny_vae.encode(frames[b, t].permute(2, 0, 1)[None]).latent_dist.mean[0] for t in range(3)]
                 )
                 for b in range(2)
             ]
@@ -57,15 +54,9 @@ def test_posterior_sample_is_seeded_and_differs_from_mean(tiny_vae):
     frames = torch.rand(1, 4, 32, 32, 1)
     with torch.no_grad():
         mean = encode_sequence(tiny_vae, frames)
-        a = encode_sequence(
-            tiny_vae, frames, sample_posterior=True, generator=torch.Generator().manual_seed(3)
-        )
-        b = encode_sequence(
-            tiny_vae, frames, sample_posterior=True, generator=torch.Generator().manual_seed(3)
-        )
-        c = encode_sequence(
-            tiny_vae, frames, sample_posterior=True, generator=torch.Generator().manual_seed(4)
-        )
+        a = encode_sequence(tiny_vae, frames, sample_posterior=True, generator=torch.Generator().manual_seed(3))
+        b = encode_sequence(tiny_vae, frames, sample_posterior=True, generator=torch.Generator().manual_seed(3))
+        c = encode_sequence(tiny_vae, frames, sample_posterior=True, generator=torch.Generator().manual_seed(4))
         gens = [torch.Generator().manual_seed(i) for i in range(4)]
         d = encode_sequence(tiny_vae, frames, sample_posterior=True, generator=gens, chunk_size=3)
         posterior = tiny_vae.encode(frames[0].permute(0, 3, 1, 2)).latent_dist

@@ -16,8 +16,7 @@ def _moving_storm(num_frames=8, size=48, dx=2.0, dy=1.0):
     """A Gaussian cell of peak 200 moving (dx, dy) pixels per frame: ``(1, T, size, size, 1)``."""
     yy, xx = np.mgrid[0:size, 0:size]
     frames = [
-        200 * np.exp(-((xx - 14 - dx * t) ** 2 + (yy - 18 - dy * t) ** 2) / (2 * 5.0**2))
-        for t in range(num_frames)
+        200 * np.exp(-((xx - 14 - dx * t) ** 2 + (yy - 18 - dy * t) ** 2) / (2 * 5.0**2)) for t in range(num_frames)
     ]
     return np.asarray(frames)[None, :, :, :, None]
 

@@ -39,9 +39,7 @@ def _import_pysteps() -> Any:
             import pysteps.nowcasts
             import pysteps.utils
     except ImportError as err:  # pragma: no cover - exercised only without pysteps
-        raise ImportError(
-            'The optical-flow and STEPS baselines need pysteps: pip install "prediff[pysteps]"'
-        ) from err
+        raise ImportError('The optical-flow and STEPS baselines need pysteps: pip install "prediff[pysteps]"') from err
     return pysteps
 
 

@@ -20,9 +20,7 @@ def check_context(context: Any, num_frames: int) -> None:
         raise ValueError(f"context must hold at least one frame, got shape {tuple(context.shape)}")
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
-    finite = (
-        torch.isfinite(context).all() if isinstance(context, torch.Tensor) else np.isfinite(context).all()
-    )
+    finite = torch.isfinite(context).all() if isinstance(context, torch.Tensor) else np.isfinite(context).all()
     if not finite:
         raise ValueError("context contains NaN or infinite values")
 

@@ -89,9 +89,7 @@ def shipped_intensity_stats(name: str = DEFAULT_SHIPPED_PIPELINE) -> ShippedInte
     in physical units (read from its `future_intensity.json`)."""
     path = shipped_pipeline_path(name) / INTENSITY_STATS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"the shipped pipeline {name!r} has no {INTENSITY_STATS_FILE} in {path.parent}"
-        )
+        raise FileNotFoundError(f"the shipped pipeline {name!r} has no {INTENSITY_STATS_FILE} in {path.parent}")
     record: dict[str, Any] = json.loads(path.read_text())
     try:
         mean, std = float(record["mean"]), float(record["std"])

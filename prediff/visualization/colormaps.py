@@ -46,9 +46,7 @@ def imshow_kwargs(cmap: str = "vil", vmin: float | None = None, vmax: float | No
     """
     if cmap == "vil":
         if vmin is not None or vmax is not None:
-            raise ValueError(
-                "the VIL colour map has fixed levels; vmin and vmax must be None with cmap='vil'"
-            )
+            raise ValueError("the VIL colour map has fixed levels; vmin and vmax must be None with cmap='vil'")
         vil, norm = vil_cmap()
         return {"cmap": vil, "norm": norm}
     import matplotlib

@@ -74,9 +74,7 @@ def plot_what_if(
         stacked = as_frames("forecasts", forecasts, 2, channel)
         items = list(stacked)
     if len(items) != len(n_sigmas) or len(items) == 0:
-        raise ValueError(
-            f"forecasts has {len(items)} entries but n_sigmas has {len(n_sigmas)}: {tuple(n_sigmas)}"
-        )
+        raise ValueError(f"forecasts has {len(items)} entries but n_sigmas has {len(n_sigmas)}: {tuple(n_sigmas)}")
     if (mu is None) != (sigma is None):
         raise ValueError(f"give both mu and sigma or neither, got mu={mu}, sigma={sigma}")
     rows_data = [as_frames(f"forecasts[{i}]", f, 1, channel) for i, f in enumerate(items)]
