@@ -46,3 +46,31 @@ def umask_027():
     previous = os.umask(0o027)
     yield
     os.umask(previous)
+
+
+def run_cli(argv: list) -> int:
+    """`prediff ARGV` through the real command-line parser; returns the exit status."""
+    from prediff import cli
+
+    return cli.main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory) -> Path:
+    """A saved untrained "prediff-tiny" pipeline folder (32x32 frames, 3 in, 2 out)."""
+    from prediff.pipelines import PreDiffPipeline
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("pipe") / "tiny"
+    PreDiffPipeline.from_preset("prediff-tiny").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipe(pipe_dir):
+    """The pipeline of `pipe_dir`, loaded back, without progress bars."""
+    from prediff.pipelines import PreDiffPipeline
+
+    pipe = PreDiffPipeline.from_pretrained(pipe_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

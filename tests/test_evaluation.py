@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from prediff import cli
 from prediff.baselines import persistence
 from prediff.data import ArraySequenceDataset, SyntheticStormDataset
 from prediff.evaluation import EvaluationReport, IntensityControlSpec, evaluate_pipeline
@@ -26,28 +25,8 @@ from prediff.metrics import (
     SpreadSkill,
 )
 from prediff.models import EarthformerModel
-from prediff.pipelines import PreDiffPipeline
 from prediff.pipelines.forecast_io import member_generators
-
-
-def run(argv) -> int:
-    """`prediff ARGV` through the real command-line parser; returns the exit status."""
-    return cli.main([str(a) for a in argv])
-
-
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("pipe") / "tiny"
-    PreDiffPipeline.from_preset("prediff-tiny").save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pipe(pipe_dir):
-    pipe = PreDiffPipeline.from_pretrained(pipe_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from tests.conftest import run_cli
 
 
 def storms(num_sequences=3, seed=1):
@@ -104,7 +83,7 @@ def cli_report(pipe_dir, tmp_path_factory):
     argv += ["--out", out / "report.json", "--markdown", out / "report.md", "--no-progress"]
     previous = os.umask(0o027)
     try:
-        assert run(argv) == 0
+        assert run_cli(argv) == 0
     finally:
         os.umask(previous)
     return out, json.loads((out / "report.json").read_text()), (out / "report.md").read_text()
@@ -207,7 +186,7 @@ def test_ensemble_scores_are_those_of_the_pipeline(pipe):
 def test_data_file_and_fixed_target(pipe_dir, tmp_path):
     h5 = tmp_path / "storms.h5"
     argv = ["data", "generate", "storms", "--out", h5, "--num-sequences", 2, "--seq-len", 5]
-    assert run(argv + ["--height", 32, "--width", 32, "--seed", 4, "--quiet"]) == 0
+    assert run_cli(argv + ["--height", 32, "--width", 32, "--seed", 4, "--quiet"]) == 0
     argv = [
         "evaluate",
         "--pipeline",
@@ -222,7 +201,7 @@ def test_data_file_and_fixed_target(pipe_dir, tmp_path):
     ]
     argv += ["--knowledge-control", "intensity", "--n-sigma", 1, "--intensity-mean", 20, "--intensity-std", 5]
     argv += ["--out", tmp_path / "r.json", "--thresholds", "16,74", "--pool-sizes", "1,4"]
-    assert run(argv) == 0
+    assert run_cli(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert (
         report["settings"]["num_sequences"] == 2 and "25 (mu + 1 sigma" in report["settings"]["anticipated_intensity"]
@@ -293,7 +272,7 @@ def test_command_errors(extra, message, pipe_dir, tmp_path, capsys):
     not_hdf5.write_text("text, not HDF5")
     extra = [{"EXISTING": existing, "NOT_HDF5": not_hdf5}.get(a, a) for a in extra]
     argv = ["evaluate", "--pipeline", pipe_dir, "--members", 1, "--steps", 1, "--num-sequences", 1]
-    assert run(argv + extra + ["--no-progress"]) == 2
+    assert run_cli(argv + extra + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prediff evaluate: error:") and re.search(message, err), err
     assert existing.read_text() == "{}"
@@ -308,7 +287,7 @@ def test_pysteps_baselines_without_pysteps_fail_before_any_forecast(pipe, pipe_d
     with pytest.raises(ImportError, match=r"'steps' baseline needs pysteps: pip install \"prediff\[pysteps\]\""):
         evaluate_pipeline(pipe, dataset, baselines=("persistence", "steps"), progress=False)
     argv = ["evaluate", "--pipeline", pipe_dir, "--dataset", "storms", "--baselines", "extrapolation"]
-    assert run(argv + ["--members", 1, "--steps", 1, "--num-sequences", 1, "--no-progress"]) == 2
+    assert run_cli(argv + ["--members", 1, "--steps", 1, "--num-sequences", 1, "--no-progress"]) == 2
     assert "prediff evaluate: error: the 'extrapolation' baseline needs pysteps" in capsys.readouterr().err
 
 

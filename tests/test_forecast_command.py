@@ -8,42 +8,19 @@ import stat
 
 import numpy as np
 import pytest
-import torch
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from prediff import cli  # noqa: E402
-from prediff.pipelines import PreDiffPipeline  # noqa: E402
 from prediff.pipelines.forecast_io import (  # noqa: E402
     intensity_target,
     load_forecast_pipeline,
     member_generators,
     read_context,
 )
-
-
-def run(argv) -> int:
-    """`prediff ARGV` through the real command-line parser; returns the exit status."""
-    return cli.main([str(a) for a in argv])
-
-
-@pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    pipe = PreDiffPipeline.from_preset("prediff-tiny")
-    folder = tmp_path_factory.mktemp("pipe") / "tiny"
-    pipe.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pipe(pipe_dir):
-    pipe = PreDiffPipeline.from_pretrained(pipe_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from tests.conftest import run_cli  # noqa: E402
 
 
 def context_frames(shape=(3, 32, 32), seed=0, high=200.0):
@@ -55,7 +32,7 @@ def test_npy_to_netcdf_with_pictures(pipe, pipe_dir, tmp_path):
     np.save(tmp_path / "ctx.npy", ctx)
     out = tmp_path / "ens.nc"
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.npy", "--out", out]
-    assert run(argv + ["--members", 2, "--steps", 2, "--seed", 0, "--no-progress"]) == 0
+    assert run_cli(argv + ["--members", 2, "--steps", 2, "--seed", 0, "--no-progress"]) == 0
 
     with xr.open_dataset(out) as ds:
         forecast = ds["forecast"]
@@ -94,11 +71,11 @@ def test_npy_to_netcdf_with_pictures(pipe, pipe_dir, tmp_path):
 
     # An existing output is never replaced without --overwrite, and nothing is written.
     before = out.read_bytes()
-    assert run(argv + ["--members", 2, "--steps", 1, "--no-progress"]) == 2
+    assert run_cli(argv + ["--members", 2, "--steps", 1, "--no-progress"]) == 2
     assert out.read_bytes() == before
     # With --overwrite it is; another seed gives another ensemble.
     extra = ["--members", 2, "--steps", 2, "--seed", 1, "--no-plots", "--no-pysteps", "--overwrite"]
-    assert run(argv + extra + ["--no-progress"]) == 0
+    assert run_cli(argv + extra + ["--no-progress"]) == 0
     with xr.open_dataset(out) as ds:
         assert ds.attrs["seed"] == 1 and not np.allclose(ds["forecast"].values, values)
 
@@ -115,7 +92,7 @@ def test_netcdf_with_times_to_zarr(pipe_dir, tmp_path, umask_027):
     data.to_netcdf(tmp_path / "ctx.nc")
     out = tmp_path / "ens.zarr"
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.nc", "--out", out]
-    assert run(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
+    assert run_cli(argv + ["--members", 2, "--steps", 1, "--no-plots", "--no-progress"]) == 0
     # What mkdir() / open() make under umask 027, not the owner-only modes of temporary files.
     assert stat.S_IMODE(out.stat().st_mode) == 0o750 and stat.S_IMODE((tmp_path / "ens.npy").stat().st_mode) == 0o640
     ds = xr.open_zarr(out)
@@ -138,7 +115,7 @@ def test_hdf5_input_with_intensity_control(pipe_dir, tmp_path):
     argv = ["forecast", "--pipeline", pipe_dir, "--input", tmp_path / "ctx.h5", "--variable", "radar/vil"]
     argv += ["--out", out, "--members", 2, "--steps", 1, "--no-plots", "--no-progress"]
     argv += ["--knowledge-control", "intensity", "--target", 40, "--control-scale", 10]
-    assert run(argv) == 0
+    assert run_cli(argv) == 0
     with xr.open_dataset(out) as ds:
         assert ds["forecast"].dims == ("member", "time", "y", "x")
         assert "anticipated mean intensity 40" in ds.attrs["knowledge_control"]
@@ -263,7 +240,7 @@ def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, capsys):
     argv = ["forecast", "--pipeline", pipeline, "--input", path, "--out", out, "--members", 1, "--steps", 1]
     if case == "stray_option":
         argv += ["--target", 3]
-    assert run(argv + ["--no-progress", "--no-plots"]) == 2
+    assert run_cli(argv + ["--no-progress", "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prediff forecast: error:")
     assert __import__("re").search(message, err), err
