@@ -109,10 +109,9 @@ def test_save_load_reproduces_the_ensemble(scheduler, context, tmp_path, umask_0
     kwargs = dict(num_inference_steps=4, num_ensemble_members=2)
     before = pipe(context, generator=generators(4), **kwargs).frames
     pipe.save_pretrained(tmp_path)
-    # The model card and the configs have the mode a plain open() gives under umask 027 (the weights are
-    # written by safetensors, which makes owner-only files).
-    written = [tmp_path / "README.md", tmp_path / "model_index.json", *tmp_path.glob("*/*.json")]
-    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o640}
+    # Every file, the weights and the model card included, has the mode a plain open() gives under umask 027
+    # (safetensors itself writes owner-only files).
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()} == {0o640}
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "knowledge_model" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(tmp_path.rglob("*.bin"))

@@ -261,7 +261,11 @@ def test_atomic_writes_get_the_permissions_of_plain_ones(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == folder_mode
     assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == file_mode
     assert stat.S_IMODE(checkpoint.stat().st_mode) == folder_mode
-    for file in (checkpoint / "training_state.json", tmp_path / "run" / "training_config.yaml"):
+    for file in (
+        checkpoint / "training_state.json",
+        checkpoint / "net.safetensors",
+        tmp_path / "run" / "training_config.yaml",
+    ):
         assert stat.S_IMODE(file.stat().st_mode) == file_mode, file
 
 
@@ -371,7 +375,7 @@ def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path):
     assert issubclass(NonFiniteGradientError, NonFiniteLossError)  # the command line reports both alike
 
 
-def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path):
+def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path, umask_027):
     from prediff.data.storms import VIL_UNITS
     from prediff.models import EarthformerModel
     from prediff.pipelines import EarthformerPipeline
@@ -382,6 +386,9 @@ def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path):
     assert pipe.value_range == (0.0, 255.0) and pipe.config.units == VIL_UNITS
     assert "2 steps" in pipe.config.training_data and VIL_UNITS in (out / "README.md").read_text()
     assert list((out / "validation").glob("forecast-*.png")) and (out / "checkpoint-2").is_dir()
+    # Everything the run wrote, weights included, is readable by the group as under a plain open() / mkdir().
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o640}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_dir()} == {0o750}
     # The network alone loads from its subfolder; the pipeline forecasts in physical units with it.
     model = EarthformerModel.from_pretrained(out, subfolder="model").eval()
     context = torch.rand(1, 3, 32, 32, 1) * 255

@@ -156,14 +156,31 @@ def scale_to_unit(values: np.ndarray, value_range: tuple[float, float], clip: bo
     return out
 
 
+def give_plain_permissions(path: str | os.PathLike) -> None:
+    """Give ``path``, and everything below it if it is a folder, the permissions a plain ``open()`` /
+    ``mkdir()`` would under the current umask (``0o666`` / ``0o777`` minus the umask).
+
+    ``tempfile`` and safetensors create owner-only (0600 / 0700) entries, which would hide shared outputs
+    (pipelines, checkpoints, forecasts) from the rest of a group.
+    """
+    # The umask can only be read by setting it: a strict one for that instant (what other threads create
+    # meanwhile is owner-only, never too open), then the old one again.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    root = Path(path)
+    for entry in (root, *root.rglob("*")) if root.is_dir() else (root,):
+        if not entry.is_symlink():
+            os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it into place with ``os.replace``.
 
     Readers never see a half-written file: the result appears at ``path`` only once it is complete, and a
     failure leaves any previous file untouched. ``directory=True`` is for outputs that are folders (zarr
-    stores). The result gets the permissions a plain ``open()`` / ``mkdir()`` would give it under the
-    current umask (``0o666`` / ``0o777`` minus the umask), not the owner-only ones of ``tempfile``.
+    stores). The result, and all a folder holds, gets the permissions a plain ``open()`` / ``mkdir()`` would give
+    it under the current umask (see [`give_plain_permissions`]), not the owner-only ones of ``tempfile``.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -177,12 +194,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         tmp = Path(name)
     try:
         yield tmp
-        # mkstemp / mkdtemp create owner-only (0600 / 0700) entries, which would hide shared outputs. The umask
-        # can only be read by setting it: a strict one for that instant (what other threads create meanwhile is
-        # owner-only, never too open), then the old one again.
-        umask = os.umask(0o077)
-        os.umask(umask)
-        os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
+        give_plain_permissions(tmp)
         if target.is_dir() and not target.is_symlink():
             # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it.
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))

@@ -15,7 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download
 
-from ..data.utils import atomic_output
+from ..data.utils import atomic_output, give_plain_permissions
 
 __all__ = ["ForecastPipelineMixin", "check_value_range", "count_parameters", "to_context_tensor"]
 
@@ -137,6 +137,7 @@ class ForecastPipelineMixin:
             k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs
         }
         super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        give_plain_permissions(save_directory)
         card = str(self.model_card())
         path = os.path.join(save_directory, "README.md")
         with atomic_output(path, overwrite=True) as tmp:

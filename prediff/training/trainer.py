@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..data.utils import give_plain_permissions
 from .config import TrainingConfig, config_to_dict, save_config, unknown_key_error
 from .utils import (
     NonFiniteGradientError,
@@ -759,6 +760,7 @@ class Trainer:
             ema_ctx = self._ema_weights() if self.ema is not None else contextlib.nullcontext()
             with ema_ctx:
                 saved = self.export(tmp)
+            give_plain_permissions(tmp)
             move_into(tmp, self.output_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
