@@ -82,7 +82,7 @@ def test_inspect_npy_and_refuse_what_is_not_npy(tmp_path, capsys):
     assert "text.npz is not a NumPy .npz archive" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, file_format", [("x.h5", "HDF5"), ("x.nc", "netCDF"), ("x.zarr", "a zarr group")])
+@pytest.mark.parametrize("name, file_format", [("x.h5", "HDF5"), ("x.nc", "netCDF"), ("x.zarr", "a zarr store")])
 def test_inspect_unreadable_file_names_it_and_its_format(tmp_path, capsys, name, file_format):
     path = tmp_path / name
     if name.endswith(".zarr"):

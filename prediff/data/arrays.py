@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import check_index, check_positive_int, check_value_range, open_hdf5, scale_to_unit
+from .utils import (
+    check_array_metadata,
+    check_index,
+    check_positive_int,
+    check_value_range,
+    open_hdf5,
+    scale_to_unit,
+)
 
 
 class _HDF5Source:
@@ -103,13 +110,12 @@ class ArraySequenceDataset(Dataset):
                 f"array must have 5 dimensions (N, T, H, W, C), got shape {shape}; add a channel axis "
                 f"(array[..., None]) for single-channel data"
             )
-        dtype = np.dtype(data.dtype)
-        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-            raise ValueError(f"array must hold integers or floats, got dtype {dtype}")
-        self.shape = shape
         n, t = shape[:2]
         if t < self.seq_len:
             raise ValueError(f"seq_len={self.seq_len} exceeds the array's sequence length T={t} (shape {shape})")
+        where = f"{self._source.filename}:{self._source.key}" if isinstance(self._source, _HDF5Source) else "array"
+        check_array_metadata(where, data.dtype, (self.seq_len, *shape[2:]))
+        self.shape = shape
         self.windows_per_sequence = 1 + (t - self.seq_len) // self.stride
         self.num_sequences = n
 

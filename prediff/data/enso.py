@@ -22,7 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import check_index, check_positive_int, check_value_range, open_netcdf, scale_to_unit
+from .utils import (
+    check_array_metadata,
+    check_index,
+    check_positive_int,
+    check_value_range,
+    open_netcdf,
+    scale_to_unit,
+)
 
 #: Earthformer's SST scaling range (the extremes of CMIP5 and CMIP6), degrees C.
 ENSO_SST_RANGE = (-16.549121856689453, 10.198975563049316)
@@ -135,6 +142,10 @@ class ENSODataset(Dataset):
                     f"selection, "
                     f"got {sst.sizes['lat']} x {sst.sizes['lon']}"
                 )
+            # One model's records are read at a time.
+            most_years = max(years for _, years in layout.values())
+            check_array_metadata(f"{paths['train']}:sst", sst.dtype, (most_years, *sst.shape[1:]))
+            check_array_metadata(f"{paths['label']}:nino", nino.dtype, (most_years, *nino.shape[1:]))
             self._series: list[np.ndarray] = []
             self._nino: list[np.ndarray] = []
             self._models: list[tuple[str, int]] = []

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .utils import atomic_output, file_read_error, import_optional, load_npy, open_hdf5, open_netcdf
+from .utils import (
+    atomic_output,
+    check_array_metadata,
+    check_fits_in_memory,
+    import_optional,
+    load_npy,
+    load_npz,
+    open_hdf5,
+    open_netcdf,
+    open_zarr,
+)
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 ZARR_SUFFIXES = (".zarr",)
@@ -137,7 +146,11 @@ def write_sequences(
 
 
 class SequenceFile:
-    """A data set written by :func:`write_sequences`, opened lazily (once per process, so picklable)."""
+    """A data set written by :func:`write_sequences`, opened lazily (once per process, so picklable).
+
+    Every array must hold integers or floats, and one item of each (``array[index]``) must fit in memory;
+    both are checked from the file's metadata when it is opened.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -149,8 +162,11 @@ class SequenceFile:
         root = self._open()
         if "frames" not in root:
             raise ValueError(f"{self.path} holds no 'frames' array (found {sorted(root.keys())})")
+        arrays = self._arrays(root)
+        for name, array in arrays.items():
+            check_array_metadata(f"{self.path}:{name}", array.dtype, array.shape[1:])
         self.shape = tuple(root["frames"].shape)
-        self.fields = sorted(root.keys())
+        self.fields = sorted(arrays)
         self.metadata = self._read_metadata(root)
 
     def _open(self) -> Any:
@@ -158,6 +174,13 @@ class SequenceFile:
             self._root = open_hdf5(self.path) if self.format == "hdf5" else _open_zarr_group(self.path)
             self._pid = os.getpid()
         return self._root
+
+    def _arrays(self, root: Any) -> dict[str, Any]:
+        """The arrays at the top of the file (HDF5 datasets or zarr arrays), by name."""
+        if self.format == "zarr":
+            return {name: root[name] for name in root.array_keys()}
+        h5py = import_optional("h5py", "reading HDF5 files")
+        return {name: item for name, item in root.items() if isinstance(item, h5py.Dataset)}
 
     @staticmethod
     def _read_metadata(root: Any) -> dict[str, Any]:
@@ -197,21 +220,21 @@ class SequenceFile:
 
 
 def _open_zarr_group(path: Path) -> Any:
-    """A zarr group opened for reading, or a ``ValueError`` naming the store (zarr's errors vary by version)."""
-    zarr = import_optional("zarr", "reading zarr stores")
-    try:
-        return zarr.open_group(str(path), mode="r")
-    except Exception as error:  # zarr raises several kinds for a folder that is not a group
-        raise file_read_error(path, "a zarr group", error) from None
+    """A zarr group opened for reading (its arrays checked by [`open_zarr`]), or a ``ValueError`` naming it."""
+    node = open_zarr(path)
+    if not hasattr(node, "array_keys"):
+        raise ValueError(f"{path} is a single zarr array; expected a zarr group of arrays")
+    return node
 
 
-def _value_range(array: Any, max_elements_per_read: int = 1 << 24) -> tuple[float, float] | None:
-    """min and max of an array-like, read in slabs along the first axis."""
+def _value_range(array: Any, where: str, max_elements_per_read: int = 1 << 24) -> tuple[float, float] | None:
+    """min and max of an array-like (h5py, zarr, xarray or numpy), read in slabs along the first axis."""
     if array.size == 0 or not np.issubdtype(np.dtype(array.dtype), np.number):
         return None
     if array.ndim == 0:
-        value = float(np.asarray(array[()]))
+        value = float(np.asarray(array[...]))
         return value, value
+    check_fits_in_memory(where, array.shape[1:], array.dtype)
     per_row = max(1, int(np.prod(array.shape[1:])))
     step = max(1, max_elements_per_read // per_row)
     low, high = np.inf, -np.inf
@@ -222,8 +245,8 @@ def _value_range(array: Any, max_elements_per_read: int = 1 << 24) -> tuple[floa
     return low, high
 
 
-def _describe(name: str, array: Any) -> str:
-    rng = _value_range(array)
+def _describe(name: str, array: Any, where: str) -> str:
+    rng = _value_range(array, where)
     span = f"  range [{rng[0]:g}, {rng[1]:g}]" if rng is not None else ""
     return f"  {name}: shape {tuple(array.shape)}  dtype {array.dtype}{span}"
 
@@ -249,30 +272,28 @@ def inspect_path(path: str | os.PathLike) -> str:
             lines.append("format: HDF5")
             datasets: list[tuple[str, Any]] = []
             f.visititems(lambda name, obj: datasets.append((name, obj)) if isinstance(obj, h5py.Dataset) else None)
-            lines += [_describe(name, obj) for name, obj in datasets]
+            lines += [_describe(name, obj, f"{target}:{name}") for name, obj in datasets]
             lines += _describe_attrs(f.attrs)
     elif suffix in ZARR_SUFFIXES:
-        group = _open_zarr_group(target)
+        node = open_zarr(target)
         lines.append("format: zarr")
-        for name in sorted(group.array_keys()):
-            lines.append(_describe(name, group[name]))
-        lines += _describe_attrs(group.attrs)
+        if hasattr(node, "array_keys"):
+            lines += [_describe(name, node[name], f"{target}:{name}") for name in sorted(node.array_keys())]
+        else:
+            lines.append(_describe("array", node, str(target)))
+        lines += _describe_attrs(node.attrs)
     elif suffix == ".nc":
         with open_netcdf(target) as ds:
             lines.append("format: netCDF")
             lines.append("  dims: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
             for name, var in ds.data_vars.items():
-                lines.append(_describe(f"{name}{tuple(var.dims)}", var.values))
+                lines.append(_describe(f"{name}{tuple(var.dims)}", var, f"{target}:{name}"))
     elif suffix == ".npy":
         lines.append("format: npy")
-        lines.append(_describe("array", load_npy(target, mmap_mode="r")))
+        lines.append(_describe("array", load_npy(target, mmap_mode="r"), str(target)))
     elif suffix == ".npz":
-        # np.load takes any file that is not a zip archive or .npy for a pickle.
-        if not zipfile.is_zipfile(target):
-            raise ValueError(f"{target} is not a NumPy .npz archive (not a zip file)")
-        with np.load(target, allow_pickle=False) as archive:
-            lines.append("format: npz")
-            lines += [_describe(name, archive[name]) for name in archive.files]
+        lines.append("format: npz")
+        lines += [_describe(name, array, f"{target}:{name}") for name, array in load_npz(target).items()]
     else:
         raise ValueError(
             f"cannot inspect {target}: expected an HDF5 (.h5/.hdf5), zarr (.zarr), netCDF (.nc), .npy or .npz "

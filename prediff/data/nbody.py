@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .utils import check_positive_int, check_seed, import_optional
+from .utils import check_positive_int, check_seed, import_optional, load_npz
 
 
 def nbody_acceleration(positions: np.ndarray, masses: np.ndarray, gravity: float, softening: float) -> np.ndarray:
@@ -151,13 +151,13 @@ def load_mnist_glyphs(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"MNIST file {path} does not exist")
-    with np.load(path, allow_pickle=False) as archive:
-        image_key = next((k for k in ("X", "x_train") if k in archive.files), None)
-        if image_key is None:
-            raise ValueError(f"{path} must hold digit images under 'X' or 'x_train'; it has {archive.files}")
-        images = archive[image_key]
-        label_key = {"X": "Y", "x_train": "y_train"}[image_key]
-        labels = archive[label_key].reshape(-1) if label_key in archive.files else np.full(len(images), -1)
+    archive = load_npz(path)
+    image_key = next((k for k in ("X", "x_train") if k in archive), None)
+    if image_key is None:
+        raise ValueError(f"{path} must hold digit images under 'X' or 'x_train'; it has {sorted(archive)}")
+    images = archive[image_key]
+    label_key = {"X": "Y", "x_train": "y_train"}[image_key]
+    labels = archive[label_key].reshape(-1) if label_key in archive else np.full(len(images), -1)
     if images.ndim == 2 and images.shape[1] == 784:
         images = images.reshape(-1, 28, 28)
     if images.ndim != 3:

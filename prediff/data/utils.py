@@ -1,16 +1,19 @@
-"""Helpers shared by the datasets: optional imports, opening files with clear errors, argument checks, atomic
-output, per-process handles."""
+"""Helpers shared by the datasets: optional imports, opening files with clear errors, checks of what a file
+declares before reading it, argument checks, atomic output, per-process handles."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -45,8 +48,38 @@ def file_read_error(path: str | os.PathLike, file_format: str, error: BaseExcept
     return ValueError(f"cannot read {os.fspath(path)} as {file_format}: {reason}")
 
 
+def check_fits_in_memory(where: str, shape: Sequence[int], dtype: Any) -> None:
+    """Refuse to read ``shape`` values of ``dtype`` at once when they need more than this machine's memory.
+
+    The shape comes from a file's metadata, checked before anything is allocated: a header of a few bytes can
+    claim terabytes, which numpy or h5py would otherwise allocate (and fill) before any other check.
+
+    Raises:
+        ValueError: naming ``where`` (file and array), the shape, the dtype and the memory needed.
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    check_memory(f"{where}: reading {shape} {dtype} values at once", math.prod(shape) * dtype.itemsize)
+
+
+def check_array_metadata(where: str, dtype: Any, read_shape: Sequence[int]) -> None:
+    """Check what a file declares about an array before reading ``read_shape`` values of it at once.
+
+    Only integer and float values are read (object arrays hold Python objects, which zarr and numpy may
+    decode with pickle, that is by running code), and only as many as fit in memory (see
+    [`check_fits_in_memory`]).
+
+    Raises:
+        ValueError: naming ``where``, the dtype or the memory needed.
+    """
+    dtype = np.dtype(dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"{where} holds {dtype} values; prediff reads integer or float dtypes only")
+    check_fits_in_memory(where, read_shape, dtype)
+
+
 def open_hdf5(path: str | os.PathLike) -> Any:
-    """``h5py.File(path, "r")``, with errors that name the file.
+    """``h5py.File(path, "r")``, with errors that name the file. Opening reads metadata only.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -64,37 +97,201 @@ def open_hdf5(path: str | os.PathLike) -> Any:
 def open_netcdf(path: str | os.PathLike) -> Any:
     """``xarray.open_dataset(path)``, with errors that name the file.
 
+    xarray reads the coordinates of every dimension when it opens a file: their sizes are checked from the
+    file's metadata first (with netCDF4), so that a small file claiming a huge dimension is refused before
+    anything is allocated. The data variables stay lazy; readers check them with [`check_array_metadata`].
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: it is not a netCDF file xarray can read (xarray raises ``ValueError`` when no engine
-            recognises the file and ``OSError`` from the netCDF library).
+            recognises the file and ``OSError`` from the netCDF library), or a coordinate would not fit in
+            memory.
     """
+    netcdf4 = import_optional("netCDF4", "reading netCDF files")
     xr = import_optional("xarray", "reading netCDF files")
     if not os.path.exists(path):
         raise FileNotFoundError(f"netCDF file {os.fspath(path)} does not exist")
+    try:
+        with netcdf4.Dataset(path, "r") as metadata:
+            coordinates = {
+                name: (var.shape, var.dtype)
+                for name, var in metadata.variables.items()
+                if var.dimensions == (name,) and isinstance(var.dtype, np.dtype)
+            }
+    except (OSError, ValueError, RuntimeError) as error:
+        raise file_read_error(path, "netCDF", error) from None
+    for name, (shape, dtype) in coordinates.items():
+        check_fits_in_memory(f"{os.fspath(path)}:{name}", shape, dtype)
     try:
         return xr.open_dataset(path)
     except (OSError, ValueError, RuntimeError) as error:
         raise file_read_error(path, "netCDF", error) from None
 
 
+def open_zarr(path: str | os.PathLike) -> Any:
+    """``zarr.open(path, mode="r")`` (a group or an array), after checking the metadata of the arrays in it.
+
+    zarr 2 decodes chunks with the codecs an array's metadata names, pickle included: reading such an array
+    runs code. Before zarr or xarray decodes anything, the store's JSON metadata (per array and consolidated)
+    is read directly and arrays of Python objects or with a pickle codec are refused, whatever zarr version is
+    installed. Then one-dimensional arrays (coordinates, which xarray reads whole when it opens a store) must
+    fit in memory. Nested groups are not looked at: neither prediff nor ``xarray.open_zarr`` reads them.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: naming the store and the array: not a zarr store, unreadable metadata, an object dtype, a
+            pickle codec, a coordinate too large for memory.
+    """
+    zarr = import_optional("zarr", "reading zarr stores")
+    store = Path(path)
+    if not store.exists():
+        raise FileNotFoundError(f"zarr store {store} does not exist")
+    for where, metadata in _zarr_array_metadata(store):
+        codecs = [metadata.get("compressor"), *(metadata.get("filters") or ()), *(metadata.get("codecs") or ())]
+        codec_names = [str(c.get("id") or c.get("name")) for c in codecs if isinstance(c, dict)]
+        if "dtype" in metadata and _declares_objects(metadata["dtype"]):
+            raise ValueError(
+                f"{where} holds Python objects (dtype {metadata['dtype']!r}), which zarr decodes with codecs such "
+                "as pickle that can run code; prediff reads numeric, date and fixed-width string arrays only"
+            )
+        if any("pickle" in name.lower() for name in codec_names):
+            raise ValueError(f"{where} is encoded with pickle ({codec_names}), whose decoding can run code; refused")
+    try:
+        node = zarr.open(str(store), mode="r")
+    except Exception as error:  # zarr raises several kinds for a folder that is not a store
+        raise file_read_error(store, "a zarr store", error) from None
+    for name in sorted(node.array_keys()) if hasattr(node, "array_keys") else [None]:
+        where = str(store) if name is None else f"{store}:{name}"
+        try:
+            array = node if name is None else node[name]
+        except Exception as error:  # zarr refuses metadata it cannot use with several kinds
+            raise file_read_error(where, "a zarr array", error) from None
+        if len(array.shape) == 1:
+            check_fits_in_memory(where, array.shape, array.dtype)
+    return node
+
+
+def _zarr_array_metadata(store: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, metadata)`` of every array a zarr store declares: the store itself or its direct children
+    (``.zarray`` of format 2, ``zarr.json`` of format 3) and every array of its consolidated metadata
+    (``.zmetadata``, or inside the root ``zarr.json``), which zarr and xarray may use instead."""
+    folders = [store, *sorted(child for child in store.iterdir() if child.is_dir())] if store.is_dir() else []
+    for folder in folders:
+        name = "" if folder == store else f":{folder.name}"
+        for file_name in (".zarray", "zarr.json", ".zmetadata"):
+            document_path = folder / file_name
+            if (folder != store and file_name == ".zmetadata") or not document_path.is_file():
+                continue
+            try:
+                document = json.loads(document_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise file_read_error(document_path, "zarr metadata (JSON)", error) from None
+            if not isinstance(document, dict):
+                raise ValueError(f"{document_path} must hold a JSON object (zarr metadata)")
+            if file_name == ".zarray" or document.get("node_type") == "array":
+                yield f"{store}{name}", document
+            consolidated = document.get("metadata") if file_name == ".zmetadata" else None
+            if file_name == "zarr.json" and isinstance(document.get("consolidated_metadata"), dict):
+                consolidated = document["consolidated_metadata"].get("metadata")
+            for key, entry in (consolidated or {}).items() if isinstance(consolidated, dict) else ():
+                is_array = key.endswith(".zarray") or (isinstance(entry, dict) and entry.get("node_type") == "array")
+                if is_array and isinstance(entry, dict):
+                    yield f"{store}:{key.removesuffix('/.zarray')} (consolidated metadata)", entry
+
+
+def _declares_objects(dtype: Any) -> bool:
+    """Whether a zarr format 2 ``dtype`` (a string, or a list of fields) holds Python objects; what numpy
+    cannot read as a dtype counts as objects, as it is no numeric array either."""
+    try:
+        return np.dtype(dtype if isinstance(dtype, str) else [tuple(field) for field in dtype]).hasobject
+    except (TypeError, ValueError):
+        return True
+
+
+def _check_npy_header(stream: IO[bytes], where: str, stored_bytes: int, into_memory: bool) -> None:
+    """Check the header of a ``.npy`` array at the start of ``stream`` before numpy reads (or allocates) it.
+
+    Args:
+        stream: the ``.npy`` file or ``.npz`` member, positioned at its start.
+        where: the file (and member) for messages.
+        stored_bytes: the size of the whole ``.npy`` file or member in bytes.
+        into_memory: the array is to be read into memory (not memory-mapped), so it must fit there.
+
+    Raises:
+        ValueError: not a ``.npy`` array, an object dtype (numpy would unpickle it), or a shape that needs
+            more bytes than the file holds or than fit in memory.
+    """
+    if stream.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+        raise ValueError(f"{where} is not a NumPy .npy file (it lacks the .npy header)")
+    stream.seek(0)
+    try:
+        version = np.lib.format.read_magic(stream)
+        # Version 3.0 differs from 2.0 only in the encoding of field names, which does not change sizes.
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except (ValueError, SyntaxError, EOFError) as error:
+        raise file_read_error(where, "a NumPy .npy array", error) from None
+    if dtype.hasobject:
+        raise ValueError(
+            f"cannot read {where} as a NumPy .npy array (pickled object arrays are refused): its header declares "
+            f"dtype {dtype}"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    held = stored_bytes - stream.tell()
+    if declared > held:
+        raise ValueError(
+            f"{where}: the .npy header declares shape {shape} of {dtype}, {declared:,} bytes "
+            f"({format_bytes(declared)}), but the file holds {max(held, 0):,} bytes of data (truncated file or "
+            "forged header)"
+        )
+    if into_memory:
+        check_fits_in_memory(where, shape, dtype)
+
+
 def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
     """The array of a NumPy ``.npy`` file, never unpickled (``mmap_mode="r"`` maps it instead of reading it).
+
+    The header is checked first (see [`_check_npy_header`]): the bytes its shape needs must be in the file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a ``.npy`` file (numpy would call any such file "pickled data"), holds
-            Python objects, or is truncated.
+            Python objects, is truncated, or would not fit in memory.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f".npy file {os.fspath(path)} does not exist")
     with open(path, "rb") as f:
-        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-            raise ValueError(f"{os.fspath(path)} is not a NumPy .npy file (it lacks the .npy header)")
+        _check_npy_header(f, os.fspath(path), os.fstat(f.fileno()).st_size, into_memory=mmap_mode is None)
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise file_read_error(path, "a NumPy .npy array (pickled object arrays are refused)", error) from None
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a NumPy ``.npz`` archive, never unpickled, each header checked against the size of its
+    member and the machine's memory before it is read (see [`_check_npy_header`]).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not a zip archive (numpy takes any other file for a pickle), or a member is not a sound
+            ``.npy`` array.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f".npz file {os.fspath(path)} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{os.fspath(path)} is not a NumPy .npz archive (not a zip file)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for name in archive.files:
+                member = archive.zip.getinfo(name if name in archive.zip.namelist() else f"{name}.npy")
+                with archive.zip.open(member) as stream:
+                    _check_npy_header(stream, f"{os.fspath(path)}:{name}", member.file_size, into_memory=True)
+                arrays[name] = archive[name]
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        raise file_read_error(path, "a NumPy .npz archive", error) from None
+    return arrays
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -171,6 +368,41 @@ def give_plain_permissions(path: str | os.PathLike) -> None:
     for entry in (root, *root.rglob("*")) if root.is_dir() else (root,):
         if not entry.is_symlink():
             os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory in bytes (None where the system does not tell)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(num_bytes: float) -> str:
+    """A byte count for people: ``1.5e9`` -> ``"1.4 GiB"``, ``4e19`` -> ``"34.7 EiB"``."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    power = 0
+    while num_bytes >= 1024 and power < len(units) - 1:
+        num_bytes /= 1024
+        power += 1
+    return f"{num_bytes:.0f} bytes" if power == 0 else f"{num_bytes:.1f} {units[power]}"
+
+
+def check_memory(what: str, num_bytes: float) -> None:
+    """Refuse, before allocating anything, what would need more than the machine's physical memory.
+
+    Args:
+        what: the thing and the sizes that make it, e.g. ``"num_ensemble_members=1000000000 ... frames"``.
+        num_bytes: the memory it needs at least.
+
+    Raises:
+        ValueError: naming ``what``, the memory it needs and the memory the machine has.
+    """
+    limit = physical_memory_bytes()
+    if limit is not None and num_bytes > limit:
+        raise ValueError(
+            f"{what} would need {format_bytes(num_bytes)} of memory, more than this machine's {format_bytes(limit)}"
+        )
 
 
 @contextlib.contextmanager

@@ -245,13 +245,6 @@ def _to_five_dims(array: np.ndarray, source: str) -> np.ndarray:
     )
 
 
-def _numeric(array: Any, source: str) -> np.ndarray:
-    array = np.asarray(array)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"context in {source} must hold integers or floats, got dtype {array.dtype}")
-    return array
-
-
 def _pick_dim(dims: list[str], names: tuple[str, ...]) -> str | None:
     for dim in dims:
         if dim.lower() in names:
@@ -260,7 +253,10 @@ def _pick_dim(dims: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def _xarray_context(data: Any, source: str, variable: str | None, dims: tuple[str, ...] | None) -> ContextInput:
-    """A `ContextInput` from an xarray Dataset, choosing and reordering the variable."""
+    """A `ContextInput` from an xarray Dataset, choosing and reordering the variable; only that variable is read,
+    after its dtype and size have been checked from the file's metadata."""
+    from ..data.utils import check_array_metadata
+
     if variable is None:
         candidates = [name for name, var in data.data_vars.items() if var.ndim >= 3]
         if len(candidates) != 1:
@@ -331,7 +327,8 @@ def _xarray_context(data: Any, source: str, variable: str | None, dims: tuple[st
             )
         sample = rest[0] if rest else None
     order = [d for d in (sample, time, y, x, channel) if d is not None]
-    values = _numeric(var.transpose(*order).values, source)
+    check_array_metadata(f"{source}:{variable}", var.dtype, var.shape)
+    values = var.transpose(*order).values
     if sample is None:
         values = values[None]
     if channel is None:
@@ -384,17 +381,18 @@ def read_context(
             f"context file must end in one of {CONTEXT_SUFFIXES} (.npy, HDF5, zarr, netCDF), got {source!r}"
         )
     if suffix in NPY_SUFFIXES:
-        from ..data.utils import load_npy
+        from ..data.utils import check_array_metadata, load_npy
 
-        frames = _to_five_dims(_numeric(load_npy(path), source), source)
-        context = ContextInput(frames=frames, source=path)
+        array = load_npy(path)
+        check_array_metadata(source, array.dtype, array.shape)
+        context = ContextInput(frames=_to_five_dims(array, source), source=path)
     elif suffix in HDF5_SUFFIXES:
         context = _read_hdf5(path, key)
     elif suffix in NETCDF_SUFFIXES:
         from ..data.utils import open_netcdf
 
         with open_netcdf(path) as data:
-            context = _xarray_context(data.load(), source, key, dims)
+            context = _xarray_context(data, source, key, dims)
     else:
         context = _read_zarr(path, key, dims)
     if context.frames.size == 0:
@@ -417,7 +415,7 @@ def _choose_array(names: list[str], key: str | None, source: str, kind: str) -> 
 
 
 def _read_hdf5(path: Path, key: str | None) -> ContextInput:
-    from ..data.utils import import_optional, open_hdf5
+    from ..data.utils import check_array_metadata, import_optional, open_hdf5
 
     h5py = import_optional("h5py", "reading HDF5 context files")
     source = str(path)
@@ -425,21 +423,24 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
         names: list[str] = []
         f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
         key = _choose_array(sorted(names), key, source, "dataset")
-        array = _numeric(f[key][()], f"{source}:{key}")
+        check_array_metadata(f"{source}:{key}", f[key].dtype, f[key].shape)
+        array = f[key][()]
     return ContextInput(frames=_to_five_dims(array, f"{source}:{key}"), source=path, variable=key)
 
 
 def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> ContextInput:
-    from ..data.utils import file_read_error, import_optional
+    from ..data.utils import check_array_metadata, import_optional, open_zarr
 
     source = str(path)
+    # Checks every array's metadata (object dtypes, pickle codecs) before xarray or zarr decodes anything.
+    node = open_zarr(path)
     xr = import_optional("xarray", "reading zarr context files")
     data = None
     try:
         with warnings.catch_warnings():
             # A store without consolidated metadata is read all the same; that is not worth a warning here.
             warnings.simplefilter("ignore", RuntimeWarning)
-            data = xr.open_zarr(path, consolidated=None).load()
+            data = xr.open_zarr(path, consolidated=None)
     except (ValueError, KeyError, OSError, TypeError):
         data = None  # not written by xarray: read it as a plain zarr array / group below
     if data is not None:
@@ -451,18 +452,12 @@ def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> Con
         ]
         if named and (key is None or key in named):
             return _xarray_context(data, source, key, dims)
-    zarr = import_optional("zarr", "reading zarr context files")
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:  # zarr raises several kinds for a folder that is not a store
-        raise file_read_error(source, "a zarr store", error) from None
     if hasattr(node, "array_keys"):
         key = _choose_array(sorted(node.array_keys()), key, source, "array")
-        array = node[key][...]
-    else:
-        array = node[...]
-    array = _numeric(array, source)
-    return ContextInput(frames=_to_five_dims(array, source), source=path, variable=key)
+        node = node[key]
+    where = source if key is None else f"{source}:{key}"
+    check_array_metadata(where, node.dtype, node.shape)
+    return ContextInput(frames=_to_five_dims(node[...], where), source=path, variable=key)
 
 
 def check_context_values(
