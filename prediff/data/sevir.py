@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,9 @@ from torch.utils.data import Dataset, Subset
 from .utils import (
     HDF5HandleCache,
     atomic_output,
+    check_array_metadata,
     check_index,
+    check_outputs_spare_inputs,
     check_positive_int,
     check_value_range,
     file_read_error,
@@ -65,8 +68,15 @@ def _timestamp(name: str, value: DateLike) -> Any:
         raise ValueError(f"{name} must be a date (e.g. '2019-06-01' or a datetime), got {value!r}") from None
 
 
-def read_catalog(path: str | os.PathLike) -> Any:
-    """``CATALOG.csv`` as a pandas DataFrame with ``time_utc`` parsed; checks the columns prediff uses."""
+def read_catalog(path: str | os.PathLike, img_types: Sequence[str] | None = None) -> Any:
+    """``CATALOG.csv`` as a pandas DataFrame with ``time_utc`` parsed, after checking the values prediff uses.
+
+    Every row needs a date in ``time_utc`` and a ``file_name`` that is a relative path staying inside
+    ``data/``: a name such as ``../../x.h5`` or ``/x.h5`` would make readers open, and [`downsample_sevir`]
+    write, files anywhere. The rows of ``img_types`` (by default every image type but ``lght``, whose rows list
+    lightning flashes, not images) also need an integer ``file_index`` >= 0 and a number in ``pct_missing``,
+    which comes back as floats. Errors name the catalog, the value, the event and the line.
+    """
     pd = import_optional("pandas", "reading the SEVIR catalog")
     path = Path(path)
     if not path.exists():
@@ -86,15 +96,43 @@ def read_catalog(path: str | os.PathLike) -> Any:
         times = pd.to_datetime(catalog["time_utc"])
     except (TypeError, ValueError):
         times = pd.to_datetime(catalog["time_utc"], errors="coerce", format="mixed")
-    bad = np.flatnonzero(times.isna().to_numpy())
-    if len(bad):
-        row = int(bad[0])
-        raise ValueError(
-            f"SEVIR catalog {path}: time_utc {catalog['time_utc'].iloc[row]!r} of event {catalog['id'].iloc[row]} "
-            f"(line {row + 2}) is not a date; expected e.g. '2019-06-01 12:00:00' ({len(bad)} such row(s))"
-        )
+    _refuse_rows(path, catalog, "time_utc", times.isna(), "is not a date; expected e.g. '2019-06-01 12:00:00'")
     catalog["time_utc"] = times
+    _refuse_rows(
+        path,
+        catalog,
+        "file_name",
+        ~catalog["file_name"].map(_stays_inside_data),
+        "is not a relative path inside data/ (empty, absolute, or with '..')",
+    )
+    checked = catalog["img_type"].isin(list(img_types)) if img_types is not None else catalog["img_type"] != "lght"
+    file_index = pd.to_numeric(catalog["file_index"], errors="coerce")
+    whole = file_index.notna() & (file_index >= 0) & (file_index % 1 == 0)
+    _refuse_rows(path, catalog, "file_index", checked & ~whole, "is not an integer >= 0")
+    pct_missing = pd.to_numeric(catalog["pct_missing"], errors="coerce")
+    _refuse_rows(path, catalog, "pct_missing", checked & pct_missing.isna(), "is not a number")
+    catalog["pct_missing"] = pct_missing
     return catalog
+
+
+def _stays_inside_data(file_name: Any) -> bool:
+    """Whether a catalog ``file_name`` names a file below ``data/``, on POSIX and on Windows alike."""
+    if not isinstance(file_name, str) or not file_name.strip() or "\0" in file_name:
+        return False
+    return not PureWindowsPath(file_name).anchor and ".." not in re.split(r"[\\/]", file_name)
+
+
+def _refuse_rows(path: Path, catalog: Any, column: str, bad: Any, problem: str) -> None:
+    """Raise ``ValueError`` naming the first catalog row where ``bad`` holds (its value, event and line)."""
+    rows = np.flatnonzero(bad.to_numpy())
+    if len(rows):
+        row = int(rows[0])
+        value = catalog[column].iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # 1.5, not np.float64(1.5)
+        raise ValueError(
+            f"SEVIR catalog {path}: {column} {value!r} of event {catalog['id'].iloc[row]} (line {row + 2}) "
+            f"{problem} ({len(rows)} such row(s))"
+        )
 
 
 def select_events(
@@ -188,7 +226,7 @@ class SEVIRDataset(Dataset):
         self.clip = (img_type != "vil") if clip is None else bool(clip)
         self.transform = transform
 
-        catalog_frame = read_catalog(self.catalog_path)
+        catalog_frame = read_catalog(self.catalog_path, img_types=[img_type])
         if img_type not in set(catalog_frame["img_type"]):
             raise ValueError(
                 f"img_type {img_type!r} does not occur in {self.catalog_path} "
@@ -215,7 +253,8 @@ class SEVIRDataset(Dataset):
                 shape, dtype = tuple(f[img_type].shape), f[img_type].dtype
             if len(shape) != 4:
                 raise ValueError(f"{path}:{img_type} must be 4-D (N, H, W, T), got shape {shape}")
-            self._check_dtype(path, dtype)
+            check_array_metadata(f"{path}:{img_type}", dtype, (shape[1], shape[2], self.seq_len))
+            self._check_encoding(path, dtype)
             shapes[file_name] = shape
         events = events[keep].reset_index(drop=True)
 
@@ -243,17 +282,14 @@ class SEVIRDataset(Dataset):
         frame_shapes = {s[1:3] for s in shapes.values()}
         self.frame_shape = frame_shapes.pop() if len(frame_shapes) == 1 else None
 
-    def _check_dtype(self, path: Path, dtype: np.dtype) -> None:
-        """Refuse non-numeric data, and data not in SEVIR's encoding when the default value range applies."""
-        where = f"{path}:{self.img_type}"
-        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-            raise ValueError(f"{where} holds {dtype} values; SEVIR images must be integers or floats")
+    def _check_encoding(self, path: Path, dtype: np.dtype) -> None:
+        """Refuse data not in SEVIR's encoding when the default value range applies."""
         if self.stored_dtype is not None and dtype != self.stored_dtype:
             low, high = self.value_range
             raise ValueError(
-                f"{where} holds {dtype} values, but SEVIR stores {self.img_type} as {self.stored_dtype} (the "
-                f"default value_range [{low:g}, {high:g}] is that encoding's); pass value_range=(low, high) "
-                f"to read data in other units"
+                f"{path}:{self.img_type} holds {dtype} values, but SEVIR stores {self.img_type} as "
+                f"{self.stored_dtype} (the default value_range [{low:g}, {high:g}] is that encoding's); pass "
+                "value_range=(low, high) to read data in other units"
             )
 
     @property
@@ -388,6 +424,10 @@ def downsample_sevir(
     Every file of ``img_types`` listed in ``src/CATALOG.csv`` is read ``chunk_events`` events at a time (never
     whole) and written to ``dst/data/<file_name>`` atomically; other datasets in a file (such as ``id``) are
     copied as they are. Returns the written files.
+
+    Nothing is ever written into ``src`` (``dst`` may not lie inside it, nor any output resolve into it), and
+    existing files are replaced only with ``overwrite``; catalog file names that would leave ``data/`` are
+    refused (see [`read_catalog`]).
     """
     h5py = import_optional("h5py", "downsampling SEVIR")
     from tqdm.auto import tqdm
@@ -397,9 +437,8 @@ def downsample_sevir(
     space_factor = check_positive_int("space_factor", space_factor)
     chunk_events = check_positive_int("chunk_events", chunk_events)
     catalog_path = src / "CATALOG.csv"
-    catalog = read_catalog(catalog_path)
-    if src.resolve() == dst.resolve():
-        raise ValueError(f"destination must differ from the source folder, got {dst} for both")
+    catalog = read_catalog(catalog_path, img_types=img_types)
+    check_outputs_spare_inputs({"DST": dst}, {"SRC": src})
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise FileExistsError(f"{dst} already exists and is not empty; pass overwrite=True (--overwrite)")
     types = list(img_types)
@@ -407,46 +446,60 @@ def downsample_sevir(
     if unknown:
         raise ValueError(f"img_types {unknown} do not occur in {catalog_path}")
     rows = catalog[catalog["img_type"].isin(types)]
-    files = sorted(set(zip(rows["file_name"], rows["img_type"])))
-    missing = [name for name, _ in files if not (src / "data" / name).exists()]
+    # A file may hold several of the image types; it is written once, with all of them.
+    keys_of: dict[str, list[str]] = {}
+    for name, key in sorted(set(zip(rows["file_name"], rows["img_type"]))):
+        keys_of.setdefault(name, []).append(key)
+    missing = [name for name in keys_of if not (src / "data" / name).exists()]
     if missing and not skip_missing_files:
         raise FileNotFoundError(
             f"SEVIR file {src / 'data' / missing[0]} (and {len(missing) - 1} more) listed in {catalog_path} "
             f"does not exist; pass skip_missing_files=True (--skip-missing) to convert only the files present"
         )
-    files = [(name, key) for name, key in files if (src / "data" / name).exists()]
-    if not files:
+    keys_of = {name: keys for name, keys in keys_of.items() if name not in missing}
+    if not keys_of:
         raise FileNotFoundError(f"none of the files of {types} listed in {catalog_path} exist under {src / 'data'}")
+    # A link inside DST may still lead into SRC.
+    outputs = {f"the output for {name}": dst / "data" / name for name in keys_of}
+    check_outputs_spare_inputs({**outputs, "the output catalog": dst / "CATALOG.csv"}, {"SRC": src})
 
     dst.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, key in tqdm(files, desc="SEVIR -> SEVIR-LR", disable=not progress):
+    for name, keys in tqdm(keys_of.items(), desc="SEVIR -> SEVIR-LR", disable=not progress):
         source_path, target = src / "data" / name, dst / "data" / name
-        with open_hdf5(source_path) as fin, atomic_output(target, overwrite=True) as tmp:
+        with open_hdf5(source_path) as fin, atomic_output(target, overwrite=overwrite) as tmp:
             with h5py.File(tmp, "w") as fout:
-                if key not in fin:
-                    raise ValueError(f"{source_path} has no dataset {key!r}; it holds {sorted(fin.keys())}")
-                data = fin[key]
-                if data.ndim != 4:
-                    raise ValueError(f"{source_path}:{key} must be 4-D (N, H, W, T), got shape {data.shape}")
-                n = data.shape[0]
-                out_shape = downsample_events(
-                    np.zeros((1, *data.shape[1:]), dtype=data.dtype), time_factor, space_factor
-                ).shape[1:]
-                out = fout.create_dataset(key, shape=(n, *out_shape), dtype=data.dtype, chunks=(1, *out_shape))
-                for start in range(0, n, chunk_events):
-                    block = data[start : start + chunk_events]
-                    out[start : start + len(block)] = downsample_events(block, time_factor, space_factor)
-                out.attrs.update(dict(data.attrs))
+                for key in keys:
+                    _downsample_dataset(fin, fout, key, source_path, time_factor, space_factor, chunk_events)
                 for other in fin.keys():
-                    if other != key:
+                    if other not in keys:
                         fin.copy(fin[other], fout, name=other)
                 fout.attrs.update(dict(fin.attrs))
                 fout.attrs["prediff_downsample"] = f"time every {time_factor}, space {space_factor}x{space_factor} max"
         written.append(target)
-    with atomic_output(dst / "CATALOG.csv", overwrite=True) as tmp:
+    with atomic_output(dst / "CATALOG.csv", overwrite=overwrite) as tmp:
         tmp.write_bytes(catalog_path.read_bytes())
     return written
+
+
+def _downsample_dataset(
+    fin: Any, fout: Any, key: str, source_path: Path, time_factor: int, space_factor: int, chunk_events: int
+) -> None:
+    """Write the SEVIR-LR version of the (N, H, W, T) dataset ``key`` of the open HDF5 file ``fin`` into
+    ``fout``, ``chunk_events`` events at a time."""
+    if key not in fin:
+        raise ValueError(f"{source_path} has no dataset {key!r}; it holds {sorted(fin.keys())}")
+    data = fin[key]
+    if data.ndim != 4:
+        raise ValueError(f"{source_path}:{key} must be 4-D (N, H, W, T), got shape {data.shape}")
+    check_array_metadata(f"{source_path}:{key}", data.dtype, (chunk_events, *data.shape[1:]))
+    n = data.shape[0]
+    out_shape = downsample_events(np.zeros((1, *data.shape[1:]), dtype=data.dtype), time_factor, space_factor).shape
+    out = fout.create_dataset(key, shape=(n, *out_shape[1:]), dtype=data.dtype, chunks=(1, *out_shape[1:]))
+    for start in range(0, n, chunk_events):
+        block = data[start : start + chunk_events]
+        out[start : start + len(block)] = downsample_events(block, time_factor, space_factor)
+    out.attrs.update(dict(data.attrs))
 
 
 def describe_sevir_root(root: Path) -> list[str]:

@@ -1,5 +1,5 @@
 """Helpers shared by the datasets: optional imports, opening files with clear errors, checks of what a file
-declares before reading it, argument checks, atomic output, per-process handles."""
+declares before reading it, argument checks, atomic output that spares the inputs, per-process handles."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -403,6 +403,32 @@ def check_memory(what: str, num_bytes: float) -> None:
         raise ValueError(
             f"{what} would need {format_bytes(num_bytes)} of memory, more than this machine's {format_bytes(limit)}"
         )
+
+
+def check_outputs_spare_inputs(
+    outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike]
+) -> None:
+    """Refuse an output that is one of the inputs or lies inside an input folder.
+
+    ``outputs`` and ``inputs`` map what the messages call them (an option such as ``--out``, or a label) to
+    paths. Paths are compared resolved (symbolic links followed, ``~`` expanded) and, when both exist, as files
+    (hard links), so that ``--overwrite`` can never replace what a command reads.
+
+    Raises:
+        ValueError: naming the output, the input and both paths.
+    """
+    resolved_inputs = {label: Path(path).expanduser().resolve() for label, path in inputs.items()}
+    for out_label, out in outputs.items():
+        target = Path(out).expanduser()
+        resolved = target.resolve()
+        for in_label, source in resolved_inputs.items():
+            same = resolved == source or (target.exists() and source.exists() and os.path.samefile(target, source))
+            if same or source in resolved.parents:
+                relation = "is" if same else "lies inside"
+                raise ValueError(
+                    f"{out_label} {os.fspath(out)} {relation} {in_label} {os.fspath(inputs[in_label])}; "
+                    "an output must never replace or write into what is read"
+                )
 
 
 @contextlib.contextmanager
