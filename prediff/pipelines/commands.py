@@ -141,6 +141,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_forecast_command)
 
 
+#: How messages name each output of `prediff forecast`.
+OUTPUT_NAMES = {
+    "forecast": "--out",
+    "pysteps": "the pysteps output (--pysteps-out)",
+    "panel": "the panel picture",
+    "gif": "the GIF",
+}
+
+
 def _output_paths(out: Path, pysteps_out: Path | None, no_pysteps: bool, no_plots: bool) -> dict[str, Path]:
     base = out.with_suffix("")
     paths = {"forecast": out}
@@ -192,11 +201,12 @@ def run_forecast(
 
     Raises:
         FileExistsError: an output exists and `overwrite` is False (checked before any work).
-        FileNotFoundError, ValueError: unreadable or unsuitable input, incomplete pipeline, bad arguments.
+        FileNotFoundError, ValueError: unreadable or unsuitable input, incomplete pipeline, bad arguments, an
+            output that would replace the input (even with `overwrite`).
     """
     import torch
 
-    from ..data.utils import check_positive_int, check_seed
+    from ..data.utils import check_outputs_spare_inputs, check_positive_int, check_seed
     from .forecast_io import (
         FORECAST_SUFFIXES,
         check_context_values,
@@ -214,10 +224,14 @@ def run_forecast(
     seed = check_seed(seed)
     if steps is not None:
         steps = check_positive_int("steps", steps)
+    if interval_minutes is not None and not (np.isfinite(interval_minutes) and interval_minutes > 0):
+        raise ValueError(f"--interval-minutes must be a finite number of minutes > 0, got {interval_minutes}")
     out = Path(out)
     if out.suffix.lower() not in FORECAST_SUFFIXES:
         raise ValueError(f"--out must end in one of {FORECAST_SUFFIXES} (netCDF or zarr), got {str(out)!r}")
     paths = _output_paths(out, None if pysteps_out is None else Path(pysteps_out), not write_pysteps, not plots)
+    # The default pysteps output of `--out ctx.nc` is ctx.npy: it may well be the input.
+    check_outputs_spare_inputs({OUTPUT_NAMES[kind]: path for kind, path in paths.items()}, {"--input": input})
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
