@@ -75,7 +75,7 @@ def run_training(args: argparse.Namespace) -> int:
     from .utils import NonFiniteLossError
 
     reserved = {"func", "config", "kind", "command", "unknown_overrides"}
-    overrides = {k: parse_value(v) for k, v in vars(args).items() if k not in reserved}
+    overrides = {k: parse_value(v, f"--{k}") for k, v in vars(args).items() if k not in reserved}
     # `model.*` keys (free constructor arguments, checked when the network is built) and misspelt keys.
     overrides.update(parse_override_args(args.unknown_overrides))
     config = load_config(args.kind, args.config, overrides)

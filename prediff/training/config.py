@@ -408,11 +408,32 @@ def _yaml() -> Any:
     return yaml
 
 
-def _loader() -> Any:
+#: The most values (scalars, lists and mappings) a YAML text may stand for once its aliases (`*name`) are
+#: expanded: a few hundred bytes of nested aliases (a "billion laughs") stand for billions, which every copy of
+#: the configuration (one per checkpoint) would write out in full.
+MAX_YAML_VALUES = 10_000
+
+
+def _loader(source: str) -> Any:
+    """The YAML loader of configurations; `source` names the text in errors (a file, an option)."""
     yaml = _yaml()
 
     class Loader(yaml.SafeLoader):
-        """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants a dot and an exponent sign)."""
+        """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants a dot and an exponent sign) and refuses
+        aliases that expand the text beyond `MAX_YAML_VALUES` values or refer to themselves."""
+
+        def compose_document(self) -> Any:
+            self.alias_events: list[tuple[Any, Any]] = []
+            node = super().compose_document()
+            _check_alias_expansion(node, self.alias_events, source)
+            return node
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event() if self.check_event(yaml.AliasEvent) else None
+            node = super().compose_node(parent, index)
+            if event is not None:
+                self.alias_events.append((event, node))
+            return node
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -429,11 +450,46 @@ def _loader() -> Any:
     return Loader
 
 
-def parse_value(text: str) -> Any:
-    """Read one override value as YAML (`4` -> 4, `1e-4` -> 0.0001, `true`, `[1, 1]`, `null`, plain text)."""
+def _check_alias_expansion(root: Any, alias_events: list[tuple[Any, Any]], source: str) -> None:
+    """Raise `ValueError` when the YAML node graph `root` expands to more than `MAX_YAML_VALUES` values or
+    holds an alias inside the node it names, naming `source` and the line of the alias."""
+    if not alias_events:
+        return
+    yaml = _yaml()
+    sizes: dict[int, int] = {}  # expanded values per node; -1 while the node is being counted
+
+    def expanded(node: Any) -> int:
+        if sizes.get(id(node)) == -1:
+            event = next(event for event, target in alias_events if target is node)
+            raise ValueError(
+                f"{source}, line {event.start_mark.line + 1}: the YAML alias *{event.anchor} refers to a value "
+                "that contains it (an endless value)"
+            )
+        if id(node) not in sizes:
+            sizes[id(node)] = -1
+            if isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            else:
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+
+    total = expanded(root)
+    if total > MAX_YAML_VALUES:
+        event, node = max(alias_events, key=lambda pair: sizes[id(pair[1])])
+        raise ValueError(
+            f"{source}: YAML aliases expand it to {total:,} values, more than the {MAX_YAML_VALUES:,} a "
+            f"configuration may hold (the alias *{event.anchor} on line {event.start_mark.line + 1} alone stands "
+            f"for {sizes[id(node)]:,}); write the values out instead of nesting aliases"
+        )
+
+
+def parse_value(text: str, source: str = "an override value") -> Any:
+    """Read one override value as YAML (`4` -> 4, `1e-4` -> 0.0001, `true`, `[1, 1]`, `null`, plain text);
+    `source` names it in errors."""
     yaml = _yaml()
     try:
-        return yaml.load(text, Loader=_loader())
+        return yaml.load(text, Loader=_loader(source))
     except yaml.YAMLError:
         return text
 
@@ -557,7 +613,7 @@ def parse_override_args(args: list[str]) -> dict[str, Any]:
         else:
             text = "true"
             i += 1
-        overrides[key.replace("-", "_") if not key.startswith("model.") else key] = parse_value(text)
+        overrides[key.replace("-", "_") if not key.startswith("model.") else key] = parse_value(text, f"--{key}")
     return overrides
 
 
@@ -585,7 +641,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
-        loaded = _yaml().load(path.read_text(), Loader=_loader())
+        loaded = _yaml().load(path.read_text(), Loader=_loader(f"configuration file {str(path)!r}"))
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"configuration file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
         values = loaded or {}
