@@ -360,14 +360,57 @@ def give_plain_permissions(path: str | os.PathLike) -> None:
     ``tempfile`` and safetensors create owner-only (0600 / 0700) entries, which would hide shared outputs
     (pipelines, checkpoints, forecasts) from the rest of a group.
     """
+    root = Path(path)
+    _chmod_plain((root, *root.rglob("*")) if root.is_dir() else (root,))
+
+
+@contextlib.contextmanager
+def plain_permissions_for_writes(folder: str | os.PathLike) -> Iterator[None]:
+    """Let the block write into ``folder``; then give the entries it created or rewrote there the permissions
+    of a plain ``open()`` / ``mkdir()`` (see [`give_plain_permissions`]).
+
+    Everything else keeps its permissions: ``folder`` itself when it existed, and whatever already lay in it
+    and was not rewritten (a private key, an executable script, ``.git/hooks``).
+    """
+    root = Path(folder)
+    existed = root.is_dir()
+    before = {entry: _identity(entry) for entry in root.rglob("*")} if existed else {}
+    yield
+    written = [entry for entry in root.rglob("*") if before.get(entry) != _identity(entry)]
+    _chmod_plain(written if existed else [root, *written])
+
+
+def _identity(entry: Path) -> tuple[int, int, int]:
+    """What changes when a writer replaces or rewrites ``entry``: inode, size and modification time."""
+    stat = entry.lstat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _chmod_plain(entries: Any) -> None:
     # The umask can only be read by setting it: a strict one for that instant (what other threads create
     # meanwhile is owner-only, never too open), then the old one again.
     umask = os.umask(0o077)
     os.umask(umask)
-    root = Path(path)
-    for entry in (root, *root.rglob("*")) if root.is_dir() else (root,):
+    for entry in entries:
         if not entry.is_symlink():
             os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
+def fsync_tree(path: str | os.PathLike, recursive: bool = True) -> None:
+    """Flush ``path`` and, for a folder unless ``recursive`` is False, everything below it to the disk
+    (``os.fsync``), so that a rename that publishes it never points at data still in the page cache when the
+    power fails. A folder's own flush makes the renames of its entries durable."""
+    root = Path(path)
+    below = root.rglob("*") if root.is_dir() and recursive else ()
+    # Children first: a folder is flushed once all it holds is.
+    for entry in sorted((root, *below), reverse=True):
+        if entry.is_symlink():
+            continue
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def physical_memory_bytes() -> int | None:

@@ -347,6 +347,9 @@ def evaluate_pipeline(
             )
     is_prediff = isinstance(pipeline, PreDiffPipeline)
     members = check_positive_int("num_ensemble_members", num_ensemble_members)
+    if is_prediff:
+        # Before a list of generators per member is built: one context's ensemble must fit at least.
+        pipeline.check_forecast_memory(1, members, "num_ensemble_members")
     seed = check_seed(seed)
     if num_inference_steps is not None:
         num_inference_steps = check_positive_int("num_inference_steps", num_inference_steps)

@@ -8,7 +8,45 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..data.utils import check_memory
 from .cuboid.attention import ATTENTION_BACKENDS, CuboidCrossAttentionLayer, CuboidSelfAttentionLayer, require_xformers
+
+
+def check_model_config_memory(model_cls: type[ModelMixin], config: dict[str, Any], where: str | None = None) -> None:
+    """Refuse, before anything is allocated, a network whose configuration asks for more parameters and buffers
+    than this machine's memory holds (a hand-edited `base_units` of 10**9, frames of 100000 x 100000).
+
+    The network is built on PyTorch's "meta" device, which records shapes and allocates nothing, so the count is
+    exact for any class.
+
+    Args:
+        model_cls: the network's class.
+        config: its constructor's keyword arguments (a `config.json`).
+        where: the file the configuration comes from, if any (named in the message).
+
+    Raises:
+        ValueError: naming `where`, the size entries of the configuration and the memory they need.
+    """
+    if torch.get_default_device().type == "meta":
+        return
+    sizes = ", ".join(f"{key}={value}" for key, value in config.items() if _is_size(value))
+    what = f"the parameters and buffers of {model_cls.__name__}({sizes})" + (f" in {where}" if where else "")
+    try:
+        with torch.device("meta"):
+            model = model_cls.from_config(config)
+    except RuntimeError as error:
+        # The meta device still computes storage sizes: beyond 2**63 bytes they overflow.
+        if "overflow" in str(error):
+            raise ValueError(f"{what} would need more than 2**63 bytes of memory") from None
+        raise
+    tensors = [*model.parameters(), *model.buffers()]
+    check_memory(what, sum(t.numel() * t.element_size() for t in tensors))
+
+
+def _is_size(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return bool(value) and all(_is_size(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class GradientCheckpointingMixin:
@@ -29,6 +67,11 @@ class CuboidModelMixin(GradientCheckpointingMixin, ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     #: Published configurations: preset name -> constructor keyword arguments.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self) -> None:
+        super().__init__()
+        # `@register_to_config` has recorded the arguments before the subclass builds anything.
+        check_model_config_memory(type(self), dict(self.config))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any):

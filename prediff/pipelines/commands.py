@@ -272,6 +272,7 @@ def run_forecast(
     pipe.set_progress_bar_config(disable=not progress)
     if is_prediff:
         steps = steps if steps is not None else pipe._default_steps()
+        pipe.check_forecast_memory(frames.shape[0], members, "--members")
         generators = member_generators(seed, range(frames.shape[0]), members)
         ensemble = pipe(
             frames,

@@ -469,17 +469,16 @@ def check_context_values(
     expected otherwise: a context in other units (e.g. [0, 1] for a 0-255 model) would give meaningless
     forecasts without any other sign.
     """
+    from .pipeline_utils import range_outside
+
     lo, hi = (float(v) for v in value_range)
-    found_lo, found_hi = float(frames.min()), float(frames.max())
-    # A relative tolerance keeps float round-off at the ends of the range from failing.
-    tol = 1e-6 * (hi - lo)
-    if found_lo < lo - tol or found_hi > hi + tol:
-        if not clip:
-            raise ValueError(
-                f"{name} values span [{found_lo:g}, {found_hi:g}], outside the pipeline's value_range "
-                f"[{lo:g}, {hi:g}] (its physical units); convert the input to those units, or pass --clip "
-                "to clip it"
-            )
+    found = range_outside(frames, (lo, hi))
+    if found is not None and not clip:
+        raise ValueError(
+            f"{name} values span [{found[0]:g}, {found[1]:g}], outside the pipeline's value_range "
+            f"[{lo:g}, {hi:g}] (its physical units); convert the input to those units, or pass --clip "
+            "to clip it"
+        )
     return np.clip(frames, lo, hi) if clip else frames
 
 

@@ -10,7 +10,13 @@ from diffusers import DiffusionPipeline
 from diffusers.models.modeling_utils import ModelMixin
 
 from .pipeline_output import EarthformerPipelineOutput
-from .pipeline_utils import ForecastPipelineMixin, check_value_range, count_parameters, to_context_tensor
+from .pipeline_utils import (
+    ForecastPipelineMixin,
+    check_value_range,
+    count_parameters,
+    forecast_call,
+    to_context_tensor,
+)
 
 if TYPE_CHECKING:
     from ..models.earthformer import EarthformerModel
@@ -77,6 +83,7 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         return context
 
+    @forecast_call
     @torch.no_grad()
     def __call__(
         self,

@@ -26,7 +26,13 @@ from ..schedulers import (
     prediff_training_scheduler,
 )
 from .pipeline_output import PreDiffPipelineOutput
-from .pipeline_utils import ForecastPipelineMixin, check_value_range, count_parameters, to_context_tensor
+from .pipeline_utils import (
+    ForecastPipelineMixin,
+    check_value_range,
+    count_parameters,
+    forecast_call,
+    to_context_tensor,
+)
 
 __all__ = ["PREDIFF_PIPELINE_PRESETS", "PreDiffPipeline"]
 
@@ -233,6 +239,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         self._check_scheduler()
         rows = context.shape[0] * num_ensemble_members
+        self.check_forecast_memory(context.shape[0], num_ensemble_members, "num_ensemble_members")
         is_generator_list = isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator)
         if not (generator is None or isinstance(generator, torch.Generator) or is_generator_list):
             raise ValueError(
@@ -416,6 +423,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ call
 
+    @forecast_call
     @torch.no_grad()
     def __call__(
         self,

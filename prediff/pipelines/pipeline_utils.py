@@ -1,11 +1,17 @@
-"""What the prediff pipelines share: physical-unit scaling, context checks, safe loading and model cards."""
+"""What the prediff pipelines share: physical-unit scaling, context checks, evaluation mode while forecasting,
+safe loading and model cards."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import json
+import math
 import os
 import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +21,17 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download
 
-from ..data.utils import atomic_output, give_plain_permissions
+from ..data.utils import atomic_output, check_memory, format_bytes, plain_permissions_for_writes
+from ..models.modeling_utils import check_model_config_memory
 
-__all__ = ["ForecastPipelineMixin", "check_value_range", "count_parameters", "to_context_tensor"]
+__all__ = [
+    "ForecastPipelineMixin",
+    "check_value_range",
+    "count_parameters",
+    "forecast_call",
+    "range_outside",
+    "to_context_tensor",
+]
 
 
 def check_value_range(value_range: Any) -> tuple[float, float]:
@@ -29,6 +43,48 @@ def check_value_range(value_range: Any) -> tuple[float, float]:
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"value_range must be finite with lo < hi, got ({lo}, {hi})")
     return lo, hi
+
+
+def range_outside(values: np.ndarray | torch.Tensor, value_range: tuple[float, float]) -> tuple[float, float] | None:
+    """`(min, max)` of `values` when they leave `value_range` by more than float round-off, else None."""
+    lo, hi = (float(v) for v in value_range)
+    found_lo, found_hi = float(values.min()), float(values.max())
+    # A relative tolerance keeps float round-off at the ends of the range from counting.
+    tol = 1e-6 * (hi - lo)
+    return (found_lo, found_hi) if found_lo < lo - tol or found_hi > hi + tol else None
+
+
+def forecast_call(call: Callable) -> Callable:
+    """Decorator of a pipeline's `__call__(self, context, ...)`: what every forecast does around its own work.
+
+    - The networks run in evaluation mode (see [`ForecastPipelineMixin.networks_in_eval_mode`]): dropout off,
+      so the same generators give the same forecast, whether the modules were just built or loaded.
+    - A context outside the pipeline's `value_range` gets one warning per call naming both ranges (e.g. data
+      scaled to [0, 1] given to a 0-255 pipeline gives a forecast without meaning and no other sign).
+    """
+
+    @functools.wraps(call)
+    def wrapper(self, context: Any, *args: Any, **kwargs: Any) -> Any:
+        # Anything but a non-empty array of finite real numbers is refused by the pipeline's own checks.
+        found = range_outside(context, self.value_range) if _holds_real_numbers(context) else None
+        if found is not None and all(math.isfinite(v) for v in found):
+            lo, hi = self.value_range
+            warnings.warn(
+                f"context values span [{found[0]:g}, {found[1]:g}], outside the pipeline's value_range "
+                f"[{lo:g}, {hi:g}] (its physical units); convert the context to those units, or the forecast is "
+                "meaningless",
+                stacklevel=2,
+            )
+        with self.networks_in_eval_mode():
+            return call(self, context, *args, **kwargs)
+
+    return wrapper
+
+
+def _holds_real_numbers(values: Any) -> bool:
+    if isinstance(values, torch.Tensor):
+        return values.numel() > 0 and values.dtype != torch.bool and not values.is_complex()
+    return isinstance(values, np.ndarray) and values.size > 0 and values.dtype.kind in "iuf"
 
 
 def to_context_tensor(context: Any, expected: tuple[int | None, ...], name: str = "context") -> torch.Tensor:
@@ -58,9 +114,44 @@ def to_context_tensor(context: Any, expected: tuple[int | None, ...], name: str 
 
 
 class ForecastPipelineMixin:
-    """Loading restricted to safetensors unless asked otherwise, and a model card written with every save."""
+    """Loading restricted to safetensors and known component classes, evaluation mode and size checks while
+    forecasting, and a model card written with every save."""
 
     _card_tags: tuple[str, ...] = ("prediff", "weather-forecasting", "nowcasting")
+
+    @contextlib.contextmanager
+    def networks_in_eval_mode(self) -> Iterator[None]:
+        """Put every network of the pipeline in evaluation mode for the block, then give every module back the
+        mode it had (a training loop that forecasts with its networks goes on training)."""
+        modules = [
+            module
+            for component in self.components.values()
+            if isinstance(component, torch.nn.Module)
+            for module in component.modules()
+        ]
+        modes = [module.training for module in modules]
+        for component in self.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()
+        try:
+            yield
+        finally:
+            for module, mode in zip(modules, modes):
+                module.training = mode
+
+    def check_forecast_memory(self, batch_size: int, num_members: int, members_name: str) -> None:
+        """Refuse, before anything is allocated, a forecast of `batch_size` contexts x `num_members` members
+        whose float32 context and forecast frames alone would not fit in this machine's memory.
+
+        `members_name` is how the caller names the member count (`num_ensemble_members`, `--members`).
+        """
+        frames_per_row = math.prod(self.context_shape) + math.prod(self.forecast_shape)
+        check_memory(
+            f"{members_name}={num_members} with {batch_size} context(s): the float32 frames of "
+            f"{batch_size * num_members} (context, forecast) pairs of shape {tuple(self.context_shape)} -> "
+            f"{tuple(self.forecast_shape)}",
+            4 * batch_size * num_members * frames_per_row,
+        )
 
     @classmethod
     def from_pretrained(
@@ -101,16 +192,28 @@ class ForecastPipelineMixin:
         index_path = folder / "model_index.json"
         if not index_path.is_file():
             raise FileNotFoundError(f"no model_index.json in {folder}: not a saved pipeline")
-        index = json.loads(index_path.read_text())
+        try:
+            index = json.loads(index_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{index_path} is not valid JSON: {error}") from None
+        if not isinstance(index, dict):
+            raise ValueError(f"{index_path} must hold a JSON object, got {type(index).__name__}")
         if index.get("_class_name") not in (None, cls.__name__):
             raise ValueError(f"{folder} holds a {index['_class_name']}, not a {cls.__name__}")
+        components, options = cls._get_signature_keys(cls)
+        unknown = sorted(name for name in index if not name.startswith("_") and name not in components + options)
+        if unknown:
+            raise ValueError(
+                f"{index_path} has unknown entries {unknown}; a {cls.__name__} has the components {components} "
+                f"and the options {options}"
+            )
         init = {}
         for name, value in index.items():
             if name.startswith("_"):
                 continue
             if name in kwargs:
                 init[name] = kwargs.pop(name)
-            elif isinstance(value, list) and len(value) == 2 and all(isinstance(v, str | None) for v in value):
+            elif name in components:
                 init[name] = _load_component(folder, name, value, allow_pickle, torch_dtype, variant)
             else:
                 init[name] = value
@@ -136,8 +239,8 @@ class ForecastPipelineMixin:
         hub_kwargs = {
             k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs
         }
-        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
-        give_plain_permissions(save_directory)
+        with plain_permissions_for_writes(save_directory):
+            super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         card = str(self.model_card())
         path = os.path.join(save_directory, "README.md")
         with atomic_output(path, overwrite=True) as tmp:
@@ -185,34 +288,78 @@ def count_parameters(module: torch.nn.Module | None) -> str:
     return "-" if module is None else f"{sum(p.numel() for p in module.parameters()):,}"
 
 
-# Components are looked up only in these packages, so loading never imports code named by a repository.
-_COMPONENT_LIBRARIES = ("prediff", "diffusers")
+#: Diffusers' own noise schedules have 1000 training timesteps; far more can only be a mistake, and every
+#: scheduler holds a few arrays of that length (betas, alphas, their products, timesteps, sigmas).
+MAX_TRAIN_TIMESTEPS = 100_000
+_BYTES_PER_TRAIN_TIMESTEP = 64
+
+
+def _check_num_train_timesteps(steps: Any, where: str) -> None:
+    """Refuse a scheduler configuration (from `where`) whose noise schedule is absurdly long: building the
+    scheduler allocates its arrays."""
+    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+        return
+    need = ""
+    if isinstance(steps, int) and steps > MAX_TRAIN_TIMESTEPS:
+        need = f" (about {format_bytes(steps * _BYTES_PER_TRAIN_TIMESTEP)} of noise schedule arrays)"
+    raise ValueError(
+        f"{where}: num_train_timesteps={steps!r}{need} must be an integer from 1 to {MAX_TRAIN_TIMESTEPS} "
+        "(PreDiff's denoisers are trained with 1000)"
+    )
+
+
+def _component_class(name: str, library: str, class_name: str, index_path: Path) -> type:
+    """The class recorded for component `name` in `model_index.json`, if it is one a pipeline may load: a
+    network of `prediff.models`, Diffusers' `AutoencoderKL` / `AutoencoderKLTemporalDecoder` or a Diffusers
+    scheduler. The recorded module is never imported: it could be any module, whose import runs its code."""
+    from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+
+    from .. import models
+
+    candidates = [getattr(models, n) for n in models.__all__] + [AutoencoderKL, AutoencoderKLTemporalDecoder]
+    allowed = {c.__name__: c for c in candidates if isinstance(c, type) and issubclass(c, ModelMixin)}
+    component_cls = allowed.get(class_name)
+    if component_cls is None and library == "diffusers":
+        schedulers = importlib.import_module("diffusers.schedulers")
+        found = getattr(schedulers, class_name, None)
+        is_scheduler = isinstance(found, type) and issubclass(found, SchedulerMixin) and found is not SchedulerMixin
+        component_cls = found if is_scheduler else None
+    # The recorded library must be the class's module or a package above it ("diffusers", "prediff.models").
+    module = getattr(component_cls, "__module__", "")
+    if component_cls is None or not f"{module}.".startswith(f"{library}."):
+        raise ValueError(
+            f"{index_path}: component {name!r} is {library}.{class_name}; a pipeline loads only "
+            f"{', '.join(sorted(allowed))} and Diffusers schedulers"
+        )
+    return component_cls
 
 
 def _load_component(
     folder: Path,
     name: str,
-    entry: list,
+    entry: Any,
     allow_pickle: bool,
     torch_dtype: torch.dtype | None,
     variant: str | None,
 ) -> Any:
-    """Load the component `name` recorded as `[library, class_name]` in `model_index.json`."""
+    """Load the component `name` recorded as `[library, class_name]` in `model_index.json` from the plain
+    subfolder `name` of `folder`, after checking the sizes its configuration asks for."""
+    index_path = folder / "model_index.json"
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, str | None) for v in entry)):
+        raise ValueError(f"{index_path}: component {name!r} must be [library, class name], got {entry!r}")
     library, class_name = entry
     if library is None or class_name is None:
         return None
-    if library.split(".")[0] not in _COMPONENT_LIBRARIES:
-        raise ValueError(
-            f"component {name!r} is a {library}.{class_name}; only classes of {_COMPONENT_LIBRARIES} can be loaded"
-        )
-    module = importlib.import_module(library)
-    component_cls = getattr(module, class_name, None)
-    if component_cls is None:
-        component_cls = getattr(importlib.import_module(library.split(".")[0]), class_name, None)
-    if not isinstance(component_cls, type) or not issubclass(component_cls, ModelMixin | SchedulerMixin):
-        raise ValueError(f"component {name!r}: {library}.{class_name} is not a Diffusers model or scheduler")
+    component_cls = _component_class(name, library, class_name, index_path)
+    subfolder = folder / name
+    if not subfolder.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"component folder {subfolder} leads outside the pipeline folder {folder}")
+    config = component_cls.load_config(folder, subfolder=name)
+    where = f"{subfolder / component_cls.config_name}"
     if issubclass(component_cls, SchedulerMixin):
-        return component_cls.from_pretrained(folder, subfolder=name)
+        _check_num_train_timesteps(config.get("num_train_timesteps", 1000), where)
+        return component_cls.from_config(config)
+    check_model_config_memory(component_cls, config, where)
     # Diffusers reads use_safetensors=False as ".bin only"; None is its "safetensors, else .bin" fallback.
     model = component_cls.from_pretrained(
         folder,
