@@ -2,13 +2,19 @@
 
 Every sub-package that offers commands has a ``commands`` module with ``register(subparsers)``; this
 file only assembles them, so each command lives next to the code it drives.
+
+Whatever a user can get wrong (a missing or corrupted file, a size that does not fit in memory, a pipeline
+whose parts do not match) ends in one line on stderr and exit status 2; ``--traceback`` or the environment
+variable ``PREDIFF_TRACEBACK=1`` prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
 #: Modules whose ``register(subparsers)`` adds a command, in the order ``prediff --help`` lists them. Each one
 #: imports only argparse-level code at module level, so ``prediff --help`` stays cheap.
@@ -23,6 +29,11 @@ _COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prediff", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="print the traceback of an error, not only its one-line message (also: PREDIFF_TRACEBACK=1)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -32,11 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Taken out of the namespace: commands hand their options on (`train` turns them into configuration keys).
+    show_traceback = vars(args).pop("traceback") or os.environ.get("PREDIFF_TRACEBACK", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"prediff {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if show_traceback:
+            traceback.print_exc()
+        print(f"prediff {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message on one line, led by its type where the message alone would not say what happened
+    (a `MemoryError` has none, a `KeyError` only the key)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = " ".join(lines)
+    if isinstance(error, ValueError | OSError) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 if __name__ == "__main__":
