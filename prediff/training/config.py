@@ -136,6 +136,8 @@ class TrainingConfig:
         checkpointing_steps: save a resumable checkpoint every this many optimizer steps.
         checkpoints_total_limit: keep at most this many checkpoints (oldest removed first).
         resume_from_checkpoint: a checkpoint folder or "latest" (the newest complete one in `output_dir`).
+        overwrite: delete the checkpoints of another run in `output_dir` before starting; without it a run that
+            does not resume from them refuses to start there (the two runs' checkpoints would mix).
         use_ema, ema_decay: exponential moving average of the weights (warm-up `(1+n)/(10+n)` as in the
             official code); the exported network holds the averaged weights.
         validation_steps: validate every this many steps (null: only at the end).
@@ -175,6 +177,7 @@ class TrainingConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
+    overwrite: bool = False
     use_ema: bool = False
     ema_decay: float = 0.9999
     validation_steps: int | None = None

@@ -21,7 +21,7 @@ import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..data.utils import give_plain_permissions
 from .config import TrainingConfig, config_to_dict, save_config, unknown_key_error
 from .utils import (
+    EXPORT_PREFIX,
     NonFiniteGradientError,
     NonFiniteLossError,
     ShardedBatchSampler,
@@ -430,53 +431,98 @@ class Trainer:
         return states
 
     def save_checkpoint(self, micro_step: int) -> Path | None:
-        """Write `checkpoint-{step}` (main process only) and wait for every process."""
+        """Write `checkpoint-{step}` (main process only) and wait for every process; if the main process fails
+        (a full disk), every process stops with an error."""
+        return self._on_main_process(
+            lambda: self._write_checkpoint(micro_step), f"saving checkpoint-{self.global_step}"
+        )
+
+    def _write_checkpoint(self, micro_step: int) -> Path:
         acc = self.accelerator
-        path = None
+        epoch, inner = self.sampler.position(micro_step)
+        training_state = {
+            "kind": self.kind,
+            "micro_step": micro_step,
+            "epoch": epoch,
+            "batch_in_epoch": inner,
+            "seed": self.config.seed,
+            "num_processes": acc.num_processes,
+            "train_batch_size": self.config.train_batch_size,
+            "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
+            "config": config_to_dict(self.config),
+        }
+        self.checkpoint_dir = save_checkpoint(
+            self.output_dir,
+            self.global_step,
+            self.checkpoint_models(),
+            self._state_dicts(),
+            training_state,
+            total_limit=self.config.checkpoints_total_limit,
+        )
+        return self.checkpoint_dir
+
+    def _on_main_process(self, action: Callable[[], Any], what: str) -> Any:
+        """Run `action` on the main process only and return its result there (None elsewhere).
+
+        Every process then learns whether it succeeded, through a collective that also serves as the barrier:
+        if it raised, the main process raises its error and the others stop with one naming `what`, instead of
+        waiting forever at a barrier the main process never reaches.
+        """
+        acc = self.accelerator
+        result, failure = None, None
         if acc.is_main_process:
-            models = {name: module for name, module in self.checkpoint_models().items()}
-            sampler = self.sampler
-            epoch, inner = sampler.position(micro_step)
-            training_state = {
-                "kind": self.kind,
-                "micro_step": micro_step,
-                "epoch": epoch,
-                "batch_in_epoch": inner,
-                "seed": self.config.seed,
-                "num_processes": acc.num_processes,
-                "train_batch_size": self.config.train_batch_size,
-                "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
-                "config": config_to_dict(self.config),
-            }
-            path = save_checkpoint(
-                self.output_dir,
-                self.global_step,
-                models,
-                self._state_dicts(),
-                training_state,
-                total_limit=self.config.checkpoints_total_limit,
-            )
-            self.checkpoint_dir = path
-        acc.wait_for_everyone()
-        return path
+            try:
+                result = action()
+            except Exception as error:
+                failure = error
+        failed = torch.tensor([float(failure is not None)], device=acc.device)
+        if acc.num_processes > 1:
+            failed = acc.reduce(failed, reduction="sum")
+        if failure is not None:
+            raise failure
+        if failed.item() > 0:
+            raise RuntimeError(f"the main process failed while {what} (its error says why); this process stops too")
+        return result
 
     def _checkpoint_to_resume(self) -> Path | None:
         """The checkpoint named by `resume_from_checkpoint` (None: start a new run), checked against this run
-        before anything is written: it must exist, be complete, come from this command and hold EMA weights
-        when `use_ema` is on."""
+        before anything is written: it must exist, be complete, come from this command and hold the optimizer
+        states, and the EMA weights when `use_ema` is on. A new run must not start among the checkpoints of
+        another run (rotation would delete its own newest checkpoint and `latest` would resume the other run)
+        unless `overwrite` deletes them."""
         cfg = self.config
-        if not cfg.resume_from_checkpoint:
-            return None
-        path = find_checkpoint(self.output_dir, cfg.resume_from_checkpoint)
+        path = find_checkpoint(self.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
+        others = self._other_runs_checkpoints(path)
+        if others and not cfg.overwrite:
+            raise ValueError(
+                f"output_dir {self.output_dir} holds the checkpoints of another run ({others[-1].name} and "
+                f"{len(others) - 1} more); resume it with --resume_from_checkpoint latest, pass --overwrite to "
+                "delete them, or choose another output_dir"
+            )
         if path is None:
-            self.accelerator.print(f"no checkpoint in {self.output_dir} yet; starting a new run")
+            if cfg.resume_from_checkpoint:
+                self.accelerator.print(f"no checkpoint in {self.output_dir} yet; starting a new run")
             return None
         kind = read_training_state(path).get("kind")
         if kind != self.kind:
             raise ValueError(f"checkpoint {path} is from `train {kind}`, not `train {self.kind}`")
+        states = [f"{name}.{state}.json" for name in self.param_groups for state in ("optimizer", "lr_scheduler")]
+        missing = [name for name in states if not (path / name).is_file()]
+        if missing:
+            raise ValueError(
+                f"checkpoint {path} cannot be resumed: it lacks {', '.join(missing)} (the optimizer state); "
+                "its weights alone load with from_pretrained"
+            )
         if cfg.use_ema and not (path / "ema.json").is_file():
             raise ValueError(f"use_ema is on but checkpoint {path} holds no EMA state")
         return path
+
+    def _other_runs_checkpoints(self, resume_path: Path | None) -> list[Path]:
+        """The checkpoints in `output_dir` unless the run resumes from one of them."""
+        found = list_checkpoints(self.output_dir)
+        if resume_path is not None and resume_path.resolve().parent == self.output_dir.resolve():
+            return []
+        return found
 
     def _resume(self, path: Path | None) -> int:
         """Load the checkpoint `path` (from `_checkpoint_to_resume`); returns the micro-step to continue from."""
@@ -655,6 +701,9 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.output_dir)
+            if cfg.overwrite:
+                for checkpoint in self._other_runs_checkpoints(resume_path):
+                    shutil.rmtree(checkpoint)
             save_config(cfg, self.output_dir / "training_config.yaml")
         acc.wait_for_everyone()
 
@@ -738,24 +787,23 @@ class Trainer:
         bar.close()
         self.samples_per_second = speed.value
         self._validate_and_log()
-        if acc.is_main_process:
-            self._export()
-        acc.wait_for_everyone()
+        self._on_main_process(self._export, "exporting the trained result")
         acc.end_training()
         return self.output_dir
 
     def _validate_and_log(self) -> None:
+        self._on_main_process(self._validate_and_log_on_main, f"validating at step {self.global_step}")
+
+    def _validate_and_log_on_main(self) -> None:
         acc = self.accelerator
-        if acc.is_main_process:
-            logs = self.validate(self.global_step)
-            if logs:
-                acc.log(logs, step=self.global_step)
-                self.last_logs.update(logs)
-                acc.print(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))
-        acc.wait_for_everyone()
+        logs = self.validate(self.global_step)
+        if logs:
+            acc.log(logs, step=self.global_step)
+            self.last_logs.update(logs)
+            acc.print(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))
 
     def _export(self) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=self.output_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, suffix=".tmp", dir=self.output_dir))
         try:
             ema_ctx = self._ema_weights() if self.ema is not None else contextlib.nullcontext()
             with ema_ctx:

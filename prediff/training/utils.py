@@ -9,10 +9,10 @@ A checkpoint is a folder `checkpoint-{step}` holding safetensors weights and JSO
 - `{name}.lr_scheduler.json`, `ema.safetensors` + `ema.json`, `grad_scaler.json`;
 - `training_state.json`, written last: step, data position, seed and the configuration.
 
-It is written into a hidden temporary folder next to it and moved into place with `os.replace`
-(`prediff.data.utils.atomic_output`), so a crash while saving leaves every earlier checkpoint intact and never
-leaves a half-written `checkpoint-{step}`; it gets the permissions of a plain `mkdir` under the umask.
-Loading reads only safetensors and JSON, so it never executes code.
+It is written into a hidden temporary folder next to it, flushed to the disk and moved into place with
+`os.replace` (`prediff.data.utils.atomic_output`), so a crash or a power cut while saving leaves every earlier
+checkpoint intact and never leaves a half-written `checkpoint-{step}`; it gets the permissions of a plain `mkdir`
+under the umask. Loading reads only safetensors and JSON, so it never executes code.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 
-from ..data.utils import atomic_output
+from ..data.utils import atomic_output, file_read_error, fsync_tree
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -75,21 +75,32 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+#: Hidden folders of an export in progress (`.export.*.tmp`) and of the export it replaces (`.export.*.old`).
+EXPORT_PREFIX = ".export."
+
+
 def move_into(src: Path, dst: Path) -> None:
-    """Move every entry of folder `src` into folder `dst` (each move atomic), configuration files last, then
-    remove `src`. Readers of `dst` see either the old or the new version of every file."""
+    """Publish the finished folder `src` (made next to `dst`, on the same file system) in `dst`, then remove it.
+
+    `src` is flushed to the disk first. What its entries replace is moved aside into one `.export.*.old` folder
+    (renames, no copies), the configuration files first, then every entry of `src` is renamed into `dst`, the
+    configuration files last: a reader finds either no `model_index.json` / `config.json` or the new one with the
+    new weights, never a mix of two exports. The old entries are deleted at the end; a run killed meanwhile
+    leaves `.export.*` folders that the next run removes ([`remove_stale_temporaries`]).
+    """
+    fsync_tree(src)
     dst.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, suffix=".old", dir=dst))
     entries = sorted(src.iterdir(), key=lambda p: (p.name in ("model_index.json", "config.json"), p.name))
-    for entry in entries:
+    for entry in reversed(entries):
         target = dst / entry.name
-        if target.is_dir() and not target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".old", dir=dst))
-            os.replace(target, old / "old")
-            os.replace(entry, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(entry, target)
-    shutil.rmtree(src, ignore_errors=True)
+        if target.exists() or target.is_symlink():
+            os.replace(target, aside / entry.name)
+    for entry in entries:
+        os.replace(entry, dst / entry.name)
+    fsync_tree(dst, recursive=False)
+    shutil.rmtree(aside)
+    src.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------- state dicts
@@ -148,8 +159,17 @@ def save_state(folder: Path, name: str, state: Any) -> None:
 
 def load_state(folder: Path, name: str, device: torch.device | str = "cpu") -> Any:
     file = folder / f"{name}.safetensors"
-    tensors = load_file(str(file), device=str(device)) if file.is_file() else {}
+    tensors = _load_safetensors(file, device) if file.is_file() else {}
     return _join_tensors(_read_json(folder / f"{name}.json"), tensors)
+
+
+def _load_safetensors(file: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of `file`; a truncated or corrupted file raises a `ValueError` naming it (safetensors' own
+    error names neither the file nor its format)."""
+    try:
+        return load_file(str(file), device=str(device))
+    except Exception as error:
+        raise file_read_error(file, "safetensors", error) from None
 
 
 def _module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -197,11 +217,14 @@ def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
-    """Remove temporary checkpoint folders left by a run killed while saving."""
+    """Remove the hidden folders a run killed while saving leaves behind: temporary checkpoints
+    (`.checkpoint-*.tmp`), checkpoints being replaced (`.checkpoint-*.old`) and exports (`.export.*`)."""
     root = Path(output_dir)
     if root.is_dir():
-        for entry in root.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
-            shutil.rmtree(entry, ignore_errors=True)
+        for entry in root.iterdir():
+            ours = entry.name.startswith((f".{CHECKPOINT_PREFIX}", EXPORT_PREFIX))
+            if ours and entry.name.endswith((".tmp", ".old")) and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
@@ -250,6 +273,9 @@ def save_checkpoint(
         for name, state in states.items():
             save_state(tmp, name, state)
         _write_json(tmp / STATE_FILE, {**training_state, "step": step})
+        fsync_tree(tmp)
+    # The rename itself lives in the folder's entries: flushed too, it survives a power cut.
+    fsync_tree(root, recursive=False)
     rotate_checkpoints(root, total_limit)
     return final
 
@@ -270,13 +296,18 @@ def load_checkpoint(
                 raise FileNotFoundError(f"checkpoint {path} has no safetensors weights in {folder}")
             state: dict[str, torch.Tensor] = {}
             for file in weights:
-                state.update(load_file(str(file)))
+                state.update(_load_safetensors(file))
         else:
             file = path / f"{name}.safetensors"
             if not file.is_file():
                 raise FileNotFoundError(f"checkpoint {path} lacks {name!r} ({file} or {folder}/)")
-            state = load_file(str(file))
-        module.load_state_dict(state, strict=True)
+            state = _load_safetensors(file)
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            # PyTorch lists every missing, unexpected and mis-shaped tensor over many lines.
+            reason = " ".join(line.strip() for line in str(error).splitlines()[1:4])
+            raise ValueError(f"the {name!r} weights of checkpoint {path} do not fit the network: {reason}") from None
     states = {name: load_state(path, name, device) for name in state_names if (path / f"{name}.json").is_file()}
     return states, read_training_state(path)
 
