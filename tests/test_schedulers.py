@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from prediff.schedulers import (
     DEFAULT_INFERENCE_STEPS,
+    PORTABLE_SCHEDULER_SETTINGS,
     SCHEDULER_PRESETS,
     official_betas,
     prediff_scheduler,
     prediff_training_scheduler,
+    record_portable_settings,
 )
 
 
@@ -104,3 +112,29 @@ def test_fast_presets_and_overrides():
     assert sde.config.algorithm_type == "sde-dpmsolver++"
     with pytest.raises(ValueError, match="unknown scheduler preset 'pndm'"):
         prediff_scheduler("pndm")
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerDiscreteScheduler],
+)
+@pytest.mark.parametrize("preset", sorted(SCHEDULER_PRESETS))
+def test_from_config_idiom_inherits_the_safe_settings(preset, cls):
+    # The Diffusers way of switching samplers: every class built from any preset's config neither clips nor
+    # thresholds, and starts at the noisiest trained level.
+    other = cls.from_config(prediff_scheduler(preset).config)
+    for key, value in PORTABLE_SCHEDULER_SETTINGS.items():
+        assert other.config.get(key, value) == value, key
+    assert other.config.get("clip_sample", False) is False and other.config.get("thresholding", False) is False
+    other.set_timesteps(20)
+    assert int(other.timesteps[0]) == 999
+
+
+def test_record_portable_settings_keeps_what_a_config_has():
+    scheduler = DDIMScheduler(clip_sample=True, timestep_spacing="leading")
+    record_portable_settings(scheduler)
+    assert scheduler.config.clip_sample is True and scheduler.config.timestep_spacing == "leading"
+    bare = DPMSolverMultistepScheduler()
+    assert "clip_sample" not in bare.config
+    record_portable_settings(bare)
+    assert bare.config.clip_sample is False and bare.config.set_alpha_to_one is True

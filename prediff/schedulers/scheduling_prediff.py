@@ -19,15 +19,18 @@ from diffusers import (
     EulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.configuration_utils import ConfigMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 __all__ = [
     "DEFAULT_INFERENCE_STEPS",
+    "PORTABLE_SCHEDULER_SETTINGS",
     "PREDIFF_NOISE_SCHEDULE",
     "SCHEDULER_PRESETS",
     "official_betas",
     "prediff_scheduler",
     "prediff_training_scheduler",
+    "record_portable_settings",
 ]
 
 #: The official training schedule, shared by every preset.
@@ -61,6 +64,18 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "unipc": (UniPCMultistepScheduler, dict(solver_order=2, timestep_spacing="trailing")),
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
 }
+
+#: Settings every preset records in its config, whether or not its own class uses them, so that the Diffusers
+#: idiom `OtherScheduler.from_config(pipe.scheduler.config)` samples the way the presets do. Without them DDPM
+#: and DDIM fall back to `clip_sample=True`, which clips latents that were never scaled to [-1, 1], and most
+#: classes to a spacing that skips the noisiest trained level.
+PORTABLE_SCHEDULER_SETTINGS: dict[str, Any] = dict(
+    clip_sample=False,
+    thresholding=False,
+    timestep_spacing="trailing",
+    set_alpha_to_one=True,
+    final_sigmas_type="zero",
+)
 
 #: Number of inference steps each preset is meant for, the pipeline's default. Never the 1000-step loop:
 #: DDPM defaults to 50 strided ancestral steps; pass `num_inference_steps=1000` for the official sampler.
@@ -103,7 +118,18 @@ def prediff_scheduler(name: str = "dpmsolver++", **overrides: Any) -> SchedulerM
     if name not in SCHEDULER_PRESETS:
         raise ValueError(f"unknown scheduler preset {name!r}; expected one of {sorted(SCHEDULER_PRESETS)}")
     cls, kwargs = SCHEDULER_PRESETS[name]
-    return cls(**{**PREDIFF_NOISE_SCHEDULE, **kwargs, **overrides})
+    return record_portable_settings(cls(**{**PREDIFF_NOISE_SCHEDULE, **kwargs, **overrides}))
+
+
+def record_portable_settings(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """Add the [`PORTABLE_SCHEDULER_SETTINGS`] that `scheduler.config` lacks (those it has are kept) and return
+    it, so that any scheduler built with `from_config(scheduler.config)` inherits them."""
+    if not isinstance(scheduler, ConfigMixin):
+        return scheduler
+    missing = {key: value for key, value in PORTABLE_SCHEDULER_SETTINGS.items() if key not in scheduler.config}
+    if missing:
+        scheduler.register_to_config(**missing)
+    return scheduler
 
 
 def prediff_training_scheduler(**overrides: Any) -> DDPMScheduler:
