@@ -14,14 +14,18 @@ It writes into `--out`:
 - `what_if.png`: the what-if figure;
 - `scores.json`: the scores printed at the end.
 
-Scores (VIL units 0-255) are printed next to persistence: MSE, MAE and CSI of the ensemble mean, the ensemble
-CRPS (for the single persistence forecast the CRPS is its MAE), and the intensity error: the mean absolute
-difference between a forecast's mean intensity and the anticipated one, without and with control.
+Scores (VIL units 0-255) are printed next to the baselines a forecaster would compare with: persistence always,
+and pysteps' optical-flow extrapolation and STEPS ensemble when pysteps is installed (`pip install
+"prediff[pysteps]"`; the demo says so when it is not). The scores: MSE, MAE and CSI of the ensemble mean, the
+ensemble CRPS (for a single deterministic forecast the CRPS is its MAE), and the intensity error: the mean
+absolute difference between a forecast's mean intensity and the anticipated one, without and with control.
+The control runs with its default arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import time
@@ -30,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .knowledge.base import DEFAULT_CONTROL_SCALE
 
 __all__ = [
     "DEMO_CSI_THRESHOLDS",
@@ -56,9 +62,6 @@ DEMO_FILES = {
     "what_if": "what_if.png",
     "scores": "scores.json",
 }
-#: Guidance strength of the anticipated-intensity control with the shipped alignment network (score form,
-#: DPM-Solver++); chosen on training-seed sequences, see the shipped model card.
-DEFAULT_CONTROL_SCALE = 100.0
 
 
 @dataclass
@@ -66,7 +69,8 @@ class DemoResult:
     """What [`run_demo`] produced.
 
     Attributes:
-        scores: `{"prediff": {...}, "persistence": {...}}`, each score name -> value (VIL units 0-255).
+        scores: forecaster ("prediff", "persistence", and with pysteps "extrapolation" and "steps") -> score name
+            -> value (VIL units 0-255).
         files: kind ("panel", "gif", "what_if", "scores") -> path written.
         what_if: n -> `{"anticipated": value, "achieved": mean intensity of the forecast}` (VIL units).
         seconds: wall time of the whole demo.
@@ -97,24 +101,33 @@ def _scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return out
 
 
+#: Column titles of the forecasters in the demo's score table.
+FORECASTER_TITLES = {
+    "prediff": "PreDiff",
+    "persistence": "persistence",
+    "extrapolation": "extrapolation",
+    "steps": "STEPS",
+}
+
+
 def format_scores(scores: dict[str, dict[str, float]]) -> str:
-    """The score table the demo prints: one row per score, PreDiff next to persistence."""
+    """The score table the demo prints: one row per score, one column per forecaster (PreDiff first)."""
     labels = {
         "mse": "MSE (ensemble mean)",
         "mae": "MAE (ensemble mean)",
-        "crps": "CRPS (persistence: MAE)",
+        "crps": "CRPS (deterministic: MAE)",
         **{f"csi_{t:g}": f"CSI >= {t:g} (ensemble mean)" for t in DEMO_CSI_THRESHOLDS},
         "intensity_error": "intensity error, no control",
         "intensity_error_controlled": "intensity error, controlled",
     }
-    lines = [f"{'score (VIL 0-255)':<32}{'PreDiff':>12}{'persistence':>14}", "-" * 58]
+    names = [name for name in FORECASTER_TITLES if name in scores]
+    header = f"{'score (VIL 0-255)':<32}" + "".join(f"{FORECASTER_TITLES[name]:>14}" for name in names)
+    lines = [header, "-" * len(header)]
     for key, label in labels.items():
-        ours = scores["prediff"].get(key)
-        base = scores["persistence"].get(key)
-        if ours is None and base is None:
+        values = [scores[name].get(key) for name in names]
+        if all(v is None for v in values):
             continue
-        cell = lambda v: f"{v:.4g}" if v is not None else "-"  # noqa: E731
-        lines.append(f"{label:<32}{cell(ours):>12}{cell(base):>14}")
+        lines.append(f"{label:<32}" + "".join(f"{v:>14.4g}" if v is not None else f"{'-':>14}" for v in values))
     return "\n".join(lines)
 
 
@@ -163,7 +176,8 @@ def run_demo(
 
     import torch
 
-    from .baselines import persistence
+    from .baselines import extrapolation, persistence
+    from .baselines import steps as steps_nowcast
     from .data import SyntheticStormDataset
     from .data.utils import atomic_output
     from .knowledge import AnticipatedIntensityControl
@@ -200,7 +214,7 @@ def run_demo(
     say("prediff demo: forecasting again with the anticipated-intensity control and the what-if targets")
     controlled_context = np.concatenate([context, np.repeat(context[show : show + 1], len(DEMO_N_SIGMAS), 0)])
     anticipated = np.concatenate([observed_intensity, what_if_targets])
-    control = AnticipatedIntensityControl(target=anticipated.tolist(), scale=control_scale, method="learned")
+    control = AnticipatedIntensityControl(target=anticipated.tolist(), scale=control_scale)
     generator = torch.Generator().manual_seed(seed)
     controlled_all = pipe(
         controlled_context,
@@ -211,12 +225,33 @@ def run_demo(
     ).frames
     controlled, what_if = controlled_all[:num_sequences], controlled_all[num_sequences:]
 
-    # 2. Scores next to persistence.
-    base = persistence(context, T_out)
-    scores = {"prediff": _scores(plain, target), "persistence": _scores(base[:, None], target)}
+    # 2. Scores next to the baselines.
+    baselines = {"persistence": persistence(context, T_out)[:, None]}
+    if importlib.util.find_spec("pysteps") is not None:
+        say("prediff demo: pysteps extrapolation and STEPS forecasts")
+        baselines["extrapolation"] = extrapolation(context, T_out, value_range=(lo, hi))[:, None]
+        # STEPS' cascade needs a few pixels per level: 6 levels on 128 px, fewer on small frames.
+        levels = int(max(1, min(6, np.log2(min(H, W)) - 2)))
+        baselines["steps"] = steps_nowcast(
+            context,
+            T_out,
+            num_members=members,
+            num_cascade_levels=levels,
+            value_range=(lo, hi),
+            seed=seed,
+            show_progress=progress,
+        )
+    else:
+        say(
+            "prediff demo: pysteps is not installed, so the comparison leaves out optical-flow extrapolation and "
+            'STEPS, the baselines a forecaster would pick; pip install "prediff[pysteps]" to add them'
+        )
+    scores = {"prediff": _scores(plain, target)}
     scores["prediff"]["intensity_error"] = knowledge_control_error(plain, observed_intensity)
     scores["prediff"]["intensity_error_controlled"] = knowledge_control_error(controlled, observed_intensity)
-    scores["persistence"]["intensity_error"] = knowledge_control_error(base, observed_intensity)
+    for name, forecast in baselines.items():
+        scores[name] = _scores(forecast, target)
+        scores[name]["intensity_error"] = knowledge_control_error(forecast, observed_intensity)
     what_if_record = {
         float(n): {"anticipated": float(a), "achieved": float(f.mean())}
         for n, a, f in zip(DEMO_N_SIGMAS, what_if_targets, what_if)

@@ -80,7 +80,11 @@ def test_control_arguments_are_validated():
         AnticipatedIntensityControl(target=3.0, n_sigma=2.0, mean=1.0, std=1.0)
     assert AnticipatedIntensityControl(n_sigma=-2.0, mean=30.0, std=4.0).target == 22.0
     with pytest.raises(ValueError, match="needs a KnowledgeAlignmentModel"):
-        AnticipatedIntensityControl(target=3.0).check(None)
+        AnticipatedIntensityControl(target=3.0, method="learned").check(None)
+    # The default method: learned with an alignment network, analytic without one.
+    AnticipatedIntensityControl(target=3.0).check(None)
+    assert AnticipatedIntensityControl(target=3.0).resolved_method(None) == "analytic"
+    assert AnticipatedIntensityControl(target=3.0).resolved_method(torch.nn.Linear(1, 1)) == "learned"
     with pytest.raises(ValueError, match="needs a knowledge-alignment network"):
         EnergyConservationControl(initial_energy=1.0).check(None)
     AnticipatedIntensityControl(target=3.0, method="analytic").check(None)  # needs no network
@@ -88,7 +92,7 @@ def test_control_arguments_are_validated():
 
 def test_analytic_intensity_gradient_matches_plain_autograd():
     state = make_state()
-    control = AnticipatedIntensityControl(target=[40.0, 200.0], scale=3.0, method="analytic")
+    control = AnticipatedIntensityControl(target=[40.0, 200.0], scale=3.0, method="analytic", form="score")
     score, official = knowledge_gradients([control], state)
     assert official is None
     # Plain reference: |mean(decode(z0)) / 255 - target / 255| with the noise estimate held fixed.
@@ -104,9 +108,9 @@ def test_analytic_intensity_gradient_matches_plain_autograd():
 def test_violation_is_per_sample_not_batch_coupled(align):
     state = make_state(knowledge_model=align)
     controls = [
-        AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0),
-        AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0, method="analytic"),
-        EnergyConservationControl(initial_energy=[0.5, -0.5], scale=1.0),
+        AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0, form="score"),
+        AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0, method="analytic", form="score"),
+        EnergyConservationControl(initial_energy=[0.5, -0.5], scale=1.0, form="score"),
     ]
     for control in controls:
         full, _ = knowledge_gradients([control], state)
@@ -136,9 +140,9 @@ def test_learned_controls_follow_their_definitions(align):
     state = make_state(knowledge_model=align)
     with torch.no_grad():
         pred = align(state.latents, state.timestep).sample  # (N, T, 1)
-    intensity = AnticipatedIntensityControl(target=51.0, scale=1.0)
+    intensity = AnticipatedIntensityControl(target=51.0, scale=1.0, form="score")
     torch.testing.assert_close(intensity.violation(state), (pred.mean(dim=(1, 2)) - 0.2).abs())
-    energy = EnergyConservationControl(initial_energy=0.25, scale=1.0)
+    energy = EnergyConservationControl(initial_energy=0.25, scale=1.0, form="score")
     torch.testing.assert_close(energy.violation(state), (pred[..., 0] - 0.25).norm(dim=1))
     # A control's own model overrides the pipeline's.
     other = KnowledgeAlignmentModel(
@@ -167,12 +171,14 @@ def test_scale_zero_is_skipped_and_controls_combine_linearly():
     def fb(x):
         return x[:, :, :4].abs().mean(dim=(1, 2, 3, 4))
 
-    both, _ = knowledge_gradients([FunctionControl(fa, scale=2.0), FunctionControl(fb, scale=0.5)], state)
-    ga, _ = knowledge_gradients([FunctionControl(fa, scale=1.0)], state)
-    gb, _ = knowledge_gradients([FunctionControl(fb, scale=1.0)], state)
+    both, _ = knowledge_gradients(
+        [FunctionControl(fa, scale=2.0, form="score"), FunctionControl(fb, scale=0.5, form="score")], state
+    )
+    ga, _ = knowledge_gradients([FunctionControl(fa, scale=1.0, form="score")], state)
+    gb, _ = knowledge_gradients([FunctionControl(fb, scale=1.0, form="score")], state)
     torch.testing.assert_close(both, 2.0 * ga + 0.5 * gb)
     score, official = knowledge_gradients(
-        [FunctionControl(fa, scale=2.0), FunctionControl(fb, scale=0.5, form="official")], state
+        [FunctionControl(fa, scale=2.0, form="score"), FunctionControl(fb, scale=0.5, form="official")], state
     )
     torch.testing.assert_close(score, 2.0 * ga)
     torch.testing.assert_close(official, 0.5 * gb)
@@ -182,7 +188,7 @@ def test_differentiate_through_unet_uses_the_noise_graph():
     state = make_state()
     weight = torch.tensor(0.7)
     state.noise_pred = weight * state.latents  # a noise estimate that depends on z_t
-    control = FunctionControl(lambda x: x.mean(dim=(1, 2, 3, 4)).abs(), differentiate_through_unet=True)
+    control = FunctionControl(lambda x: x.mean(dim=(1, 2, 3, 4)).abs(), form="score", differentiate_through_unet=True)
     with_graph, _ = knowledge_gradients([control], state)
     state.noise_pred = state.noise_pred.detach()
     without, _ = knowledge_gradients([control], state)
@@ -204,3 +210,37 @@ def test_bad_violations_raise():
     state.latents = state.latents.detach()
     with pytest.raises(ValueError, match="must require grad"):
         knowledge_gradients([FunctionControl(lambda x: x.mean(dim=(1, 2, 3, 4)).abs())], state)
+
+
+@pytest.mark.parametrize("method", ["analytic", "learned"])
+def test_x0_form_takes_the_gauss_newton_step_that_zeroes_the_violation(method, align):
+    # With the noise estimate held fixed, z_t = sqrt(a) x0 + const: the x0-form shift of the noise estimate moves
+    # z_t (through x0) by -(1 - a) c g. For the linear stand-in decoder the analytic violation is then zero (the
+    # untrained network is not linear, so only the step itself is checked there).
+    state = make_state(knowledge_model=align if method == "learned" else None)
+    target = [40.0, 200.0]
+    control = AnticipatedIntensityControl(target=target, method=method)
+    assert control.form == "x0" and control.scale == 1.0
+    violation = control.violation(state).detach()
+    (grad,) = torch.autograd.grad(control.violation(state).sum(), state.latents)
+    score, official = knowledge_gradients([control], state)
+    assert official is None
+    a = state.alpha_prod_t
+    expected = violation / ((1 - a) * grad.flatten(1).pow(2).sum(1))
+    torch.testing.assert_close(score, expected.view(-1, 1, 1, 1, 1) * grad)
+    shifted = state.latents.detach() - (1 - a) * score
+    after = control.violation(
+        KnowledgeControlState(**{**state.__dict__, "latents": shifted.requires_grad_(True)})
+    ).detach()
+    if method == "analytic":
+        assert (after < 1e-4 * violation).all(), (violation, after)
+
+
+def test_newton_step_leaves_samples_without_gradient_alone():
+    from prediff.knowledge import newton_step_size
+
+    grad = torch.zeros(2, 3, 4)
+    grad[0] = 1.0
+    factor = newton_step_size(torch.tensor([2.0, 5.0]), grad, torch.tensor(0.5))
+    assert factor.shape == (2, 1, 1)
+    torch.testing.assert_close(factor[:, 0, 0], torch.tensor([2.0 / (0.5 * 12.0), 0.0]))

@@ -130,7 +130,7 @@ def test_ensemble_beats_persistence(pipe, heldout, ensemble):
 def test_intensity_control_reduces_the_intensity_error(pipe, heldout, ensemble):
     context, target = heldout
     observed = target.mean(axis=(1, 2, 3, 4))
-    control = AnticipatedIntensityControl(target=observed.tolist(), scale=100.0, method="learned")
+    control = AnticipatedIntensityControl(target=observed.tolist(), method="learned")
     generator = torch.Generator().manual_seed(0)
     controlled = pipe(
         context,
@@ -148,7 +148,7 @@ def test_what_if_targets_order_the_forecasts(pipe, heldout):
     context, _ = heldout
     mu, sigma = shipped_intensity_stats()
     n_sigmas = (-1.0, 0.0, 2.0)  # mu - 2 sigma would be negative
-    control = AnticipatedIntensityControl(target=[mu + n * sigma for n in n_sigmas], scale=100.0)
+    control = AnticipatedIntensityControl(target=[mu + n * sigma for n in n_sigmas])
     generator = torch.Generator().manual_seed(1)
     forecasts = pipe(
         np.repeat(context[:1], len(n_sigmas), axis=0),

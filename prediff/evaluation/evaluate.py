@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..knowledge.base import DEFAULT_CONTROL_SCALE
 from ..metrics import (
     SEVIR_POOL_SIZES,
     SEVIR_THRESHOLDS,
@@ -58,7 +59,7 @@ class IntensityControlSpec:
         target (`float`, *optional*): anticipated mean intensity of every forecast, physical units; when None,
             each sequence's observed future mean intensity times `observed_factor` (what a perfect intensity
             outlook would give; the official PreDiff demonstration uses a factor of 2).
-        scale (`float`, defaults to 100): guidance strength (score form).
+        scale (`float`, defaults to 1): guidance strength (see [`~prediff.knowledge.KnowledgeControl`]).
         method (`str`, *optional*): "learned" or "analytic"; default "learned" when the pipeline has a
             knowledge-alignment network, else "analytic".
         observed_factor (`float`, defaults to 1): factor on the observed intensity when `target` is None.
@@ -66,7 +67,7 @@ class IntensityControlSpec:
     """
 
     target: float | None = None
-    scale: float = 100.0
+    scale: float = DEFAULT_CONTROL_SCALE
     method: str | None = None
     observed_factor: float = 1.0
     description: str | None = None
@@ -89,10 +90,7 @@ class IntensityControlSpec:
     def build(self, pipeline: Any, anticipated: np.ndarray) -> Any:
         from ..knowledge import AnticipatedIntensityControl
 
-        method = self.method
-        if method is None:
-            method = "learned" if getattr(pipeline, "knowledge_model", None) is not None else "analytic"
-        return AnticipatedIntensityControl(target=anticipated.tolist(), scale=self.scale, method=method)
+        return AnticipatedIntensityControl(target=anticipated.tolist(), scale=self.scale, method=self.method)
 
 
 class ScoreSet:

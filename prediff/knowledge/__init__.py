@@ -1,10 +1,12 @@
-"""Knowledge control: steer diffusion sampling with what is known about the future (DESIGN.md section 7)."""
+"""Knowledge control: steer diffusion sampling with what is known about the future."""
 
 from .base import (
     CONTROL_FORMS,
+    DEFAULT_CONTROL_SCALE,
     KnowledgeControl,
     KnowledgeControlState,
     knowledge_gradients,
+    newton_step_size,
     per_sample_values,
 )
 from .controls import (
@@ -16,6 +18,7 @@ from .controls import (
 
 __all__ = [
     "CONTROL_FORMS",
+    "DEFAULT_CONTROL_SCALE",
     "AnticipatedIntensityControl",
     "EnergyConservationControl",
     "FunctionControl",
@@ -23,5 +26,6 @@ __all__ = [
     "KnowledgeControlState",
     "LearnedStatisticControl",
     "knowledge_gradients",
+    "newton_step_size",
     "per_sample_values",
 ]

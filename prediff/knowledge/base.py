@@ -2,11 +2,16 @@
 sampling.
 
 A control returns a per-sample violation ``L(z_t) >= 0``, differentiable in the noisy latents ``z_t``. Its
-gradient
-``g = dL/dz_t`` is applied in one of two forms:
+gradient ``g = dL/dz_t`` is applied in one of three forms:
 
+- ``"x0"`` (the default, every scheduler): the clean estimate ``x0`` the sampler steps toward is moved by
+  ``scale`` times the Gauss-Newton step that zeroes the violation to first order (see
+  [`newton_step_size`]), through the noise estimate. With the default ``scale=1`` every step aims at a clean
+  forecast that satisfies the control, whatever the sampler, its step count or the size of the gradient, so no
+  strength has to be tuned per pipeline.
 - ``"score"`` (every scheduler): the noise estimate becomes ``eps + scale * sqrt(1 - alpha_bar_t) * g``, the
-  classifier-guidance form; it does not vanish for deterministic samplers (DDIM, DPM-Solver++).
+  classifier-guidance form with a fixed strength; it does not vanish for deterministic samplers (DDIM,
+  DPM-Solver++), but how far it moves depends on the gradient's size, so ``scale`` needs tuning.
 - ``"official"`` (DDPM only, PreDiff's own form): the posterior mean of ``z_{t-1}`` moves by ``-scale *
   sigma_t * g``, ``sigma_t`` the fixed-small posterior standard deviation (official SEVIR-LR scale: 50).
 
@@ -26,13 +31,17 @@ from torch import nn
 
 __all__ = [
     "CONTROL_FORMS",
+    "DEFAULT_CONTROL_SCALE",
     "KnowledgeControl",
     "KnowledgeControlState",
     "knowledge_gradients",
+    "newton_step_size",
     "per_sample_values",
 ]
 
-CONTROL_FORMS = ("score", "official")
+CONTROL_FORMS = ("x0", "score", "official")
+#: The default strength: with the default form "x0", the whole Gauss-Newton step at every denoising step.
+DEFAULT_CONTROL_SCALE = 1.0
 
 
 @dataclass
@@ -52,6 +61,9 @@ class KnowledgeControlState:
             differentiable.
         value_range (`tuple[float, float]`): physical values mapped to 0 and 1 before encoding.
         knowledge_model (`torch.nn.Module`, *optional*): the pipeline's knowledge-alignment network.
+        latent_offset (`torch.Tensor` of shape `(N, T_out, h, w, c)`, *optional*): what the diffusion latents
+            are relative to: the encoded extrapolation when the pipeline has an extrapolator (the diffusion then
+            models a residual), else None. `decode` already adds it; alignment networks see `latents + offset`.
     """
 
     latents: torch.Tensor
@@ -63,6 +75,7 @@ class KnowledgeControlState:
     decode: Callable[[torch.Tensor], torch.Tensor]
     value_range: tuple[float, float]
     knowledge_model: nn.Module | None = None
+    latent_offset: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:
@@ -71,6 +84,12 @@ class KnowledgeControlState:
     @property
     def num_contexts(self) -> int:
         return int(self.batch_index.max().item()) + 1
+
+    def offset_latents(self) -> torch.Tensor:
+        """`latents + latent_offset`: the noisy latents in the autoencoder's (scaled) latent space."""
+        if self.latent_offset is None:
+            return self.latents
+        return self.latents + self.latent_offset.to(self.latents.dtype)
 
     def pred_original_sample(self) -> torch.Tensor:
         """The clean estimate `z_0 = (z_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t)`, `(N, T_out, h,
@@ -105,16 +124,19 @@ class KnowledgeControl:
     """Base class of a knowledge control. Subclasses implement [`~KnowledgeControl.violation`].
 
     Args:
-        scale (`float`, defaults to 1.0): guidance strength; 0 leaves the forecast exactly unchanged.
-        form (`str`, defaults to `"score"`): `"score"` (every scheduler) or `"official"` (PreDiff's DDPM mean
-            shift).
+        scale (`float`, defaults to 1.0): guidance strength; 0 leaves the forecast exactly unchanged. With form
+            "x0" the fraction of the Gauss-Newton step taken at every denoising step (1: all of it).
+        form (`str`, defaults to `"x0"`): `"x0"` (every scheduler, normalised), `"score"` (every scheduler,
+            fixed strength) or `"official"` (PreDiff's DDPM mean shift).
         differentiate_through_unet (`bool`, defaults to False): let the gradient flow through the denoiser's
             noise estimate too (one extra backward pass through the denoiser per step). By default the
             estimate is held fixed, which is exact for controls on `z_t` itself and much cheaper for controls
             on the clean estimate.
     """
 
-    def __init__(self, scale: float = 1.0, form: str = "score", differentiate_through_unet: bool = False):
+    def __init__(
+        self, scale: float = DEFAULT_CONTROL_SCALE, form: str = "x0", differentiate_through_unet: bool = False
+    ):
         scale = float(scale)
         if not torch.isfinite(torch.tensor(scale)) or scale < 0:
             raise ValueError(f"scale must be a finite number >= 0, got {scale}")
@@ -136,13 +158,29 @@ class KnowledgeControl:
         return f"{type(self).__name__}(scale={self.scale}, form={self.form!r})"
 
 
+def newton_step_size(violation: torch.Tensor, grad: torch.Tensor, alpha_prod_t: torch.Tensor) -> torch.Tensor:
+    """The per-sample factor `c = L / ((1 - alpha_bar_t) ||g||^2)`, shaped to broadcast against `grad`.
+
+    With the noise estimate held fixed, `z_t = sqrt(alpha_bar_t) x0 + const`, so `dL/dx0 = sqrt(alpha_bar_t) g`
+    for any control, `g = dL/dz_t`. The score-form shift `eps += sqrt(1 - alpha_bar_t) c g` moves the clean
+    estimate by `dx0 = -(1 - alpha_bar_t) c g / sqrt(alpha_bar_t)`, which changes the violation by
+    `-(1 - alpha_bar_t) c ||g||^2 = -L` to first order: the Gauss-Newton step that zeroes it. Samples whose
+    gradient vanishes are left alone.
+    """
+    squared_norm = grad.flatten(1).pow(2).sum(dim=1)
+    factor = violation / ((1 - alpha_prod_t.to(grad.dtype)) * squared_norm)
+    factor = torch.where(squared_norm > 0, factor, torch.zeros_like(factor))
+    return factor.view(-1, *([1] * (grad.ndim - 1)))
+
+
 def knowledge_gradients(
     controls: Sequence[KnowledgeControl], state: KnowledgeControlState
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The scaled gradients of the controls, summed per form.
 
     Returns:
-        `(score, official)`: `sum(scale * dL/dz_t)` over the score-form and the official-form controls, each
+        `(score, official)`: `sum(scale * dL/dz_t)` over the score-form controls (x0-form controls included,
+        their gradient times [`newton_step_size`]) and over the official-form controls, each
         `(N, T_out, h, w, c)` or None when no control of that form is active. Controls with scale 0 are
         skipped entirely (no model call, no gradient), so they cannot change the result.
     """
@@ -159,7 +197,11 @@ def knowledge_gradients(
             raise ValueError(f"{control!r}.violation does not depend on the latents (no gradient)")
         # Samples are independent, so the gradient of the sum is every sample's own gradient.
         (grad,) = torch.autograd.grad(loss.sum(), state.latents, retain_graph=i < len(active) - 1)
+        form = control.form
+        if form == "x0":
+            grad = newton_step_size(loss.detach(), grad, state.alpha_prod_t) * grad
+            form = "score"
         grad = control.scale * grad
-        current = sums[control.form]
-        sums[control.form] = grad if current is None else current + grad
+        current = sums[form]
+        sums[form] = grad if current is None else current + grad
     return sums["score"], sums["official"]

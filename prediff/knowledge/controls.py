@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import KnowledgeControl, KnowledgeControlState, per_sample_values
+from .base import DEFAULT_CONTROL_SCALE, KnowledgeControl, KnowledgeControlState, per_sample_values
 
 __all__ = [
     "AnticipatedIntensityControl",
@@ -45,7 +45,7 @@ class LearnedStatisticControl(KnowledgeControl):
         model = self.model if self.model is not None else state.knowledge_model
         if model is None:
             self.check(None)
-        latents = state.latents.to(model.dtype)
+        latents = state.offset_latents().to(model.dtype)
         return model(latents, state.timestep.expand(latents.shape[0])).sample.to(state.latents.dtype)
 
 
@@ -56,12 +56,13 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
     Args:
         target (`float` or sequence, *optional*): anticipated mean intensity in the data's physical units
             (e.g. VIL 0-255); a number, one per context `(B,)` or one per ensemble member `(B * M,)`.
-        scale (`float`, defaults to 1.0): guidance strength (official SEVIR-LR: 50 with `method="learned"` and
+        scale (`float`, defaults to 1.0): guidance strength; with the default form "x0", the fraction of the
+            remaining gap closed at every step (official SEVIR-LR: 50 with `method="learned"` and
             `form="official"`).
-        method (`str`, defaults to `"learned"`): `"learned"` predicts the per-frame mean intensity of the
-            clean forecast from `z_t` with a trained [`~prediff.KnowledgeAlignmentModel`] (the official
-            method); `"analytic"` decodes the current clean estimate with the autoencoder and averages it, no
-            training needed.
+        method (`str`, *optional*): `"learned"` predicts the per-frame mean intensity of the clean forecast
+            from `z_t` with a trained [`~prediff.KnowledgeAlignmentModel`] (the official method); `"analytic"`
+            decodes the current clean estimate with the autoencoder and averages it, no training needed. Default:
+            "learned" when there is an alignment network (`model` or the pipeline's), else "analytic".
         n_sigma, mean, std (`float`, *optional*): give the target as `mean + n_sigma * std` of the training
             distribution of future mean intensity (physical units) instead of `target`; PreDiff uses n in
             {-4, -2, 0, 2, 4}.
@@ -75,18 +76,18 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
     def __init__(
         self,
         target: Any = None,
-        scale: float = 1.0,
-        method: str = "learned",
+        scale: float = DEFAULT_CONTROL_SCALE,
+        method: str | None = None,
         n_sigma: float | None = None,
         mean: float | None = None,
         std: float | None = None,
         model: nn.Module | None = None,
-        form: str = "score",
+        form: str = "x0",
         differentiate_through_unet: bool = False,
     ):
         super().__init__(model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet)
-        if method not in INTENSITY_METHODS:
-            raise ValueError(f"method must be one of {INTENSITY_METHODS}, got {method!r}")
+        if method is not None and method not in INTENSITY_METHODS:
+            raise ValueError(f"method must be one of {INTENSITY_METHODS} or None, got {method!r}")
         sigma_form = (n_sigma, mean, std)
         if target is None:
             if any(v is None for v in sigma_form):
@@ -110,9 +111,15 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
                 "pipeline with knowledge_model=..., pass model=..., or use method='analytic'"
             )
 
+    def resolved_method(self, knowledge_model: nn.Module | None) -> str:
+        """The method used with a pipeline whose alignment network is `knowledge_model` (see `method`)."""
+        if self.method is not None:
+            return self.method
+        return "learned" if self.model is not None or knowledge_model is not None else "analytic"
+
     def statistic(self, state: KnowledgeControlState) -> torch.Tensor:
         """The current mean intensity of every sample in the [0, 1] scale, `(N,)`."""
-        if self.method == "learned":
+        if self.resolved_method(state.knowledge_model) == "learned":
             return self.predict(state).mean(dim=(1, 2))
         frames = state.decode(state.pred_original_sample())
         return state.to_unit(frames).mean(dim=(1, 2, 3, 4))
@@ -132,7 +139,7 @@ class EnergyConservationControl(LearnedStatisticControl):
     Args:
         initial_energy (`float` or sequence): the conserved energy (kinetic + potential, in the units the
             alignment network was trained on); a number, one per context `(B,)` or one per member `(B * M,)`.
-        scale (`float`, defaults to 1.0): guidance strength.
+        scale (`float`, defaults to 1.0): guidance strength (see [`~prediff.knowledge.KnowledgeControl`]).
         model (`torch.nn.Module`, *optional*): alignment network with output `(N, T_out, 1)`; default: the
             pipeline's `knowledge_model`.
         form, differentiate_through_unet: see [`~prediff.knowledge.KnowledgeControl`].
@@ -143,9 +150,9 @@ class EnergyConservationControl(LearnedStatisticControl):
     def __init__(
         self,
         initial_energy: Any,
-        scale: float = 1.0,
+        scale: float = DEFAULT_CONTROL_SCALE,
         model: nn.Module | None = None,
-        form: str = "score",
+        form: str = "x0",
         differentiate_through_unet: bool = False,
     ):
         super().__init__(model=model, scale=scale, form=form, differentiate_through_unet=differentiate_through_unet)
@@ -176,8 +183,8 @@ class FunctionControl(KnowledgeControl):
     def __init__(
         self,
         fn: Callable[[torch.Tensor], torch.Tensor],
-        scale: float = 1.0,
-        form: str = "score",
+        scale: float = DEFAULT_CONTROL_SCALE,
+        form: str = "x0",
         differentiate_through_unet: bool = False,
     ):
         if not callable(fn):

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..knowledge.base import DEFAULT_CONTROL_SCALE
+
 __all__ = ["add_knowledge_control_arguments", "intensity_control_from_args", "register", "run_forecast"]
 
 KNOWLEDGE_CONTROLS = ("intensity",)
 CONTROL_METHODS = ("learned", "analytic")
-#: Default guidance strength of the anticipated-intensity control (score form).
-DEFAULT_CONTROL_SCALE = 100.0
 
 
 def add_knowledge_control_arguments(parser: argparse.ArgumentParser, observed_default: bool = False) -> None:
@@ -53,7 +53,8 @@ def add_knowledge_control_arguments(parser: argparse.ArgumentParser, observed_de
         "--control-scale",
         type=float,
         default=DEFAULT_CONTROL_SCALE,
-        help=f"guidance strength (default: {DEFAULT_CONTROL_SCALE:g})",
+        help=f"guidance strength: the fraction of the remaining gap closed at every step (default: "
+        f"{DEFAULT_CONTROL_SCALE:g}, all of it)",
     )
     group.add_argument(
         "--control-method",
@@ -71,10 +72,7 @@ def intensity_control_from_args(pipeline: Any, args: argparse.Namespace, target:
 
     if not np.isfinite(args.control_scale) or args.control_scale < 0:
         raise ValueError(f"--control-scale must be a finite number >= 0, got {args.control_scale}")
-    method = args.control_method
-    if method is None:
-        method = "learned" if getattr(pipeline, "knowledge_model", None) is not None else "analytic"
-    return AnticipatedIntensityControl(target=target, scale=args.control_scale, method=method)
+    return AnticipatedIntensityControl(target=target, scale=args.control_scale, method=args.control_method)
 
 
 def check_knowledge_control_args(args: argparse.Namespace) -> None:
