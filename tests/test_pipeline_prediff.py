@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import stat
@@ -137,6 +138,11 @@ def test_model_card_and_pickle_refusal(context, tmp_path):
     ]:
         assert fact in card
     assert "library_name: prediff" in card
+    # The usage example is a closed code block of valid Python, and nothing after it renders as code.
+    example = card.split("```python\n", 1)[1]
+    code, rest = example.split("\n```\n", 1)
+    ast.parse(code)
+    assert "```" not in rest
     assert json.loads((tmp_path / "safe" / "model_index.json").read_text())["knowledge_model"] == [None, None]
     sevir_card = PreDiffPipeline.from_preset("prediff-sevirlr").model_card()
     assert "SEVIR-LR" in str(sevir_card) and "84,499,393" in str(sevir_card) and "VIL" in str(sevir_card)
@@ -284,7 +290,7 @@ def test_bad_inputs_give_clear_errors(pipe, context):
         pipe(context, knowledge_controls=official, **call)
     no_model = PreDiffPipeline.from_preset("prediff-tiny", knowledge_model=False)
     with pytest.raises(ValueError, match="needs a KnowledgeAlignmentModel"):
-        no_model(context, knowledge_controls=AnticipatedIntensityControl(target=10.0), **call)
+        no_model(context, knowledge_controls=AnticipatedIntensityControl(target=10.0, method="learned"), **call)
     for scheduler, message in [
         (FlowMatchEulerDiscreteScheduler(), "cannot be driven by PreDiffPipeline"),
         (prediff_scheduler("ddim", prediction_type="v_prediction"), "prediction_type='v_prediction'"),
@@ -324,6 +330,28 @@ def test_scheduler_on_another_noise_schedule_is_refused(pipe, context):
         other = PreDiffPipeline(pipe.vae, pipe.unet, scheduler)
         with pytest.raises(ValueError, match=message):
             other(context, num_inference_steps=2)
+
+
+@pytest.mark.parametrize(
+    "scheduler, setting",
+    [
+        (lambda config: DDIMScheduler.from_config(config, clip_sample=True), "clip_sample"),
+        (lambda config: DDIMScheduler.from_config(config, thresholding=True), "thresholding"),
+        (lambda config: DPMSolverMultistepScheduler.from_config(config, thresholding=True), "thresholding"),
+    ],
+)
+def test_scheduler_that_clips_or_thresholds_latents_is_refused(pipe, context, scheduler, setting):
+    other = PreDiffPipeline(pipe.vae, pipe.unet, scheduler(pipe.scheduler.config))
+    with pytest.raises(
+        ValueError, match=rf"\({setting}=True\).*from_config\(pipe.scheduler.config, {setting}=False\)"
+    ):
+        other(context, num_inference_steps=2)
+
+
+def test_ddim_from_the_pipeline_config_does_not_clip(pipe, context):
+    # Diffusers' idiom on a pipeline saved before the settings were recorded: loading records them.
+    ddim = DDIMScheduler.from_config(PreDiffPipeline(pipe.vae, pipe.unet, pipe.scheduler).scheduler.config)
+    assert ddim.config.clip_sample is False and ddim.config.timestep_spacing == "trailing"
 
 
 def test_any_scheduler_on_the_training_betas_is_accepted(pipe, context):
@@ -384,12 +412,24 @@ def test_analytic_intensity_moves_halfway_to_per_context_targets(untrained, cont
     base = mean_intensity(untrained(context, generator=generators(4), **kwargs).frames)  # (B, M)
     # Context 0 is pushed down, context 1 up: no coupling between samples.
     target = np.array([base[0].mean() - 20.0, base[1].mean() + 20.0])
-    control = AnticipatedIntensityControl(target=target.tolist(), scale=1e4, method="analytic")
+    control = AnticipatedIntensityControl(target=target.tolist(), scale=1e4, method="analytic", form="score")
     steered = mean_intensity(
         untrained(context, generator=generators(4), knowledge_controls=[control], **kwargs).frames
     )
     progress = (steered - base) / (target[:, None] - base)
     assert (progress >= 0.5).all() and (progress <= 1.5).all(), progress
+
+
+@pytest.mark.parametrize("scheduler, steps", [("ddim", 4), ("dpmsolver++", 4), ("ddpm", 8)])
+def test_default_control_reaches_per_context_targets_with_any_sampler(context, scheduler, steps):
+    # The default x0 form needs no tuned strength: the analytic control lands on targets 20 VIL below and above.
+    pipe = tiny_pipeline(scheduler)
+    kwargs = dict(num_inference_steps=steps, num_ensemble_members=2)
+    base = mean_intensity(pipe(context, generator=generators(4), **kwargs).frames)
+    target = np.array([base[0].mean() - 20.0, base[1].mean() + 20.0])
+    control = AnticipatedIntensityControl(target=target.tolist(), method="analytic")
+    steered = mean_intensity(pipe(context, generator=generators(4), knowledge_controls=[control], **kwargs).frames)
+    assert np.abs(steered - target[:, None]).max() < 2.0, (base, steered, target)
 
 
 def test_learned_intensity_control_moves_its_prediction(untrained, context):
@@ -400,7 +440,7 @@ def test_learned_intensity_control_moves_its_prediction(untrained, context):
     with torch.no_grad():
         pred_base = untrained.knowledge_model(base, t0).sample.mean(dim=(1, 2)) * 255.0
     target = float(pred_base.mean()) + 30.0
-    control = AnticipatedIntensityControl(target=target, scale=300.0)
+    control = AnticipatedIntensityControl(target=target, scale=300.0, form="score")
     steered = untrained(context, generator=generators(4), knowledge_controls=control, **kwargs).frames.flatten(0, 1)
     with torch.no_grad():
         pred = untrained.knowledge_model(steered, t0).sample.mean(dim=(1, 2)) * 255.0
@@ -418,7 +458,10 @@ def test_function_control_moves_its_function_halfway(untrained, context):
         return (forecast[..., :16, :16, :].mean(dim=(1, 2, 3, 4)) - target).abs()
 
     steered = untrained(
-        context, generator=generators(4), knowledge_controls=FunctionControl(violation, scale=0.06), **kwargs
+        context,
+        generator=generators(4),
+        knowledge_controls=FunctionControl(violation, scale=0.06, form="score"),
+        **kwargs,
     ).frames
     progress = (steered[..., :16, :16, :].mean(axis=(2, 3, 4, 5)) - quadrant) / 15.0
     assert (progress >= 0.5).all() and (progress <= 1.5).all(), progress
@@ -436,16 +479,21 @@ def test_several_controls_combine_with_their_own_scales(untrained, context):
     combined = untrained(
         context,
         generator=generators(2),
-        knowledge_controls=[FunctionControl(fa, scale=3e3), FunctionControl(fb, scale=1e3)],
+        knowledge_controls=[
+            FunctionControl(fa, scale=3e3, form="score"),
+            FunctionControl(fb, scale=1e3, form="score"),
+        ],
         **kwargs,
     ).frames
     single = untrained(
         context,
         generator=generators(2),
-        knowledge_controls=FunctionControl(lambda x: 3 * fa(x) + fb(x), scale=1e3),
+        knowledge_controls=FunctionControl(lambda x: 3 * fa(x) + fb(x), scale=1e3, form="score"),
         **kwargs,
     ).frames
-    only_a = untrained(context, generator=generators(2), knowledge_controls=FunctionControl(fa, scale=3e3), **kwargs)
+    only_a = untrained(
+        context, generator=generators(2), knowledge_controls=FunctionControl(fa, scale=3e3, form="score"), **kwargs
+    )
     # Equal up to float rounding carried through the steps; dropping one control is a much larger change.
     scale = combined.abs().max()
     assert (combined - single).abs().max() / scale < 2e-3

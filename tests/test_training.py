@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from prediff.data import SyntheticStormDataset
+from prediff.knowledge import AnticipatedIntensityControl
 from prediff.training import (
     AlignmentTrainer,
     DenoiserTrainer,
@@ -509,3 +510,43 @@ def test_denoiser_learns_exports_a_pipeline_and_resumes_exactly(tmp_path, vae_di
     for name, value in _weights(out / "unet").items():
         torch.testing.assert_close(value, exported[name], rtol=1e-5, atol=1e-6)
     assert json.loads((out / "checkpoint-30" / "training_state.json").read_text())["step"] == 30
+
+
+def test_extrapolation_recipe_scales_residuals_and_exports_an_extrapolating_pipeline(tmp_path, vae_dir):
+    from prediff.models import MotionExtrapolator
+    from prediff.models.autoencoder import encode_sequence
+    from prediff.pipelines import PreDiffPipeline
+    from prediff.training.latent import load_vae
+
+    fixed = SyntheticStormDataset(4, 5, 32, 32, seed=3)
+    shared = dict(vae=str(vae_dir), extrapolation={"num_iterations": 10}, latent_scaling="std")
+    align = tiny("alignment", tmp_path, max_train_steps=2, num_validation_samples=0, **shared)
+    AlignmentTrainer(align, train_dataset=fixed, val_dataset=fixed).train()
+    config = tiny("denoiser", tmp_path, max_train_steps=2, knowledge_model=str(tmp_path / "alignment"), **shared)
+    trainer = DenoiserTrainer(config, train_dataset=fixed, val_dataset=fixed)
+    trainer.train()
+
+    # The scaling factor is one over the std of the residuals "future latents - extrapolation latents" (posterior
+    # means of the 4 training items), computed here from the public pieces.
+    frames = torch.stack([fixed[i]["frames"] for i in range(4)])
+    vae = load_vae(vae_dir)
+    extrapolated = MotionExtrapolator(num_iterations=10)(frames[:, :3], 2)
+    residual = encode_sequence(vae, frames[:, 3:], sample_posterior=False) - encode_sequence(
+        vae, extrapolated, sample_posterior=False
+    )
+    pipe = PreDiffPipeline.from_pretrained(tmp_path / "denoiser")
+    assert pipe.scaling_factor == pytest.approx(1 / float(residual.std()), rel=1e-4)
+    assert isinstance(pipe.extrapolator, MotionExtrapolator) and pipe.extrapolator.config.num_iterations == 10
+    assert pipe.unet.input_shape[0] == 3 + 2 and pipe.context_shape == (3, 32, 32, 1)
+    context = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
+    control = AnticipatedIntensityControl(target=50.0)
+    frames = pipe(context, num_inference_steps=3, num_ensemble_members=2, knowledge_controls=control).frames
+    assert frames.shape == (1, 2, 2, 32, 32, 1) and (frames >= 0).all() and (frames <= 255).all()
+
+
+def test_bad_extrapolation_settings_fail_before_training(tmp_path, vae_dir):
+    config = tiny("denoiser", tmp_path, vae=str(vae_dir), extrapolation={"grid_spacing": 0}, max_train_steps=1)
+    with pytest.raises(ValueError, match="extrapolation: grid_spacing must be an int >= 1"):
+        DenoiserTrainer(config)
+    with pytest.raises(ValueError, match="latent_scaling must be one of"):
+        tiny("denoiser", tmp_path, vae=str(vae_dir), latent_scaling="auto")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,12 +19,14 @@ from ..knowledge import KnowledgeControl, KnowledgeControlState, knowledge_gradi
 from ..models.alignment import KnowledgeAlignmentModel
 from ..models.autoencoder import autoencoder_from_preset, decode_sequence, encode_sequence
 from ..models.earthformer_unet import EarthformerUNetModel
+from ..models.extrapolation import MotionExtrapolator
 from ..schedulers import (
     DEFAULT_INFERENCE_STEPS,
     PREDIFF_NOISE_SCHEDULE,
     SCHEDULER_PRESETS,
     prediff_scheduler,
     prediff_training_scheduler,
+    record_portable_settings,
 )
 from .pipeline_output import PreDiffPipelineOutput
 from .pipeline_utils import (
@@ -34,7 +37,7 @@ from .pipeline_utils import (
     to_context_tensor,
 )
 
-__all__ = ["PREDIFF_PIPELINE_PRESETS", "PreDiffPipeline"]
+__all__ = ["PREDIFF_PIPELINE_PRESETS", "Extrapolation", "PreDiffPipeline"]
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 
@@ -67,6 +70,24 @@ PREDIFF_PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class Extrapolation(NamedTuple):
+    """The extrapolation of the contexts, one row per forecast row.
+
+    Args:
+        frames: `(N, T_out, H, W, C)` the extrapolated frames in physical units.
+        latents: `(N, T_out, h, w, c)` their scaled posterior-mean latents, the offset of the diffusion latents.
+        decoded: `(N, T_out, H, W, C)` those latents decoded, in physical units.
+    """
+
+    frames: torch.Tensor
+    latents: torch.Tensor
+    decoded: torch.Tensor
+
+    def repeat_interleave(self, repeats: int) -> Extrapolation:
+        """Every row repeated `repeats` times in place (rows ordered (context, member))."""
+        return Extrapolation(*(field.repeat_interleave(repeats, dim=0) for field in self))
+
+
 class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     r"""
     Probabilistic forecasting with PreDiff: the context frames are encoded frame by frame with the
@@ -82,13 +103,19 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             schedule: DDPM, DDIM, DPM-Solver++, UniPC, Euler (see [`~prediff.schedulers.prediff_scheduler`]).
         knowledge_model ([`KnowledgeAlignmentModel`], *optional*): predicts a statistic of the clean forecast
             from the noisy latents, used by learned knowledge controls.
+        extrapolator ([`MotionExtrapolator`], *optional*): advects the last context frame along the context's
+            motion. With it, the denoiser is conditioned on the encoded context followed by the encoded
+            extrapolation (`unet.input_shape[0] = T_in + T_out`), the diffusion models the latent residual
+            `z_future - z_extrapolated`, and the forecast is the extrapolation plus the decoded change
+            `D(z_extrapolated + residual) - D(z_extrapolated)`, clipped to `value_range`. Without it: PreDiff as
+            published.
         value_range (`tuple[float, float]`, defaults to `(0.0, 255.0)`): physical values mapped to 0 and 1.
         units (`str`, *optional*): what the physical values are (model card only).
         training_data (`str`, *optional*): what the components were trained on (model card only).
     """
 
     model_cpu_offload_seq = "vae->knowledge_model->unet->vae"
-    _optional_components = ["knowledge_model"]
+    _optional_components = ["knowledge_model", "extrapolator"]
     _callback_tensor_inputs = ["latents", "context_latents"]
 
     def __init__(
@@ -97,6 +124,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         unet: EarthformerUNetModel,
         scheduler: SchedulerMixin,
         knowledge_model: KnowledgeAlignmentModel | None = None,
+        extrapolator: MotionExtrapolator | None = None,
         value_range: tuple[float, float] = (0.0, 255.0),
         units: str | None = None,
         training_data: str | None = None,
@@ -110,7 +138,17 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 f"unet input_shape {unet.input_shape} has {unet.input_shape[3]} channels but the vae has "
                 f"latent_channels={vae.config.latent_channels}"
             )
-        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, knowledge_model=knowledge_model)
+        if extrapolator is not None and unet.input_shape[0] <= unet.target_shape[0]:
+            raise ValueError(
+                f"with an extrapolator the unet is conditioned on T_in context + T_out extrapolated frames, so its "
+                f"input_shape[0] must exceed target_shape[0]; got input_shape {unet.input_shape} and target_shape "
+                f"{unet.target_shape}"
+            )
+        # Saved configs then carry the settings that make `OtherScheduler.from_config(pipe.scheduler.config)` safe.
+        record_portable_settings(scheduler)
+        self.register_modules(
+            vae=vae, unet=unet, scheduler=scheduler, knowledge_model=knowledge_model, extrapolator=extrapolator
+        )
         self.register_to_config(value_range=list(value_range), units=units, training_data=training_data)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
@@ -160,7 +198,8 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     @property
     def context_shape(self) -> tuple[int, int, int, int]:
         """`(T_in, H, W, C)` of one context sample."""
-        T_in, h, w, _ = self.unet.input_shape
+        T_cond, h, w, _ = self.unet.input_shape
+        T_in = T_cond - self.unet.target_shape[0] if self.extrapolator is not None else T_cond
         return T_in, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae.config.in_channels
 
     @property
@@ -189,17 +228,47 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         lo, hi = self.value_range
         return x * (hi - lo) + lo
 
-    def encode_context(self, context: torch.Tensor) -> torch.Tensor:
-        """Physical-unit context `(B, T_in, H, W, C)` -> posterior-mean latents `(B, T_in, h, w, c)`."""
+    @property
+    def scaling_factor(self) -> float:
+        """The autoencoder's latent scaling (Diffusers' `vae.config.scaling_factor`; 1.0 in the official
+        presets): latents are multiplied by it after encoding and divided by it before decoding."""
+        return float(self.vae.config.scaling_factor)
+
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `(B, T, H, W, C)` in [0, 1] -> scaled posterior-mean latents `(B, T, h, w, c)`, float32."""
         device = self._execution_device
-        unit = self.scale_to_unit(context.to(device=device, dtype=torch.float32))
-        return encode_sequence(self.vae, unit, sample_posterior=False, chunk_size=self.vae_chunk_size)
+        frames = frames.to(device=device, dtype=torch.float32)
+        latents = encode_sequence(self.vae, frames, sample_posterior=False, chunk_size=self.vae_chunk_size)
+        return latents.float() * self.scaling_factor
+
+    def encode_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Physical-unit context `(B, T_in, H, W, C)` -> scaled posterior-mean latents `(B, T_in, h, w, c)`."""
+        return self.encode_frames(self.scale_to_unit(context.float()))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units, float32,
+        """Scaled latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units, float32,
         differentiable."""
-        frames = decode_sequence(self.vae, latents, chunk_size=self.vae_chunk_size)
+        frames = decode_sequence(self.vae, latents / self.scaling_factor, chunk_size=self.vae_chunk_size)
         return self.scale_to_physical(frames.float())
+
+    @torch.no_grad()
+    def prepare_extrapolation(self, unit_context: torch.Tensor) -> Extrapolation:
+        """The extrapolation of a context `(B, T_in, H, W, C)` in [0, 1], in the three forms the forecast
+        needs (see [`Extrapolation`])."""
+        T_out = self.forecast_shape[0]
+        frames = self.extrapolator(unit_context, T_out)
+        latents = self.encode_frames(frames)
+        return Extrapolation(self.scale_to_physical(frames), latents, self.decode_latents(latents.to(self.vae.dtype)))
+
+    def decode_forecast(self, latents: torch.Tensor, extrapolation: Extrapolation | None = None) -> torch.Tensor:
+        """The denoiser's latents `(N, T_out, h, w, c)` -> forecast frames `(N, T_out, H, W, C)` in physical
+        units, differentiable: `decode_latents(latents)`, or with an extrapolation (rows matching), the
+        extrapolated frames plus the change the residual makes to their decoding."""
+        if extrapolation is None:
+            return self.decode_latents(latents)
+        # The autoencoder's reconstruction error of the extrapolation cancels in the difference, so a zero
+        # residual gives the sharp extrapolation itself.
+        return extrapolation.frames + self.decode_latents(latents + extrapolation.latents) - extrapolation.decoded
 
     # ------------------------------------------------------------------ checks
 
@@ -304,6 +373,15 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             raise ValueError(
                 f"the denoiser predicts epsilon, but the scheduler {name} has prediction_type={prediction_type!r}"
             )
+        # Clipping or thresholding the clean estimate assumes data in [-1, 1]; latents are not, so either one
+        # silently wrecks the forecast (DDIM and DDPM clip by default).
+        for setting, what in (("clip_sample", "clips"), ("thresholding", "thresholds")):
+            if scheduler.config.get(setting, False):
+                raise ValueError(
+                    f"the scheduler {name} {what} the clean latent estimate ({setting}=True), but latents are not "
+                    f"scaled to its [-1, 1] range; build it with {name}.from_config(pipe.scheduler.config, "
+                    f"{setting}=False) or use prediff.schedulers.prediff_scheduler(...)"
+                )
 
     def _check_noise_schedule(self, alphas: torch.Tensor) -> None:
         """Reject a scheduler whose noise levels `alpha_bar_t` are not those the denoiser was trained on.
@@ -389,6 +467,8 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         context_latents: torch.Tensor,
         controls: list[KnowledgeControl],
         batch_index: torch.Tensor,
+        decode: Callable[[torch.Tensor], torch.Tensor],
+        extrapolation: Extrapolation | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (score-guided) noise estimate in float32 and the summed official-form gradient, if any."""
         dtype = self.unet.dtype
@@ -410,9 +490,10 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 context_latents=context_latents,
                 alpha_prod_t=alpha_prod_t,
                 batch_index=batch_index,
-                decode=self.decode_latents,
+                decode=decode,
                 value_range=self.value_range,
                 knowledge_model=self.knowledge_model,
+                latent_offset=extrapolation.latents if extrapolation is not None else None,
             )
             score_grad, official_grad = knowledge_gradients(controls, state)
         noise_pred = noise_pred.detach()
@@ -508,10 +589,18 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         # Scale 0 must leave the result bit for bit unchanged: such controls are dropped before anything runs.
         controls = [c for c in controls if c.scale != 0]
 
-        # 1. Context latents (posterior mean), repeated for every member: rows ordered (context, member).
-        context_latents = self.encode_context(context).to(self.unet.dtype)
-        context_latents = context_latents.repeat_interleave(members, dim=0)
+        # 1. The condition: the context's latents (posterior mean) and, with an extrapolator, those of its
+        #    extrapolation, repeated for every member: rows ordered (context, member).
+        unit_context = self.scale_to_unit(context.to(device=device, dtype=torch.float32))
+        context_latents = self.encode_frames(unit_context)
+        extrapolation = None
+        if self.extrapolator is not None:
+            extrapolation = self.prepare_extrapolation(unit_context)
+            context_latents = torch.cat([context_latents, extrapolation.latents], dim=1)
+            extrapolation = extrapolation.repeat_interleave(members)
+        context_latents = context_latents.to(self.unet.dtype).repeat_interleave(members, dim=0)
         batch_index = torch.arange(batch_size, device=device).repeat_interleave(members)
+        decode = partial(self.decode_forecast, extrapolation=extrapolation)
 
         # 2. Timesteps and initial noise.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -526,7 +615,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 if self.interrupt:
                     continue
                 model_input = self.scheduler.scale_model_input(latents, t)
-                noise_pred, official_grad = self._noise_pred(model_input, t, context_latents, controls, batch_index)
+                noise_pred, official_grad = self._noise_pred(
+                    model_input, t, context_latents, controls, batch_index, decode, extrapolation
+                )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if official_grad is not None:
                     # PreDiff's own form: the posterior mean moves by -scale * sigma_t * g (noise is additive,
@@ -545,7 +636,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         if output_type == "latent":
             frames = latents.reshape(batch_size, members, *latents.shape[1:])
         else:
-            frames = self.decode_latents(latents.to(self.vae.dtype))
+            frames = decode(latents.to(self.vae.dtype))
+            if extrapolation is not None:
+                frames = frames.clamp(*self.value_range)
             frames = frames.reshape(batch_size, members, *frames.shape[1:])
             if output_type == "np":
                 frames = frames.cpu().numpy()
@@ -572,6 +665,17 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         lo, hi = self.value_range
         units = self.config.get("units") or "the physical units of the training data"
         training = self.config.get("training_data") or "not recorded for this pipeline"
+        if self.extrapolator is None:
+            clamping = "outputs are not clamped"
+            motion = "none: the denoiser sees the encoded context only (PreDiff as published)."
+        else:
+            clamping = "outputs are clipped to that range"
+            motion = (
+                "a `MotionExtrapolator` advects the last context frame along the context's motion; the denoiser "
+                "is conditioned on the encoded context and the encoded extrapolation, the diffusion models the "
+                "latent residual over the extrapolation, and the forecast is the extrapolation plus the decoded "
+                "change."
+            )
         return f"""# PreDiff pipeline
 
 Probabilistic precipitation / Earth-system forecasting with latent diffusion (PreDiff, NeurIPS 2023) and an
@@ -582,9 +686,11 @@ Earthformer-UNet denoiser, with optional knowledge control.
 - **Context**: `(B, {T_in}, {H}, {W}, {C})` = (batch, time, height, width, channels), channels last, in
 {units}.
 - **Scaling**: values are mapped to [0, 1] with `(x - {lo:g}) / ({hi:g} - {lo:g})` before encoding, and
-  back after decoding (`value_range = ({lo:g}, {hi:g})`); outputs are not clamped.
+  back after decoding (`value_range = ({lo:g}, {hi:g})`); {clamping}.
 - **Forecast**: `(B, M, {T_out}, {H}, {W}, {C})` for `M` ensemble members, in the same units.
-- **Latents**: every frame is encoded separately to `({h}, {w}, {c})` (no latent scaling factor).
+- **Latents**: every frame is encoded separately to `({h}, {w}, {c})` and multiplied by the latent scaling
+  factor {self.scaling_factor:.6g}.
+- **Motion**: {motion}
 
 ## Components
 
@@ -610,8 +716,9 @@ from prediff import PreDiffPipeline
 pipe = PreDiffPipeline.from_pretrained("<this repository>")
 context = np.zeros((1, {T_in}, {H}, {W}, {C}), dtype=np.float32)  # observed frames, {units}
 generators = [torch.Generator().manual_seed(i) for i in range(8)]
-forecast = pipe(context, num_ensemble_members=8, generator=generators).frames  # (1, 8, {T_out}, {H}, {W},
-{C}) ```
+# forecast: (1, 8, {T_out}, {H}, {W}, {C}), ensemble members in the second axis
+forecast = pipe(context, num_ensemble_members=8, generator=generators).frames
+```
 
 Weights are stored as safetensors; `from_pretrained` refuses pickle files unless `allow_pickle=True`.
 """

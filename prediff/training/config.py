@@ -302,12 +302,38 @@ class VAETrainingConfig(TrainingConfig):
         )
 
 
+#: How the latent-space trainers scale the latents (see `_LatentTrainingConfig`).
+LATENT_SCALINGS = ("vae", "std")
+
+
 @dataclass
 class _LatentTrainingConfig(TrainingConfig):
+    """Attributes shared by the latent-space trainers (denoiser, alignment); both must use the same values for
+    their networks to work together in one pipeline.
+
+    Attributes:
+        vae: the trained autoencoder folder (frozen).
+        extrapolation: when given (`{}` for the defaults), the keyword arguments of a
+            [`~prediff.models.MotionExtrapolator`]: the last context frame is advected along the context's motion,
+            the denoiser is conditioned on the encoded context *and* the encoded extrapolation, and the diffusion
+            models the latent residual `z_future - z_extrapolated`. Null: plain PreDiff (official).
+        latent_scaling: "vae" keeps the autoencoder's `scaling_factor` (1.0 in the official presets); "std"
+            sets it to one over the standard deviation of the diffusion targets (latents, or residuals with
+            `extrapolation`) of the first `latent_scaling_items` training items, as LDM's `scale_by_std`.
+        latent_scaling_items: items used by `latent_scaling: std`.
+    """
+
     vae: str | None = None
+    extrapolation: dict[str, Any] | None = None
+    latent_scaling: str = "vae"
+    latent_scaling_items: int = 64
 
     def validate(self) -> None:
         super().validate()
+        _check(
+            self.latent_scaling in LATENT_SCALINGS, "latent_scaling", f"one of {LATENT_SCALINGS}", self.latent_scaling
+        )
+        _check(self.latent_scaling_items >= 1, "latent_scaling_items", "an integer >= 1", self.latent_scaling_items)
         if not self.vae:
             raise ValueError(
                 "vae is required: pass the trained autoencoder folder with --vae DIR "

@@ -1,20 +1,22 @@
-"""What the latent-space trainers (denoiser, alignment) share: loading the frozen autoencoder and encoding
-batches into context (posterior mean) and target (posterior sample) latents."""
+"""What the latent-space trainers (denoiser, alignment) share: loading the frozen autoencoder, the optional
+motion extrapolation, the latent scaling, and encoding batches into the denoiser's condition (posterior mean)
+and diffusion target (posterior sample)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 
 from ..models.autoencoder import encode_sequence, latent_frame_shape
+from ..models.extrapolation import MotionExtrapolator
 from .trainer import Trainer
 
-__all__ = ["LatentTrainer", "load_pretrained_component", "load_vae"]
+__all__ = ["DiffusionLatents", "LatentTrainer", "load_pretrained_component", "load_vae"]
 
 _VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder}
 
@@ -51,19 +53,64 @@ def load_pretrained_component(cls: Any, path: str | os.PathLike, subfolder: str)
     return model.eval()
 
 
+class DiffusionLatents(NamedTuple):
+    """One batch in the denoiser's terms, all scaled by the autoencoder's `scaling_factor`.
+
+    Args:
+        condition: `(B, T_cond, h, w, c)` the encoded context, followed by the encoded extrapolation when the
+            trainer extrapolates (`T_cond = T_in + T_out`), else `T_cond = T_in`.
+        target: `(B, T_out, h, w, c)` what the diffusion models: the target latents minus `offset`.
+        offset: `(B, T_out, h, w, c)` the encoded extrapolation, or zeros.
+    """
+
+    condition: torch.Tensor
+    target: torch.Tensor
+    offset: torch.Tensor
+
+
 class LatentTrainer(Trainer):
-    """A trainer whose network works on latents of a frozen autoencoder (`config.vae`)."""
+    """A trainer whose network works on latents of a frozen autoencoder (`config.vae`), optionally with the
+    motion extrapolation of `config.extrapolation`."""
 
     def load_frozen_vae(self) -> tuple[int, int, int]:
-        """Load the autoencoder; returns the `(h, w, c)` latent of one frame, checked against the data."""
-        self.vae = load_vae(self.config.vae)
+        """Load the autoencoder and the extrapolator, set the latent scaling; returns the `(h, w, c)` latent of
+        one frame, checked against the data."""
+        cfg = self.config
+        self.vae = load_vae(cfg.vae)
         _, H, W, C = self.item_shape
         try:
-            return latent_frame_shape(self.vae, (H, W, C))
+            latent_shape = latent_frame_shape(self.vae, (H, W, C))
         except ValueError as error:
-            raise ValueError(
-                f"the vae {self.config.vae!r} does not fit the data ({self.describe_data()}): {error}"
-            ) from None
+            raise ValueError(f"the vae {cfg.vae!r} does not fit the data ({self.describe_data()}): {error}") from None
+        self.extrapolator = None
+        if cfg.extrapolation is not None:
+            try:
+                self.extrapolator = MotionExtrapolator(**cfg.extrapolation)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"extrapolation: {error}") from None
+        if cfg.latent_scaling == "std":
+            self.vae.register_to_config(scaling_factor=self.estimate_scaling_factor())
+        return latent_shape
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @torch.no_grad()
+    def estimate_scaling_factor(self) -> float:
+        """One over the standard deviation of the unscaled diffusion targets (posterior means) of the first
+        `latent_scaling_items` training items, without augmentation: the same on every process and resume."""
+        self.vae.register_to_config(scaling_factor=1.0)
+        count = min(self.config.latent_scaling_items, len(self.train_dataset))
+        batch = self.config.train_batch_size
+        targets = []
+        for start in range(0, count, batch):
+            frames = torch.stack([self.train_dataset[i]["frames"] for i in range(start, min(start + batch, count))])
+            targets.append(self.diffusion_latents(frames.float(), sample_target=False).target)
+        std = float(torch.cat(targets).std())
+        if not std > 0:
+            raise ValueError("latent_scaling: std needs training targets that vary; the first items are constant")
+        return 1.0 / std
 
     def move_frozen_to(self, device: torch.device, dtype: torch.dtype) -> None:
         self.vae.to(device=device)
@@ -77,5 +124,18 @@ class LatentTrainer(Trainer):
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, sample: bool) -> torch.Tensor:
-        """Frozen-VAE latents in float32: the posterior mean (context) or a posterior sample (target)."""
-        return encode_sequence(self.vae, frames, sample_posterior=sample).float()
+        """Frozen-VAE latents in float32, scaled by `scaling_factor`: the posterior mean (context) or a posterior
+        sample (target)."""
+        return encode_sequence(self.vae, frames, sample_posterior=sample).float() * self.scaling_factor
+
+    @torch.no_grad()
+    def diffusion_latents(self, frames: torch.Tensor, sample_target: bool = True) -> DiffusionLatents:
+        """Frames `(B, T, H, W, C)` in [0, 1] -> the denoiser's condition, diffusion target and offset."""
+        context, target = self.split(frames)
+        condition = self.encode(context, sample=False)
+        target_latents = self.encode(target, sample=sample_target)
+        if self.extrapolator is None:
+            return DiffusionLatents(condition, target_latents, torch.zeros_like(target_latents))
+        advected = self.extrapolator(context.float(), target.shape[1]).to(context.dtype)
+        offset = self.encode(advected, sample=False)
+        return DiffusionLatents(torch.cat([condition, offset], dim=1), target_latents - offset, offset)

@@ -64,12 +64,13 @@ class AlignmentTrainer(LatentTrainer):
 
     def _loss(self, frames: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         _, target = self.split(frames)
-        latents = self.encode(target, sample=True)
+        _, latents, offset = self.diffusion_latents(frames)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
         )
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        # The network sees what the pipeline's controls see: the noisy diffusion latents plus their offset.
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps) + offset
         prediction = model(noisy, timesteps).sample
         return F.mse_loss(prediction.float(), frame_statistic(target, self.config.statistic))
 

@@ -59,7 +59,8 @@ class DenoiserTrainer(LatentTrainer):
             )
         h, w, c = self.load_frozen_vae()
         d = cfg.data
-        derived = {"input_shape": (d.context_length, h, w, c), "target_shape": (d.target_length, h, w, c)}
+        condition_length = d.context_length + (d.target_length if self.extrapolator is not None else 0)
+        derived = {"input_shape": (condition_length, h, w, c), "target_shape": (d.target_length, h, w, c)}
         kwargs = self.check_model_kwargs(EarthformerUNetModel, cfg.model, derived)
         unet = EarthformerUNetModel(**kwargs)
         if cfg.attention_backend:
@@ -96,9 +97,7 @@ class DenoiserTrainer(LatentTrainer):
         return self.unwrap("denoiser").unet
 
     def _losses(self, frames: torch.Tensor, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        context, target = self.split(frames)
-        context_latents = self.encode(context, sample=False)
-        latents = self.encode(target, sample=True)
+        context_latents, latents, _ = self.diffusion_latents(frames)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
@@ -117,11 +116,16 @@ class DenoiserTrainer(LatentTrainer):
     def pipeline(self, unet: EarthformerUNetModel | None = None, export: bool = False) -> PreDiffPipeline:
         """A `PreDiffPipeline` around the network being trained (`export`: fresh float32 autoencoder)."""
         cfg = self.config
+        vae = self.vae
+        if export:
+            vae = load_vae(cfg.vae)
+            vae.register_to_config(scaling_factor=self.scaling_factor)
         return PreDiffPipeline(
-            vae=load_vae(cfg.vae) if export else self.vae,
+            vae=vae,
             unet=unet if unet is not None else self.unwrap("denoiser").unet,
             scheduler=prediff_scheduler(cfg.validation_scheduler),
             knowledge_model=self.knowledge_model,
+            extrapolator=self.extrapolator,
             value_range=self.value_range,
             units=self.units,
             training_data=self.describe_training(),
