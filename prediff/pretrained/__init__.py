@@ -1,12 +1,17 @@
 """Pipelines shipped inside the package: they work offline, right after installation.
 
-`prediff-storms-tiny` is a small PreDiff pipeline (autoencoder, Earthformer-UNet denoiser and
-knowledge-alignment network) trained with `prediff train` on the synthetic storms of `prediff.data` (data
-seed 0). It forecasts 4 frames of 64x64 VIL (digital levels 0-255) from 4 context frames. Its folder holds
-`model_index.json`, one subfolder per component (configs and safetensors weights), a model card `README.md`
-with the exact training commands and measured scores, and `future_intensity.json`: the training distribution
-of the future mean intensity, which the anticipated-intensity knowledge control uses for its `mu + n sigma`
-targets.
+Both are trained with `prediff train` on the synthetic storms of `prediff.data` (data seed 0) and forecast 4
+frames of 64x64 VIL (digital levels 0-255) from 4 context frames:
+
+- `prediff-storms-tiny`: a PreDiff pipeline (autoencoder, motion extrapolator, Earthformer-UNet denoiser of the
+  residual over the extrapolation, and knowledge-alignment network); its folder also holds
+  `future_intensity.json`, the training distribution of the future mean intensity, which the
+  anticipated-intensity knowledge control uses for its `mu + n sigma` targets;
+- `earthformer-storms-tiny`: a deterministic Earthformer (`EarthformerPipeline`), the reference the skill study
+  scores PreDiff against.
+
+Each folder holds `model_index.json`, one subfolder per component (configs and safetensors weights) and a model
+card `README.md` with the exact training commands and measured scores.
 
 Examples:
 
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:  # the pipeline module imports torch and diffusers; only load it when a pipeline is loaded
     import torch
 
-    from ..pipelines import PreDiffPipeline
+    from ..pipelines import EarthformerPipeline, PreDiffPipeline
 
 __all__ = [
     "DEFAULT_SHIPPED_PIPELINE",
@@ -39,14 +44,22 @@ __all__ = [
     "shipped_pipeline_path",
 ]
 
-#: Names of the pipelines shipped with the package (folders next to this file).
-SHIPPED_PIPELINES: tuple[str, ...] = ("prediff-storms-tiny",)
+#: Names of the pipelines shipped with the package (folders next to this file) and the files each must hold.
+SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
+    "prediff-storms-tiny": (
+        "model_index.json",
+        "vae/config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ),
+    "earthformer-storms-tiny": ("model_index.json", "model/config.json", "model/diffusion_pytorch_model.safetensors"),
+}
+SHIPPED_PIPELINES: tuple[str, ...] = tuple(SHIPPED_PIPELINE_FILES)
 DEFAULT_SHIPPED_PIPELINE = "prediff-storms-tiny"
 
 #: The file of a shipped pipeline folder that records the training distribution of the future mean intensity.
 INTENSITY_STATS_FILE = "future_intensity.json"
-
-_REQUIRED = ("model_index.json", "vae/config.json", "unet/config.json", "scheduler/scheduler_config.json")
 
 
 class ShippedIntensityStats(NamedTuple):
@@ -73,9 +86,7 @@ def shipped_pipeline_path(name: str = DEFAULT_SHIPPED_PIPELINE) -> Path:
     if name not in SHIPPED_PIPELINES:
         raise ValueError(f"name must be one of {SHIPPED_PIPELINES}, got {name!r}")
     folder = Path(__file__).resolve().parent / name
-    missing = [part for part in _REQUIRED if not (folder / part).is_file()]
-    if not missing and not any((folder / "unet").glob("*.safetensors")):
-        missing.append("unet/*.safetensors")
+    missing = [part for part in SHIPPED_PIPELINE_FILES[name] if not (folder / part).is_file()]
     if missing:
         raise FileNotFoundError(
             f"the shipped pipeline {name!r} is incomplete in {folder}: missing {', '.join(missing)} "
@@ -102,22 +113,27 @@ def load_shipped_pipeline(
     name: str = DEFAULT_SHIPPED_PIPELINE,
     scheduler: str | None = None,
     torch_dtype: torch.dtype | None = None,
-) -> PreDiffPipeline:
+) -> PreDiffPipeline | EarthformerPipeline:
     """Load a pipeline shipped with the package (no network, safetensors only).
 
     Args:
         name: one of `SHIPPED_PIPELINES`.
         scheduler: a [`~prediff.schedulers.prediff_scheduler`] name ("dpmsolver++", "ddim", "ddpm", ...)
-            replacing the saved one (DPM-Solver++, 20 steps by default).
+            replacing the saved one (DPM-Solver++, 20 steps by default); PreDiff pipelines only.
         torch_dtype: load the weights in this dtype (default float32).
 
     Returns:
-        A [`PreDiffPipeline`] whose `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL context frames (0-255)
-        and returns `(B, M, 4, 64, 64, 1)` forecasts in the same units.
+        A [`PreDiffPipeline`] (or, for "earthformer-storms-tiny", an [`EarthformerPipeline`]) whose
+        `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL context frames (0-255) and returns
+        `(B, M, 4, 64, 64, 1)` forecasts in the same units (`(B, 4, 64, 64, 1)` for the Earthformer).
     """
-    from ..pipelines import PreDiffPipeline
+    from ..pipelines import EarthformerPipeline, PreDiffPipeline
 
     folder = shipped_pipeline_path(name)
+    if name.startswith("earthformer"):
+        if scheduler is not None:
+            raise ValueError(f"the shipped pipeline {name!r} is deterministic and takes no scheduler")
+        return EarthformerPipeline.from_pretrained(folder, torch_dtype=torch_dtype)
     kwargs: dict[str, Any] = {}
     if scheduler is not None:
         from ..schedulers import prediff_scheduler

@@ -1,0 +1,245 @@
+"""Skill study: the shipped PreDiff pipeline against pysteps, Earthformer and persistence on held-out storms.
+
+Every forecaster sees the same held-out synthetic storms (`SyntheticStormDataset`, data seed `--data-seed`;
+the shipped recipes train on seed 0) and is scored in VIL levels 0-255 with `prediff.metrics`: CRPS (of the
+ensemble; a deterministic forecast's CRPS is its MAE), MSE and MAE of the ensemble mean, CSI at 16 / 74 / 133
+per pixel and on 4x4 max-pooled frames, FSS (threshold 16, 4x4 neighbourhood), and the spread/skill ratio.
+Two tables are printed, in Markdown:
+
+1. **Skill**: every forecaster on all `--num-sequences` sequences, averaged over lead times, plus CRPS and MSE
+   per lead time. PreDiff uses the pipeline's default sampler and `--members` members; STEPS the same count.
+2. **Samplers**: PreDiff with each of `--samplers` on the first `--sampler-sequences` sequences (the 1000-step
+   official sampler is slow on a CPU), the CRPS relative to the first one (the official DDPM-1000 by default)
+   and the wall time.
+
+Noise is seeded per (sequence, member) with `--seed`, so results do not depend on batching. Example (about
+20 minutes on a 2-core CPU; the 1000-step sampler takes most of it):
+
+    python benchmarks/bench_skill.py
+    python benchmarks/bench_skill.py --num-sequences 8 --sampler-sequences 2 --samplers dpmsolver++:20 ddim:50
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from prediff.baselines import get_baseline
+from prediff.data import SyntheticStormDataset
+from prediff.evaluation.evaluate import evaluate_forecasts
+from prediff.pipelines import EarthformerPipeline, PreDiffPipeline
+from prediff.pipelines.forecast_io import member_generators
+from prediff.pretrained import shipped_pipeline_path
+from prediff.schedulers import prediff_scheduler
+
+DEFAULT_SAMPLERS = ("ddpm:1000", "ddpm:50", "ddim:50", "dpmsolver++:20", "dpmsolver++:10")
+#: Columns of the skill table: (label, score name, lead time or None for the average).
+COLUMNS = (
+    ("CRPS", "crps", None),
+    ("CRPS last", "crps", -1),
+    ("MSE", "mse", None),
+    ("MAE", "mae", None),
+    ("CSI16", "csi_16", None),
+    ("CSI74", "csi_74", None),
+    ("CSI133", "csi_133", None),
+    ("CSI16 p4", "csi_16_pool4", None),
+    ("CSI74 p4", "csi_74_pool4", None),
+    ("CSI133 p4", "csi_133_pool4", None),
+    ("FSS16 4px", "fss_16_scale4", None),
+    ("spread/skill", "spread_skill_ratio", None),
+)
+
+Forecaster = Callable[[np.ndarray, np.ndarray, Sequence[int]], np.ndarray]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", default=None, help="PreDiff pipeline folder (default: the shipped one)")
+    parser.add_argument(
+        "--earthformer",
+        default=None,
+        help="EarthformerPipeline folder (default: the shipped one, if any; 'none' to leave it out)",
+    )
+    parser.add_argument("--num-sequences", type=int, default=64, help="held-out sequences scored")
+    parser.add_argument("--data-seed", type=int, default=2026, help="seed of the held-out storms")
+    parser.add_argument("--members", type=int, default=8, help="ensemble members (PreDiff and STEPS)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the forecast noise")
+    parser.add_argument(
+        "--samplers", nargs="*", default=list(DEFAULT_SAMPLERS), help="preset:steps entries (none: no sampler table)"
+    )
+    parser.add_argument("--sampler-sequences", type=int, default=8, help="sequences of the sampler table")
+    parser.add_argument("--sampler-members", type=int, default=4, help="members of the sampler table")
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences forecast together")
+    return parser.parse_args()
+
+
+def timed(forecast: Forecaster, seconds: dict[str, float], name: str) -> Forecaster:
+    def run(context: np.ndarray, target: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        start = time.perf_counter()
+        result = forecast(context, target, indices)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    return run
+
+
+def prediff_forecaster(
+    pipe: PreDiffPipeline, sampler: str | None, steps: int | None, members: int, seed: int
+) -> Forecaster:
+    """PreDiff with a scheduler preset (None: the pipeline's own) and per-(sequence, member) noise."""
+    scheduler = pipe.scheduler if sampler is None else prediff_scheduler(sampler)
+
+    def forecast(context: np.ndarray, target: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+        pipe.scheduler = scheduler
+        return pipe(
+            context,
+            num_inference_steps=steps,
+            num_ensemble_members=members,
+            generator=member_generators(seed, indices, members),
+        ).frames
+
+    return forecast
+
+
+def baseline_forecasters(num_frames: int, members: int, seed: int, frame_size: int) -> dict[str, Forecaster]:
+    forecasters: dict[str, Forecaster] = {}
+    persistence = get_baseline("persistence")
+    forecasters["persistence"] = lambda context, target, indices: persistence(context, num_frames)
+    if importlib.util.find_spec("pysteps") is None:
+        print(
+            'pysteps is not installed: the extrapolation and STEPS rows are left out (pip install "prediff[pysteps]")'
+        )
+        return forecasters
+    extrapolation, steps = get_baseline("extrapolation"), get_baseline("steps")
+    levels = int(max(1, min(6, np.log2(frame_size) - 2)))
+    forecasters["pysteps extrapolation"] = lambda context, target, indices: extrapolation(context, num_frames)
+    forecasters["pysteps STEPS"] = lambda context, target, indices: steps(
+        context,
+        num_frames,
+        num_members=members,
+        num_cascade_levels=levels,
+        seed=seed + int(indices[0]),
+        show_progress=False,
+    )
+    return forecasters
+
+
+def score(
+    forecasters: dict[str, Forecaster], dataset: SyntheticStormDataset, pipe: PreDiffPipeline, count: int, batch: int
+) -> tuple[dict, dict[str, float]]:
+    seconds: dict[str, float] = {}
+    timed_forecasters = {name: timed(fn, seconds, name) for name, fn in forecasters.items()}
+    T_in = pipe.context_shape[0]
+    T_out = pipe.forecast_shape[0]
+    results, _ = evaluate_forecasts(
+        timed_forecasters,
+        dataset,
+        T_in,
+        T_out,
+        pipe.value_range,
+        num_sequences=count,
+        batch_size=batch,
+        pool_sizes=(1, 4),
+        fss_scales=(4,),
+    )
+    return results, seconds
+
+
+def value(result, name: str, lead: int | None) -> float:
+    if lead is None:
+        return float(result.scores.get(name, float("nan")))
+    per_lead = result.per_lead_time.get(name)
+    return float(per_lead[lead]) if per_lead else float("nan")
+
+
+def skill_table(results: dict, seconds: dict[str, float], count: int) -> str:
+    header = "| forecast | members | s / sequence | " + " | ".join(label for label, _, _ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+    for name, result in results.items():
+        cells = [f"{value(result, score_name, lead):.3g}" for _, score_name, lead in COLUMNS]
+        cells = ["-" if cell == "nan" else cell for cell in cells]
+        lines.append(f"| {name} | {result.members} | {seconds[name] / count:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lead_table(results: dict, score_name: str) -> str:
+    leads = len(next(iter(results.values())).per_lead_time[score_name])
+    lines = [
+        f"| {score_name} per lead | " + " | ".join(f"+{t + 1}" for t in range(leads)) + " |",
+        "|" + "---|" * (leads + 1),
+    ]
+    for name, result in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3g}" for v in result.per_lead_time[score_name]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    pipe = PreDiffPipeline.from_pretrained(args.pipeline or shipped_pipeline_path())
+    pipe.set_progress_bar_config(disable=True)
+    T_in, H, W, _ = pipe.context_shape
+    T_out = pipe.forecast_shape[0]
+    total = max(args.num_sequences, args.sampler_sequences)
+    dataset = SyntheticStormDataset(total, T_in + T_out, H, W, seed=args.data_seed)
+    default = type(pipe.scheduler).__name__
+    steps = pipe._default_steps()
+    print(
+        f"held-out storms: data seed {args.data_seed}, {args.num_sequences} sequences of {T_in} + {T_out} frames of "
+        f"{H}x{W}; noise seed {args.seed}; PreDiff default sampler {default}, {steps} steps"
+    )
+
+    forecasters: dict[str, Forecaster] = {
+        f"prediff ({default} {steps})": prediff_forecaster(pipe, None, None, args.members, args.seed)
+    }
+    if args.earthformer != "none":
+        try:
+            earthformer = EarthformerPipeline.from_pretrained(
+                args.earthformer or shipped_pipeline_path("earthformer-storms-tiny")
+            )
+        except (OSError, ValueError) as error:
+            print(f"no Earthformer row: {error}")
+        else:
+            earthformer.set_progress_bar_config(disable=True)
+            forecasters["earthformer"] = lambda context, target, indices: earthformer(context).frames
+    forecasters.update(baseline_forecasters(T_out, args.members, args.seed, min(H, W)))
+    results, seconds = score(forecasters, dataset, pipe, args.num_sequences, args.batch_size)
+    print(f"\n## Skill ({args.num_sequences} sequences, VIL 0-255; lower is better but for CSI and FSS)\n")
+    print(skill_table(results, seconds, args.num_sequences))
+    print()
+    print(lead_table(results, "crps"))
+    print()
+    print(lead_table(results, "mse"))
+
+    if not args.samplers:
+        return
+    own_scheduler = pipe.scheduler
+    samplers: dict[str, Forecaster] = {}
+    for entry in args.samplers:
+        name, _, count = entry.partition(":")
+        samplers[f"{name} {count}"] = prediff_forecaster(pipe, name, int(count), args.sampler_members, args.seed)
+    results, seconds = score(samplers, dataset, pipe, args.sampler_sequences, args.batch_size)
+    pipe.scheduler = own_scheduler
+    reference_name = next(iter(results))
+    reference = results[reference_name].scores["crps"]
+    print(
+        f"\n## Samplers ({args.sampler_sequences} sequences x {args.sampler_members} members; CRPS relative to "
+        f"{reference_name})\n"
+    )
+    print("| sampler | s / sequence | CRPS | CRPS / reference | MSE | spread/skill |")
+    print("|---|---|---|---|---|---|")
+    for name, result in results.items():
+        crps = result.scores["crps"]
+        print(
+            f"| {name} | {seconds[name] / args.sampler_sequences:.2f} | {crps:.3g} | {crps / reference:.3f} | "
+            f"{result.scores['mse']:.4g} | {result.scores.get('spread_skill_ratio', float('nan')):.3g} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
