@@ -131,17 +131,24 @@ def test_forward_shapes_and_dependence_on_context(variant):
 def test_default_backend_matches_reference_forward_and_gradients(variant):
     model = randomize(EarthformerModel(**VARIANTS[variant]))
     context = context_for(VARIANTS[variant])
-    results = {}
-    for backend in ("reference", "sdpa"):
-        model.set_attention_backend(backend)
+
+    def run(backend: str, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.to(dtype).set_attention_backend(backend)
         assert model.attention_backend == backend
         model.zero_grad()
-        out = model(context).sample
-        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
-        results[backend] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    assert relative_error(results["sdpa"][0], results["reference"][0]) < 1e-5
-    for name, grad in results["reference"][1].items():
-        assert relative_error(results["sdpa"][1][name], grad) < 1e-5, name
+        out = model(context.to(dtype)).sample
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)).sum().backward()
+        return out.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
+
+    # The float64 reference is the ground truth. In float32 the output must match it to 1e-5; a gradient summed
+    # over every cuboid (relative-position tables: thousands of terms) carries float32 rounding of about 1e-5 in
+    # either path, so SDPA's must stay within 3e-5 or three times the plain reference path's own error.
+    truth = run("reference", torch.float64)
+    results = {backend: run(backend, torch.float32) for backend in ("reference", "sdpa")}
+    assert relative_error(results["sdpa"][0], truth[0]) < 1e-5
+    for name, grad in truth[1].items():
+        reference_error = relative_error(results["reference"][1][name], grad)
+        assert relative_error(results["sdpa"][1][name], grad) < max(3e-5, 3 * reference_error), name
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
