@@ -9,6 +9,9 @@ prediff evaluate --pipeline DIR_OR_REPO --dataset storms --num-sequences 16 --me
 `--dataset` is `storms` (synthetic storms made on the fly, seed `--data-seed`), `sevir` (with `--root`, a
 SEVIR or SEVIR-LR folder) or a file written by `prediff data generate` (HDF5 / zarr). The table is printed;
 `--out` writes JSON and `--markdown` Markdown.
+
+`accelerate launch [--num_processes N] -m prediff evaluate ...` splits the sequences across N processes (one
+device each); their scores are added up exactly and the main process alone prints and writes the report.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="write the report as Markdown")
     parser.add_argument("--scores", default=None, help="scores in the printed table: names or 'all'")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: the process's accelerator, cuda if available, else cpu)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_knowledge_control_arguments(parser, observed_default=True)
@@ -145,10 +150,8 @@ def build_dataset(
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    import torch
-
     from ..pipelines.commands import check_knowledge_control_args
-    from ..pipelines.forecast_io import intensity_target, load_forecast_pipeline
+    from ..pipelines.forecast_io import intensity_target, launched_processes, load_forecast_pipeline
     from .evaluate import IntensityControlSpec, evaluate_pipeline
 
     check_knowledge_control_args(args)
@@ -167,7 +170,9 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if args.scores:
         scores = "all" if args.scores == "all" else [s.strip() for s in args.scores.split(",") if s.strip()]
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processes = launched_processes()
+    # Launched on several GPUs, each process forecasts on its own one.
+    device = args.device or processes.device
     pipe = load_forecast_pipeline(args.pipeline, device=device)
     T_in, H, W, C = pipe.context_shape
     dataset, label = build_dataset(
@@ -221,6 +226,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     except ImportError as error:
         # A baseline's optional package is missing: say which, without a traceback.
         raise ValueError(str(error)) from None
+    if not processes.is_main_process:
+        return 0
     print(report.to_table(scores))
     if args.out is not None:
         print(f"wrote {report.save(args.out)}")

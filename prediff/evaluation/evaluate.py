@@ -125,13 +125,22 @@ class ScoreSet:
         self.rank = RankHistogram(x_min=rank_x_min) if ensemble else None
         self.intensity = KnowledgeControlError("mean_intensity")
         self.members: int | None = None
+        self.num_sequences = 0
         self._has_intensity = False
 
-    def update(self, forecast: np.ndarray, target: np.ndarray, anticipated: np.ndarray | None = None) -> None:
+    def update(
+        self,
+        forecast: np.ndarray,
+        target: np.ndarray,
+        anticipated: np.ndarray | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> None:
         """Add a batch: `forecast` `(B, M, T, H, W, C)` (ensemble) or `(B, T, H, W, C)`, `target`
-        `(B, T, H, W, C)`, `anticipated` `(B,)` mean intensities or None."""
+        `(B, T, H, W, C)`, `anticipated` `(B,)` mean intensities or None, `indices` the `B` sequence ids
+        (default `0..B-1`), which seed the rank histogram's tie-breaking per sequence."""
         members = forecast if self.ensemble else forecast[:, None]
         self.members = members.shape[1]
+        self.num_sequences += len(target)
         point = members.mean(axis=1) if self.ensemble else forecast
         for metric in self.deterministic:
             metric.update(point, target)
@@ -139,10 +148,30 @@ class ScoreSet:
         if self.spread is not None and self.members >= 2:
             self.spread.update(members, target)
         if self.rank is not None:
-            self.rank.update(members, target)
+            # Ties (dry pixels) are broken per sequence, so batching and process splits give the same histogram.
+            for row, index in enumerate(range(len(target)) if indices is None else indices):
+                state = np.random.SeedSequence([self.rank.seed, int(index)]).generate_state(1, dtype=np.uint32)
+                generator = torch.Generator().manual_seed(int(state[0]))
+                self.rank.update(members[row : row + 1], target[row : row + 1], generator=generator)
         if anticipated is not None:
             self.intensity.update(members, anticipated)
             self._has_intensity = True
+
+    def merge(self, other: ScoreSet) -> None:
+        """Add the sums and counts `other` accumulated (the same forecaster on other sequences, e.g. another
+        process's share)."""
+        if other.members is None:
+            return
+        if self.members is not None and other.members != self.members:
+            raise ValueError(f"cannot merge scores of {other.members} members into scores of {self.members}")
+        self.members = other.members
+        self.num_sequences += other.num_sequences
+        metrics = self.deterministic + [self.crps, self.spread, self.rank, self.intensity]
+        others = other.deterministic + [other.crps, other.spread, other.rank, other.intensity]
+        for metric, theirs in zip(metrics, others):
+            if metric is not None:
+                metric.merge(theirs)
+        self._has_intensity |= other._has_intensity
 
     def result(self, knowledge_control: str | None = None) -> ForecasterScores:
         """The accumulated scores as [`ForecasterScores`]."""
@@ -232,17 +261,24 @@ def evaluate_forecasts(
 
     Args:
         forecasters: name -> `f(context, target, indices)`, context `(B, T_in, H, W, C)` physical units,
-            returning `(B, M, T_out, H, W, C)` (an ensemble) or `(B, T_out, H, W, C)`.
+            returning `(B, M, T_out, H, W, C)` (an ensemble) or `(B, T_out, H, W, C)`; `indices` are the `B`
+            sequence ids, so a forecaster can seed its noise per sequence.
         anticipated: maps observed futures `(B, T_out, H, W, C)` to anticipated mean intensities `(B,)`; when
             given every forecaster gets the `kc_*` intensity errors.
         descriptions: forecaster name -> knowledge-control description for the report.
 
+    Under `accelerate launch` every process forecasts its own contiguous share of the sequences; the sums and
+    counts of every score are then gathered and added, so every process returns the scores of all sequences
+    (those of one process, to floating-point summation order).
+
     Returns:
         name -> [`ForecasterScores`], and the number of sequences scored.
     """
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from ..data.utils import check_positive_int
+    from ..pipelines.forecast_io import launched_processes
 
     batch_size = check_positive_int("batch_size", batch_size)
     total = len(dataset) if num_sequences is None else check_positive_int("num_sequences", num_sequences)
@@ -250,32 +286,45 @@ def evaluate_forecasts(
         raise ValueError(f"num_sequences={total} exceeds the data set's {len(dataset)} sequences")
     if total == 0:
         raise ValueError("the data set is empty")
+    processes = launched_processes()
     scores: dict[str, ScoreSet] = {}
-    bar = tqdm(total=total, desc="evaluate", unit="seq", disable=not progress)
-    try:
-        for start in range(0, total, batch_size):
-            indices = list(range(start, min(start + batch_size, total)))
-            frames = load_sequences(dataset, indices, context_length + forecast_length, value_range)
-            context, target = frames[:, :context_length], frames[:, context_length:]
-            expected = anticipated(target) if anticipated is not None else None
-            for name, forecast_fn in forecasters.items():
-                forecast = np.asarray(forecast_fn(context, target, indices), dtype=np.float32)
-                ensemble = forecast.ndim == 6
-                if forecast.shape[:1] + forecast.shape[1 + ensemble :] != target.shape:
-                    raise ValueError(
-                        f"forecaster {name!r} returned shape {tuple(forecast.shape)} for targets of shape "
-                        f"{tuple(target.shape)}"
-                    )
-                if name not in scores:
-                    scores[name] = ScoreSet(
-                        ensemble, target.shape[2:4], thresholds, pool_sizes, fss_scales, rank_x_min
-                    )
-                scores[name].update(forecast, target, expected)
-            bar.update(len(indices))
-    finally:
-        bar.close()
+    with processes.split_between_processes(list(range(total))) as share:
+        bar = tqdm(total=len(share), desc="evaluate", unit="seq", disable=not (progress and processes.is_main_process))
+        try:
+            for start in range(0, len(share), batch_size):
+                indices = share[start : start + batch_size]
+                frames = load_sequences(dataset, indices, context_length + forecast_length, value_range)
+                context, target = frames[:, :context_length], frames[:, context_length:]
+                expected = anticipated(target) if anticipated is not None else None
+                for name, forecast_fn in forecasters.items():
+                    forecast = np.asarray(forecast_fn(context, target, indices), dtype=np.float32)
+                    ensemble = forecast.ndim == 6
+                    if forecast.shape[:1] + forecast.shape[1 + ensemble :] != target.shape:
+                        raise ValueError(
+                            f"forecaster {name!r} returned shape {tuple(forecast.shape)} for targets of shape "
+                            f"{tuple(target.shape)}"
+                        )
+                    if name not in scores:
+                        scores[name] = ScoreSet(
+                            ensemble, target.shape[2:4], thresholds, pool_sizes, fss_scales, rank_x_min
+                        )
+                    scores[name].update(forecast, target, expected, indices)
+                bar.update(len(indices))
+        finally:
+            bar.close()
+    # Every process adds up the sums and counts of all processes, in process order.
+    merged: dict[str, ScoreSet] = {}
+    for process_scores in gather_object([scores]) if processes.num_processes > 1 else [scores]:
+        for name, score_set in process_scores.items():
+            if name in merged:
+                merged[name].merge(score_set)
+            else:
+                merged[name] = score_set
+    scored = {score_set.num_sequences for score_set in merged.values()}
+    if scored and scored != {total}:
+        raise RuntimeError(f"{total} sequences were to be scored across the processes, but {sorted(scored)} were")
     descriptions = descriptions or {}
-    return {name: s.result(descriptions.get(name)) for name, s in scores.items()}, total
+    return {name: merged[name].result(descriptions.get(name)) for name in forecasters if name in merged}, total
 
 
 def evaluate_pipeline(
@@ -312,7 +361,8 @@ def evaluate_pipeline(
         batch_size: sequences forecast together.
         num_ensemble_members: PreDiff ensemble size `M` (also the STEPS ensemble size).
         num_inference_steps: denoising steps (default: the scheduler's usual count).
-        seed: seed of the forecast noise (and of STEPS).
+        seed: seed of the forecast noise (and of STEPS); the noise is drawn per sequence, so the scores do not
+            depend on the batch size or, under `accelerate launch`, on the number of processes.
         knowledge_control: also forecast with the anticipated-intensity control (PreDiff only), as the
             forecaster "prediff+intensity"; every forecaster then gets the intensity errors `kc_mae`,
             `kc_rmse`, `kc_bias` against the anticipated values.
@@ -331,7 +381,7 @@ def evaluate_pipeline(
     from ..baselines import get_baseline
     from ..data.utils import check_positive_int, check_seed
     from ..pipelines import EarthformerPipeline, PreDiffPipeline
-    from ..pipelines.forecast_io import member_generators
+    from ..pipelines.forecast_io import launched_processes, member_generators
 
     start_time = time.perf_counter()
     if not isinstance(pipeline, (PreDiffPipeline, EarthformerPipeline)):
@@ -407,8 +457,16 @@ def evaluate_pipeline(
             kwargs.setdefault("num_cascade_levels", int(max(1, min(6, np.log2(min(H, W)) - 2))))
 
         def forecast_baseline(context, target, indices, _name=baseline, _fn=fn, _kwargs=kwargs):
-            extra = {"seed": seed + int(indices[0])} if _name == "steps" and "seed" not in _kwargs else {}
-            return _baseline_forecast(_name, _fn, context, T_out, **_kwargs, **extra)
+            if _name != "steps" or "seed" in _kwargs:
+                return _baseline_forecast(_name, _fn, context, T_out, **_kwargs)
+            # One call per sequence: sequence i's channel k draws from seed + i * C + k, as in one call over
+            # sequences 0..N-1, whatever the batches and processes.
+            return np.concatenate(
+                [
+                    _baseline_forecast(_name, _fn, context[row : row + 1], T_out, **_kwargs, seed=seed + index * C)
+                    for row, index in enumerate(indices)
+                ]
+            )
 
         forecasters[baseline] = forecast_baseline
     if baseline_kwargs:
@@ -444,6 +502,7 @@ def evaluate_pipeline(
         "num_inference_steps": num_inference_steps if is_prediff else None,
         "scheduler": type(pipeline.scheduler).__name__ if is_prediff else None,
         "seed": seed,
+        "num_processes": launched_processes().num_processes,
         "baselines": list(baselines),
         "thresholds": [float(t) for t in thresholds],
         "pool_sizes": [int(k) for k in pool_sizes if k <= min(H, W)],

@@ -73,6 +73,9 @@ class Metric:
 
     #: Names of the scores ``compute`` returns, for tables.
     names: tuple[str, ...] = ()
+    #: Attributes holding sums and counts (tensors, numbers, dicts of them, or None before any update): the
+    #: state ``merge`` adds up. Empty for metrics whose state is not a plain sum.
+    additive_states: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self._num_frames: int | None = None
@@ -100,6 +103,22 @@ class Metric:
         if self._num_frames is None:
             raise ValueError(f"{type(self).__name__}.compute() called before any update()")
 
+    def merge(self, other: Metric) -> None:
+        """Add the state ``other`` accumulated (the same metric and settings, e.g. on another process).
+
+        Sums and counts are added, never scores averaged, so the merged scores are exactly those of all the
+        batches of both (up to floating-point summation order).
+        """
+        if type(other) is not type(self):
+            raise ValueError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
+        if not self.additive_states:
+            raise NotImplementedError(f"{type(self).__name__} has no additive state to merge")
+        if other._num_frames is None:
+            return
+        self._check_num_frames(other._num_frames)
+        for name in self.additive_states:
+            setattr(self, name, _add_states(name, getattr(self, name), getattr(other, name)))
+
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -113,6 +132,25 @@ class Metric:
         other.reset()
         other.update(pred, target)
         return other.compute(per_lead_time=per_lead_time)
+
+
+def _add_states(name: str, mine: Any, theirs: Any) -> Any:
+    if theirs is None or (isinstance(theirs, dict) and not theirs):
+        return mine
+    if mine is None or (isinstance(mine, dict) and not mine):
+        return theirs
+    if isinstance(mine, dict):
+        if mine.keys() != theirs.keys():
+            raise ValueError(f"cannot merge states {name!r} with keys {sorted(mine)} and {sorted(theirs)}")
+        return {key: _add_states(f"{name}[{key!r}]", mine[key], theirs[key]) for key in mine}
+    if isinstance(mine, torch.Tensor) and mine.shape != theirs.shape:
+        raise ValueError(
+            f"cannot merge state {name!r} of shape {tuple(theirs.shape)} into one of shape {tuple(mine.shape)} "
+            "(different settings or ensemble sizes)"
+        )
+    if isinstance(theirs, torch.Tensor):
+        theirs = theirs.to(mine.device) if isinstance(mine, torch.Tensor) else theirs
+    return mine + theirs
 
 
 def finalize(values: torch.Tensor, per_lead_time: bool) -> float | np.ndarray:

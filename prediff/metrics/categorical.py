@@ -176,6 +176,8 @@ class CategoricalScore(Metric):
         )
         super().__init__()
 
+    additive_states = ("counts",)
+
     def _reset_state(self) -> None:
         self.counts: dict[int, torch.Tensor] = {}
 

@@ -87,6 +87,8 @@ class ContinuousScore(Metric):
         self.data_range = float(data_range)
         super().__init__()
 
+    additive_states = ("sum_squared_error", "sum_absolute_error", "sum_ssim", "num_values", "num_frames")
+
     def _reset_state(self) -> None:
         self.sum_squared_error: torch.Tensor | None = None
         self.sum_absolute_error: torch.Tensor | None = None

@@ -80,6 +80,8 @@ class KnowledgeControlError(Metric):
         self.statistic = statistic
         super().__init__()
 
+    additive_states = ("sum_abs", "sum_sq", "sum_signed", "count")
+
     def _reset_state(self) -> None:
         self.sum_abs = 0.0
         self.sum_sq = 0.0
@@ -144,6 +146,8 @@ class EnergyConservationError(Metric):
     """
 
     names = ("energy_mae", "energy_rmse", "energy_bias", "energy_violation")
+
+    additive_states = ("sums", "sum_violation", "count")
 
     def _reset_state(self) -> None:
         # Sums over samples and members, one entry per lead time.

@@ -77,6 +77,8 @@ class EnsembleCRPS(Metric):
         self.names = tuple("crps" if k == 1 else f"crps_pool{k}" for k in self.pool_sizes)
         super().__init__()
 
+    additive_states = ("sums", "counts")
+
     def _reset_state(self) -> None:
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, torch.Tensor] = {}
@@ -166,6 +168,8 @@ class RankHistogram(Metric):
         self.seed = int(seed)
         super().__init__()
 
+    additive_states = ("counts",)
+
     def _reset_state(self) -> None:
         self.counts: torch.Tensor | None = None
         self._generators: dict[str, torch.Generator] = {}
@@ -176,8 +180,12 @@ class RankHistogram(Metric):
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
 
-    def update(self, pred: ArrayLike, target: ArrayLike) -> None:
-        """Add a batch: ``pred`` ``(B, M, T, H, W, C)``, ``target`` ``(B, T, H, W, C)``."""
+    def update(self, pred: ArrayLike, target: ArrayLike, generator: torch.Generator | None = None) -> None:
+        """Add a batch: ``pred`` ``(B, M, T, H, W, C)``, ``target`` ``(B, T, H, W, C)``.
+
+        ``generator`` (on ``pred``'s device) breaks the ties instead of the metric's own, e.g. one seeded per
+        sequence so the histogram does not depend on how sequences are batched or split across processes.
+        """
         pred, target = check_pair(pred, target, ensemble=True)
         b, m, t = pred.shape[:3]
         self._check_num_frames(t)
@@ -185,7 +193,7 @@ class RankHistogram(Metric):
             raise ValueError(
                 f"every batch must have the same number of members; got M={m} after M={self.counts.shape[1] - 1}"
             )
-        ranks, valid = ensemble_ranks(pred, target, self.x_min, self._generator(pred.device))
+        ranks, valid = ensemble_ranks(pred, target, self.x_min, generator or self._generator(pred.device))
         lead = torch.arange(t, device=pred.device).reshape(1, t, 1, 1, 1).expand_as(ranks)
         index = (lead * (m + 1) + ranks)[valid]
         counts = torch.bincount(index, minlength=t * (m + 1)).reshape(t, m + 1).double()
@@ -216,6 +224,8 @@ class SpreadSkill(Metric):
 
     names = ("spread", "rmse_mean", "spread_skill_ratio")
 
+    additive_states = ("sum_variance", "sum_squared_error", "count")
+
     def _reset_state(self) -> None:
         self.sum_variance: torch.Tensor | None = None
         self.sum_squared_error: torch.Tensor | None = None
@@ -242,6 +252,16 @@ class SpreadSkill(Metric):
             self.sum_variance += variance
             self.sum_squared_error += squared_error
             self.count += count
+
+    def merge(self, other: Metric) -> None:
+        """Add the state of `other` (see [`Metric.merge`]); both must have seen the same ensemble size."""
+        if isinstance(other, SpreadSkill) and other.num_members is not None:
+            if self.num_members is not None and other.num_members != self.num_members:
+                raise ValueError(
+                    f"cannot merge spread of M={other.num_members} members into spread of M={self.num_members}"
+                )
+            self.num_members = other.num_members
+        super().merge(other)
 
     def compute(self, per_lead_time: bool = False) -> dict[str, Any]:
         """Spread, RMSE of the mean and their ratio: floats, or ``(T,)`` arrays per lead time."""

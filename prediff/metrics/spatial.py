@@ -79,6 +79,8 @@ class FractionsSkillScore(Metric):
         self.names = tuple(fss_key(t, s) for t in self.thresholds for s in self.scales)
         super().__init__()
 
+    additive_states = ("sums",)
+
     def _reset_state(self) -> None:
         # (T, thresholds, scales, 3): sum S_f^2, sum S_f S_o, sum S_o^2.
         self.sums: torch.Tensor | None = None

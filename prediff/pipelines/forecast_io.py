@@ -721,3 +721,13 @@ def member_generators(seed: int, sample_ids: Any, members: int) -> list:
             state = np.random.SeedSequence([int(seed), int(sample), member]).generate_state(2, dtype=np.uint32)
             generators.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
     return generators
+
+
+def launched_processes() -> Any:
+    """The `accelerate.PartialState` of the processes `accelerate launch` started (a single process when run
+    plainly), with every process a CPU rank of a gloo group under `ACCELERATE_USE_CPU=true`, as in
+    `accelerate.Accelerator`."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))

@@ -1,0 +1,84 @@
+"""prediff evaluate across processes: a real 2-process `accelerate launch` on CPU (gloo) scores like one process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prediff.metrics import CategoricalScore, ContinuousScore, EnsembleCRPS, RankHistogram, SpreadSkill
+
+from .test_training_distributed import ENV
+
+# 3 sequences: the processes get 2 and 1, and batches of 2 and 1 differ from the single process's batches of 1.
+EVALUATE = [
+    "evaluate", "--dataset", "storms", "--num-sequences", "3", "--members", "2", "--steps", "2",
+    "--knowledge-control", "intensity", "--no-progress",
+]  # fmt: skip
+
+
+def test_merged_metric_states_score_like_one_accumulation():
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(0, 255, (3, 2, 2, 16, 16, 1)).astype(np.float32)
+    target = rng.uniform(0, 255, (3, 2, 16, 16, 1)).astype(np.float32)
+    for make, ensemble in (
+        (lambda: CategoricalScore((16.0, 74.0), (1, 4)), False),
+        (lambda: ContinuousScore(), False),
+        (lambda: EnsembleCRPS((1, 4)), True),
+        (lambda: SpreadSkill(), True),
+    ):
+        forecast = pred if ensemble else pred.mean(axis=1)
+        whole, first, second = make(), make(), make()
+        whole.update(forecast, target)
+        first.update(forecast[:2], target[:2])
+        second.update(forecast[2:], target[2:])
+        first.merge(second)
+        for name, value in whole.compute(per_lead_time=True).items():
+            np.testing.assert_allclose(first.compute(per_lead_time=True)[name], value, rtol=1e-12, err_msg=name)
+    with pytest.raises(ValueError, match="cannot merge state 'counts' of shape"):
+        histogram = RankHistogram()
+        histogram.update(pred, target)
+        other = RankHistogram()
+        other.update(pred[:, :1], target)
+        histogram.merge(other)
+
+
+def test_two_processes_give_the_scores_of_one(pipe_dir, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("the accelerate launcher is not installed")
+    single = subprocess.run(
+        [sys.executable, "-m", "prediff", *EVALUATE, "--batch-size", "1", "--pipeline", str(pipe_dir)]
+        + ["--out", str(tmp_path / "single.json")],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29537", "-m", "prediff",
+    ]  # fmt: skip
+    double = subprocess.run(
+        launch + [*EVALUATE, "--batch-size", "2", "--pipeline", str(pipe_dir), "--out", str(tmp_path / "two.json")],
+        env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr[-3000:]
+    # The main process alone prints the table and writes the report.
+    assert double.stdout.count("wrote ") == 1 and double.stdout.count("Evaluation of ") == 1, double.stdout
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("single.json", "two.json"))
+    assert one["settings"]["num_processes"] == 1 and two["settings"]["num_processes"] == 2
+    assert two["settings"]["num_sequences"] == 3
+    assert list(two["forecasters"]) == ["prediff", "prediff+intensity", "persistence"]
+    for name, expected in one["forecasters"].items():
+        actual = two["forecasters"][name]
+        assert actual["scores"].keys() == expected["scores"].keys()
+        for score, value in expected["scores"].items():
+            assert actual["scores"][score] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, score)
+        for score, values in expected["per_lead_time"].items():
+            np.testing.assert_allclose(actual["per_lead_time"][score], values, rtol=1e-5, atol=1e-6)
+        if expected["rank_histogram"] is not None:
+            np.testing.assert_allclose(actual["rank_histogram"], expected["rank_histogram"], rtol=1e-5, atol=1e-6)
