@@ -376,6 +376,22 @@ def test_non_finite_gradients_stop_before_the_optimizer_step(tmp_path):
     assert issubclass(NonFiniteGradientError, NonFiniteLossError)  # the command line reports both alike
 
 
+def test_gradients_are_clipped_to_max_grad_norm_by_accelerate(tmp_path):
+    class Recording(EarthformerTrainer):
+        def _clip_and_check_gradients(self, micro_step):
+            norms = super()._clip_and_check_gradients(micro_step)
+            params = [p for opt in self.optimizers.values() for g in opt.param_groups for p in g["params"]]
+            clipped.append((norms["earthformer"], float(torch.nn.utils.get_total_norm([p.grad for p in params]))))
+            return norms
+
+    clipped = []
+    config = tiny("earthformer", tmp_path, max_train_steps=2, max_grad_norm=1e-3, num_validation_samples=0)
+    Recording(config).train()
+    assert len(clipped) == 2
+    for before, after in clipped:
+        assert before > 1e-2 and after == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path, umask_027):
     from prediff.data.storms import VIL_UNITS
     from prediff.models import EarthformerModel

@@ -596,18 +596,27 @@ class Trainer:
         """Before an optimizer step: the global gradient norm of every optimizer's parameters, clipped to
         `max_grad_norm` when it is set. Stops every process, before any optimizer steps, if a norm is NaN or
         infinite. Returns the norms (name -> norm before clipping)."""
+        from accelerate.utils import DistributedType
+
         acc, cfg = self.accelerator, self.config
-        # With fp16 the gradients still carry the loss scale, which the grad scaler divides out in each
-        # optimizer's step; they cannot be unscaled here (its update() after the first optimizer's step would
-        # unscale the second one twice), so the bound and the norm are scaled instead, which is the same clip.
         scaler = getattr(acc, "scaler", None)
-        scale = scaler.get_scale() if scaler is not None else 1.0
+        # Accelerate measures and clips sharded gradients as a whole (FSDP, DeepSpeed; under DeepSpeed its own
+        # step clips, to the config's gradient_clipping). With fp16 under DDP the gradients still carry the
+        # loss scale, which the grad scaler divides out in each optimizer's step; they cannot be unscaled here
+        # (its update() after the first optimizer's step would unscale the second one twice), so the bound and
+        # the norm are scaled instead, which is the same clip.
+        by_accelerate = scaler is None or acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        clip = acc.clip_grad_norm_ if by_accelerate else torch.nn.utils.clip_grad_norm_
+        scale = 1.0 if by_accelerate else scaler.get_scale()
         # Without max_grad_norm the bound is infinite: the call only measures the norm.
         max_norm = cfg.max_grad_norm * scale if cfg.max_grad_norm is not None else math.inf
         values = {}
         for name, opt in self.optimizers.items():
             params = [p for group in opt.param_groups for p in group["params"]]
-            values[name] = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) / scale
+            norm = clip(params, max_norm)
+            # DeepSpeed knows the norm only after its step, where it also skips non-finite gradients itself.
+            if norm is not None:
+                values[name] = float(norm) / scale
         bad = torch.tensor([float(not all(math.isfinite(v) for v in values.values()))], device=acc.device)
         if acc.num_processes > 1:
             bad = acc.reduce(bad, reduction="sum")
