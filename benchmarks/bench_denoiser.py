@@ -37,7 +37,7 @@ def measure(args: argparse.Namespace) -> dict:
         # Trained-like weights: the official initialisation zeroes every residual branch.
         for p in model.parameters():
             p.normal_(0.0, 0.02)
-    model.set_attention_backend("reference" if args.backend == "reference" else "sdpa")
+    model.set_attention_backend("sdpa" if args.backend == "compiled" else args.backend)
     runner = torch.compile(model, fullgraph=True) if args.backend == "compiled" else model
     T_in, T_out = model.input_shape, model.target_shape
     sample = torch.randn(args.batch, *T_out, device=device)
@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 1 on CPU, 8 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset", default="prediff-sevirlr")
-    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated: reference, sdpa, xformers, compiled"
+    )
     parser.add_argument("--dtypes", default=None, help="default: float32, and bfloat16 where supported")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="sdpa", help=argparse.SUPPRESS)
@@ -120,25 +122,49 @@ def main() -> None:
         print(json.dumps(measure(args)))
         return
     dtypes = (args.dtypes or ("float32,bfloat16" if bf16_supported(args.device) else "float32")).split(",")
+    rows = measure_rows(args.device, args.batch, args.repeats, args.preset, args.backends.split(","), dtypes)
+    print(f"\n{args.preset} denoiser, batch {args.batch}, {device_name(args.device)}, best of {args.repeats}\n")
+    print(markdown_table(rows, args.device))
+
+
+def measure_rows(
+    device: str,
+    batch: int,
+    repeats: int,
+    preset: str,
+    backends: list[str],
+    dtypes: list[str],
+    timeout: float | None = None,
+) -> list[dict]:
+    """One row per (dtype, backend), each measured in a fresh subprocess: backend, dtype, forward_ms,
+    forward_backward_ms and peak memory in MiB. A configuration that fails or runs past `timeout` seconds is
+    reported on stderr and left out."""
     rows = []
     for dtype in dtypes:
-        for backend in args.backends.split(","):
+        for backend in backends:
             command = [
-                sys.executable, __file__, "--single", "--device", args.device, "--batch", str(args.batch),
-                "--repeats", str(args.repeats), "--preset", args.preset, "--backend", backend, "--dtype", dtype,
+                sys.executable, __file__, "--single", "--device", device, "--batch", str(batch),
+                "--repeats", str(repeats), "--preset", preset, "--backend", backend, "--dtype", dtype,
             ]  # fmt: skip
-            done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{backend}/{dtype} ran past {timeout:.0f} s", file=sys.stderr)
+                continue
             if done.returncode != 0:
                 print(f"{backend}/{dtype} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append({"backend": backend, "dtype": dtype, **json.loads(done.stdout.strip().splitlines()[-1])})
             print(f"measured {backend} {dtype}", file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown_table(rows: list[dict], device: str) -> str:
+    """`rows` of [`measure_rows`] as Markdown, with ratios to the float32 reference row when there is one."""
     baseline = next((r for r in rows if r["backend"] == "reference" and r["dtype"] == "float32"), None)
-    print(f"\n{args.preset} denoiser, batch {args.batch}, {device_name(args.device)}, best of {args.repeats}\n")
-    memory_columns = ["forward_peak_mb", "forward_backward_peak_mb"] if args.device == "cuda" else ["peak_mb"]
+    memory_columns = ["forward_peak_mb", "forward_backward_peak_mb"] if device == "cuda" else ["peak_mb"]
     header = ["backend", "dtype", "forward ms", "fwd+bwd ms", *memory_columns, "fwd / ref", "fwd+bwd / ref"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         ratios = ["", ""]
         if baseline:
@@ -146,7 +172,8 @@ def main() -> None:
                       f"{row['forward_backward_ms'] / baseline['forward_backward_ms']:.2f}"]  # fmt: skip
         cells = [row["backend"], row["dtype"], f"{row['forward_ms']:.1f}", f"{row['forward_backward_ms']:.1f}"]
         cells += [f"{row[c]:.0f}" for c in memory_columns] + ratios
-        print("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -65,11 +65,23 @@ def cpu(steps: int) -> None:
             )
 
 
-def gpu(steps: int, batch: int) -> None:
+#: The GPU variants of the "prediff-sevirlr" denoiser: the fast path, and the float32 reference path it is
+#: compared with.
+GPU_VARIANTS = {
+    "bf16 + compile (sdpa)": {"mixed_precision": "bf16", "compile": True, "allow_tf32": True},
+    "float32, reference attention": {"mixed_precision": "no", "attention_backend": "reference"},
+}
+
+
+def gpu(steps: int, batch: int) -> list[dict]:
+    """Train the "prediff-sevirlr" denoiser for `steps` steps of `batch` sequences in every [`GPU_VARIANTS`]
+    and print the rates. Returns one row per variant: label, samples_per_second, wall_seconds, peak_gib (the
+    CUDA memory allocated at most)."""
     from prediff.models.autoencoder import autoencoder_from_preset
 
     name = torch.cuda.get_device_name()
     print(f"GPU {name}: prediff-sevirlr denoiser (136.8 M parameters), 7+6 frames of 128x128, batch {batch}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         vae_dir = Path(tmp) / "vae"
         autoencoder_from_preset("prediff-sevirlr").save_pretrained(vae_dir)
@@ -93,11 +105,7 @@ def gpu(steps: int, batch: int) -> None:
             "data.val_fraction": 0.05,
             "model.preset": "prediff-sevirlr",
         }
-        variants = {
-            "bf16 + compile (sdpa)": {"mixed_precision": "bf16", "compile": True, "allow_tf32": True},
-            "float32, reference attention": {"mixed_precision": "no", "attention_backend": "reference"},
-        }
-        for label, extra in variants.items():
+        for label, extra in GPU_VARIANTS.items():
             torch.cuda.reset_peak_memory_stats()
             rate, wall = run("denoiser", None, {**base, **extra})
             peak = torch.cuda.max_memory_allocated() / 2**30
@@ -105,6 +113,8 @@ def gpu(steps: int, batch: int) -> None:
                 f"  {label:30s} {rate:8.2f} sequences/s  ({wall:.0f} s incl. setup, validation and export, "
                 f"peak {peak:.1f} GiB)"
             )
+            rows.append({"label": label, "samples_per_second": rate, "wall_seconds": wall, "peak_gib": peak})
+    return rows
 
 
 def main() -> None:

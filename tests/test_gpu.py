@@ -6,7 +6,7 @@ import torch
 from prediff import EarthformerUNetModel
 from tests.conftest import relative_error
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 TINY_UNET = dict(input_shape=(3, 8, 8, 32), target_shape=(2, 8, 8, 32), base_units=64, depth=(1, 1), num_heads=4)
 
