@@ -61,9 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=None, help="PreDiff pipeline folder (default: the shipped one)")
     parser.add_argument(
-        "--earthformer",
-        default=None,
-        help="EarthformerPipeline folder (default: the shipped one, if any; 'none' to leave it out)",
+        "--earthformer", default=None, help="an EarthformerPipeline folder to score too (`prediff train earthformer`)"
     )
     parser.add_argument("--num-sequences", type=int, default=64, help="held-out sequences scored")
     parser.add_argument("--data-seed", type=int, default=2026, help="seed of the held-out storms")
@@ -197,16 +195,10 @@ def main() -> None:
     forecasters: dict[str, Forecaster] = {
         f"prediff ({default} {steps})": prediff_forecaster(pipe, None, None, args.members, args.seed)
     }
-    if args.earthformer != "none":
-        try:
-            earthformer = EarthformerPipeline.from_pretrained(
-                args.earthformer or shipped_pipeline_path("earthformer-storms-tiny")
-            )
-        except (OSError, ValueError) as error:
-            print(f"no Earthformer row: {error}")
-        else:
-            earthformer.set_progress_bar_config(disable=True)
-            forecasters["earthformer"] = lambda context, target, indices: earthformer(context).frames
+    if args.earthformer is not None:
+        earthformer = EarthformerPipeline.from_pretrained(args.earthformer)
+        earthformer.set_progress_bar_config(disable=True)
+        forecasters["earthformer"] = lambda context, target, indices: earthformer(context).frames
     forecasters.update(baseline_forecasters(T_out, args.members, args.seed, min(H, W)))
     results, seconds = score(forecasters, dataset, pipe, args.num_sequences, args.batch_size)
     print(f"\n## Skill ({args.num_sequences} sequences, VIL 0-255; lower is better but for CSI and FSS)\n")

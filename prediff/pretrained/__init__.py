@@ -1,17 +1,12 @@
 """Pipelines shipped inside the package: they work offline, right after installation.
 
-Both are trained with `prediff train` on the synthetic storms of `prediff.data` (data seed 0) and forecast 4
-frames of 64x64 VIL (digital levels 0-255) from 4 context frames:
-
-- `prediff-storms-tiny`: a PreDiff pipeline (autoencoder, motion extrapolator, Earthformer-UNet denoiser of the
-  residual over the extrapolation, and knowledge-alignment network); its folder also holds
-  `future_intensity.json`, the training distribution of the future mean intensity, which the
-  anticipated-intensity knowledge control uses for its `mu + n sigma` targets;
-- `earthformer-storms-tiny`: a deterministic Earthformer (`EarthformerPipeline`), the reference the skill study
-  scores PreDiff against.
-
-Each folder holds `model_index.json`, one subfolder per component (configs and safetensors weights) and a model
-card `README.md` with the exact training commands and measured scores.
+`prediff-storms-tiny` is a PreDiff pipeline (autoencoder, motion extrapolator, Earthformer-UNet denoiser of the
+residual over the extrapolation, and knowledge-alignment network) trained with `prediff train` on the synthetic
+storms of `prediff.data` (data seed 0). It forecasts 4 frames of 64x64 VIL (digital levels 0-255) from 4
+context frames. Its folder holds `model_index.json`, one subfolder per component (configs and safetensors
+weights), a model card `README.md` with the exact training commands and measured scores, and
+`future_intensity.json`: the training distribution of the future mean intensity, which the
+anticipated-intensity knowledge control uses for its `mu + n sigma` targets.
 
 Examples:
 
@@ -33,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:  # the pipeline module imports torch and diffusers; only load it when a pipeline is loaded
     import torch
 
-    from ..pipelines import EarthformerPipeline, PreDiffPipeline
+    from ..pipelines import PreDiffPipeline
 
 __all__ = [
     "DEFAULT_SHIPPED_PIPELINE",
@@ -53,7 +48,6 @@ SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
         "unet/diffusion_pytorch_model.safetensors",
         "scheduler/scheduler_config.json",
     ),
-    "earthformer-storms-tiny": ("model_index.json", "model/config.json", "model/diffusion_pytorch_model.safetensors"),
 }
 SHIPPED_PIPELINES: tuple[str, ...] = tuple(SHIPPED_PIPELINE_FILES)
 DEFAULT_SHIPPED_PIPELINE = "prediff-storms-tiny"
@@ -113,27 +107,22 @@ def load_shipped_pipeline(
     name: str = DEFAULT_SHIPPED_PIPELINE,
     scheduler: str | None = None,
     torch_dtype: torch.dtype | None = None,
-) -> PreDiffPipeline | EarthformerPipeline:
+) -> PreDiffPipeline:
     """Load a pipeline shipped with the package (no network, safetensors only).
 
     Args:
         name: one of `SHIPPED_PIPELINES`.
         scheduler: a [`~prediff.schedulers.prediff_scheduler`] name ("dpmsolver++", "ddim", "ddpm", ...)
-            replacing the saved one (DPM-Solver++, 20 steps by default); PreDiff pipelines only.
+            replacing the saved one (DPM-Solver++, 20 steps by default).
         torch_dtype: load the weights in this dtype (default float32).
 
     Returns:
-        A [`PreDiffPipeline`] (or, for "earthformer-storms-tiny", an [`EarthformerPipeline`]) whose
-        `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL context frames (0-255) and returns
-        `(B, M, 4, 64, 64, 1)` forecasts in the same units (`(B, 4, 64, 64, 1)` for the Earthformer).
+        A [`PreDiffPipeline`] whose `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL context frames (0-255)
+        and returns `(B, M, 4, 64, 64, 1)` forecasts in the same units.
     """
-    from ..pipelines import EarthformerPipeline, PreDiffPipeline
+    from ..pipelines import PreDiffPipeline
 
     folder = shipped_pipeline_path(name)
-    if name.startswith("earthformer"):
-        if scheduler is not None:
-            raise ValueError(f"the shipped pipeline {name!r} is deterministic and takes no scheduler")
-        return EarthformerPipeline.from_pretrained(folder, torch_dtype=torch_dtype)
     kwargs: dict[str, Any] = {}
     if scheduler is not None:
         from ..schedulers import prediff_scheduler
