@@ -272,6 +272,21 @@ def test_downsample_to_sevir_lr_and_read_back(sevir_root, tmp_path):
         downsample_sevir(sevir_root, dst, progress=False)
 
 
+def test_parallel_downsample_writes_the_bytes_of_one_worker(sevir_root, tmp_path):
+    one = downsample_sevir(sevir_root, tmp_path / "one", img_types=["vil", "ir069"], progress=False, workers=1)
+    many = downsample_sevir(sevir_root, tmp_path / "many", img_types=["vil", "ir069"], progress=False, workers=3)
+    assert [p.relative_to(tmp_path / "many") for p in many] == [p.relative_to(tmp_path / "one") for p in one]
+    assert len(one) == 4
+    for a, b in zip(one, many):
+        assert a.read_bytes() == b.read_bytes(), a
+    # Nothing but the outputs and the catalog: no temporary file of a worker is left.
+    assert sorted(p for p in (tmp_path / "many").rglob("*") if p.is_file()) == sorted(
+        [*many, tmp_path / "many" / "CATALOG.csv"]
+    )
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        downsample_sevir(sevir_root, tmp_path / "none", progress=False, workers=0)
+
+
 def test_block_max_pads_without_winning():
     rng = np.random.default_rng(3)
     a = rng.integers(-9000, -1000, (2, 7, 5, 3), dtype=np.int16)

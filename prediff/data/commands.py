@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     downsample.add_argument("--time-factor", type=int, default=2)
     downsample.add_argument("--space-factor", type=int, default=3)
     downsample.add_argument("--skip-missing", action="store_true", help="convert only the files present")
+    downsample.add_argument(
+        "--workers", type=int, default=None, help="processes converting files in parallel (default: every core)"
+    )
     downsample.add_argument("--overwrite", action="store_true")
     downsample.add_argument("--quiet", action="store_true", help="no progress bar")
     downsample.set_defaults(func=_downsample)
@@ -147,6 +150,7 @@ def _downsample(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         skip_missing_files=args.skip_missing,
         progress=not args.quiet,
+        workers=args.workers,
     )
     print(f"wrote {len(written)} SEVIR-LR file(s) and CATALOG.csv to {args.dst}")
     return 0

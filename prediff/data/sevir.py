@@ -15,6 +15,7 @@ disk: an item reads only its window.
 from __future__ import annotations
 
 import datetime as _dt
+import multiprocessing
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -418,24 +419,28 @@ def downsample_sevir(
     skip_missing_files: bool = False,
     chunk_events: int = 16,
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[Path]:
     """Write SEVIR-LR from SEVIR: same relative file names and dataset keys, catalog copied unchanged.
 
     Every file of ``img_types`` listed in ``src/CATALOG.csv`` is read ``chunk_events`` events at a time (never
     whole) and written to ``dst/data/<file_name>`` atomically; other datasets in a file (such as ``id``) are
-    copied as they are. Returns the written files.
+    copied as they are. ``workers`` processes (default: every core, ``os.cpu_count()``) convert files in
+    parallel; each output file is written by one of them alone, byte for byte as one worker writes it. Returns
+    the written files, in catalog order.
 
     Nothing is ever written into ``src`` (``dst`` may not lie inside it, nor any output resolve into it), and
     existing files are replaced only with ``overwrite``; catalog file names that would leave ``data/`` are
     refused (see [`read_catalog`]).
     """
-    h5py = import_optional("h5py", "downsampling SEVIR")
+    import_optional("h5py", "downsampling SEVIR")
     from tqdm.auto import tqdm
 
     src, dst = Path(src), Path(dst)
     time_factor = check_positive_int("time_factor", time_factor)
     space_factor = check_positive_int("space_factor", space_factor)
     chunk_events = check_positive_int("chunk_events", chunk_events)
+    workers = check_positive_int("workers", (os.cpu_count() or 1) if workers is None else workers)
     catalog_path = src / "CATALOG.csv"
     catalog = read_catalog(catalog_path, img_types=img_types)
     check_outputs_spare_inputs({"DST": dst}, {"SRC": src})
@@ -464,22 +469,47 @@ def downsample_sevir(
     check_outputs_spare_inputs({**outputs, "the output catalog": dst / "CATALOG.csv"}, {"SRC": src})
 
     dst.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (src / "data" / name, dst / "data" / name, keys, time_factor, space_factor, chunk_events, overwrite)
+        for name, keys in keys_of.items()
+    ]
+    pool = None
+    if min(workers, len(jobs)) > 1:
+        # Forked workers start at once; spawned ones would import prediff (torch, diffusers) again each.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        pool = multiprocessing.get_context(method).Pool(min(workers, len(jobs)))
     written = []
-    for name, keys in tqdm(keys_of.items(), desc="SEVIR -> SEVIR-LR", disable=not progress):
-        source_path, target = src / "data" / name, dst / "data" / name
-        with open_hdf5(source_path) as fin, atomic_output(target, overwrite=overwrite) as tmp:
-            with h5py.File(tmp, "w") as fout:
-                for key in keys:
-                    _downsample_dataset(fin, fout, key, source_path, time_factor, space_factor, chunk_events)
-                for other in fin.keys():
-                    if other not in keys:
-                        fin.copy(fin[other], fout, name=other)
-                fout.attrs.update(dict(fin.attrs))
-                fout.attrs["prediff_downsample"] = f"time every {time_factor}, space {space_factor}x{space_factor} max"
-        written.append(target)
+    bar = tqdm(total=len(jobs), desc="SEVIR -> SEVIR-LR", disable=not progress)
+    try:
+        for target in pool.imap(_downsample_file, jobs) if pool is not None else map(_downsample_file, jobs):
+            written.append(target)
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            # Not terminate(): a worker killed mid-file would leave its temporary output behind.
+            pool.close()
+            pool.join()
     with atomic_output(dst / "CATALOG.csv", overwrite=overwrite) as tmp:
         tmp.write_bytes(catalog_path.read_bytes())
     return written
+
+
+def _downsample_file(job: tuple[Path, Path, list[str], int, int, int, bool]) -> Path:
+    """Write one SEVIR-LR file; `job` is (source file, output file, image types it holds, time factor, space
+    factor, events per read, overwrite). Returns the output file."""
+    h5py = import_optional("h5py", "downsampling SEVIR")
+    source_path, target, keys, time_factor, space_factor, chunk_events, overwrite = job
+    with open_hdf5(source_path) as fin, atomic_output(target, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as fout:
+            for key in keys:
+                _downsample_dataset(fin, fout, key, source_path, time_factor, space_factor, chunk_events)
+            for other in fin.keys():
+                if other not in keys:
+                    fin.copy(fin[other], fout, name=other)
+            fout.attrs.update(dict(fin.attrs))
+            fout.attrs["prediff_downsample"] = f"time every {time_factor}, space {space_factor}x{space_factor} max"
+    return target
 
 
 def _downsample_dataset(
