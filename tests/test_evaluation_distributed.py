@@ -1,4 +1,5 @@
-"""prediff evaluate across processes: a real 2-process `accelerate launch` on CPU (gloo) scores like one process."""
+"""prediff evaluate and forecast across processes: real 2-process `accelerate launch` runs on CPU (gloo) score and
+forecast like one process."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from prediff.metrics import CategoricalScore, ContinuousScore, EnsembleCRPS, RankHistogram, SpreadSkill
 
+from .conftest import run_cli
 from .test_training_distributed import ENV
 
 # 3 sequences: the processes get 2 and 1, and batches of 2 and 1 differ from the single process's batches of 1.
@@ -20,6 +22,26 @@ EVALUATE = [
     "evaluate", "--dataset", "storms", "--num-sequences", "3", "--members", "2", "--steps", "2",
     "--knowledge-control", "intensity", "--no-progress",
 ]  # fmt: skip
+
+
+def accelerate_launch(argv: list[str], port: int) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `prediff ARGV` on 2 CPU processes (gloo); skips without the launcher."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("the accelerate launcher is not installed")
+    launch = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "prediff",
+    ]  # fmt: skip
+    done = subprocess.run(
+        launch + [str(a) for a in argv],
+        env={**ENV, "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def test_merged_metric_states_score_like_one_accumulation():
@@ -49,24 +71,15 @@ def test_merged_metric_states_score_like_one_accumulation():
 
 
 def test_two_processes_give_the_scores_of_one(pipe_dir, tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("the accelerate launcher is not installed")
     single = subprocess.run(
         [sys.executable, "-m", "prediff", *EVALUATE, "--batch-size", "1", "--pipeline", str(pipe_dir)]
         + ["--out", str(tmp_path / "single.json")],
         env=ENV, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29537", "-m", "prediff",
-    ]  # fmt: skip
-    double = subprocess.run(
-        launch + [*EVALUATE, "--batch-size", "2", "--pipeline", str(pipe_dir), "--out", str(tmp_path / "two.json")],
-        env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert double.returncode == 0, double.stderr[-3000:]
+    double = accelerate_launch(
+        [*EVALUATE, "--batch-size", "2", "--pipeline", pipe_dir, "--out", tmp_path / "two.json"], port=29537
+    )
     # The main process alone prints the table and writes the report.
     assert double.stdout.count("wrote ") == 1 and double.stdout.count("Evaluation of ") == 1, double.stdout
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("single.json", "two.json"))
@@ -82,3 +95,35 @@ def test_two_processes_give_the_scores_of_one(pipe_dir, tmp_path):
             np.testing.assert_allclose(actual["per_lead_time"][score], values, rtol=1e-5, atol=1e-6)
         if expected["rank_histogram"] is not None:
             np.testing.assert_allclose(actual["rank_histogram"], expected["rank_histogram"], rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_forecast_a_folder_and_a_data_file_like_one(pipe_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    contexts = (rng.uniform(0, 255, (3, 1, 3, 32, 32, 1))).astype(np.float32)
+    folder = tmp_path / "contexts"
+    folder.mkdir()
+    for name, context in zip("abc", contexts):
+        np.save(folder / f"{name}.npy", context)
+    np.save(tmp_path / "many.npy", contexts[:, 0])  # one data file of 3 sequences
+    options = ["--pipeline", pipe_dir, "--members", 2, "--steps", 2, "--no-plots", "--no-progress"]
+    assert run_cli(["forecast", "--input", folder, "--out", tmp_path / "one", *options]) == 0
+    assert run_cli(["forecast", "--input", tmp_path / "many.npy", "--out", tmp_path / "one.nc", *options]) == 0
+
+    # A glob pattern over the folder, split across the processes, each file written once by one of them.
+    done = accelerate_launch(["forecast", "--input", folder / "*.npy", "--out", tmp_path / "two", *options], 29541)
+    assert done.stdout.count("wrote 3 forecasts into") == 1, done.stdout
+    names = {p.name for p in (tmp_path / "two").iterdir()}
+    assert names == {f"{n}.{suffix}" for n in "abc" for suffix in ("nc", "npy")}, names
+    for name in "abc":
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "two" / f"{name}.npy"), np.load(tmp_path / "one" / f"{name}.npy")
+        )
+
+    # The sequences of one file, split across the processes and gathered into one output.
+    done = accelerate_launch(
+        ["forecast", "--input", tmp_path / "many.npy", "--out", tmp_path / "two.nc", *options], 29543
+    )
+    assert done.stdout.count("wrote ") == 2, done.stdout  # the forecast and its pysteps array, once
+    two, one = np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy")
+    assert two.shape == one.shape == (3, 2, 2, 32, 32)
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-3)

@@ -245,3 +245,26 @@ def test_bad_input(case, message, pipe_dir, broken_pipelines, tmp_path, capsys):
     assert err.startswith("prediff forecast: error:")
     assert __import__("re").search(message, err), err
     assert not out.exists()
+
+
+def test_many_inputs_are_checked_before_any_forecast(pipe_dir, tmp_path, capsys):
+    options = ["--pipeline", pipe_dir, "--members", 1, "--steps", 1, "--no-plots", "--no-progress"]
+    (tmp_path / "empty").mkdir()
+    assert run_cli(["forecast", "--input", tmp_path / "empty", "--out", tmp_path / "out", *options]) == 2
+    assert "the folder" in capsys.readouterr().err
+    context = np.full((1, 3, 32, 32, 1), 10.0, dtype=np.float32)
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "a.npy", context)
+    assert run_cli(["forecast", "--input", tmp_path / "*" / "a.npy", "--out", tmp_path / "out", *options]) == 2
+    assert "would both be forecast into" in capsys.readouterr().err
+    argv = ["forecast", "--input", tmp_path / "x", "--out", tmp_path / "out", "--pysteps-out", tmp_path / "p.npy"]
+    assert run_cli(argv + options) == 2
+    assert "--pysteps-out names one file" in capsys.readouterr().err
+    (tmp_path / "out").mkdir()
+    np.save(tmp_path / "out" / "a.npy", context)
+    assert run_cli(["forecast", "--input", tmp_path / "x", "--out", tmp_path / "out", *options]) == 2
+    assert "a.npy (and 0 more) already exist(s)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "a.nc").exists()
+    assert run_cli(["forecast", "--input", tmp_path / "x", "--out", tmp_path / "out", "--overwrite", *options]) == 0
+    assert (tmp_path / "out" / "a.nc").is_file() and np.load(tmp_path / "out" / "a.npy").shape == (1, 2, 32, 32)

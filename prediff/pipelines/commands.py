@@ -8,12 +8,18 @@ prediff forecast --pipeline DIR --input ctx.npy --out ens.nc --members 8 --steps
 writes `ens.nc` (netCDF, or zarr for `.zarr`): the variable `forecast` with dims (member, time, y, x), the
 `context` it started from and attributes for units, scaling, lead times, model and seed; `ens.npy`: the
 pysteps layout (members, time, y, x); and, unless `--no-plots`, `ens_panel.png` and `ens.gif`.
+
+`--input` may also be a folder or a quoted glob pattern of context files; `--out` is then a folder receiving
+`<input name>.nc` per input. Under `accelerate launch -m prediff forecast ...` the processes split the inputs
+(or the contexts of one file) and every output is written once, atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,14 @@ import numpy as np
 
 from ..knowledge.base import DEFAULT_CONTROL_SCALE
 
-__all__ = ["add_knowledge_control_arguments", "intensity_control_from_args", "register", "run_forecast"]
+__all__ = [
+    "add_knowledge_control_arguments",
+    "context_inputs",
+    "intensity_control_from_args",
+    "register",
+    "run_forecast",
+    "run_forecasts",
+]
 
 KNOWLEDGE_CONTROLS = ("intensity",)
 CONTROL_METHODS = ("learned", "analytic")
@@ -101,9 +114,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pipeline", required=True, help="saved pipeline folder, Hub id or shipped name")
     parser.add_argument(
-        "--input", required=True, type=Path, help="context: .npy, HDF5 (.h5), zarr (.zarr) or netCDF (.nc)"
+        "--input",
+        required=True,
+        type=Path,
+        help="context: .npy, HDF5 (.h5), zarr (.zarr) or netCDF (.nc); or a folder or a quoted glob pattern of them",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output ensemble: .nc (netCDF) or .zarr")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output ensemble: .nc (netCDF) or .zarr; a folder (OUT/<input name>.nc) for several inputs",
+    )
     parser.add_argument("--members", type=int, default=8, help="ensemble members (default: 8)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the scheduler's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the forecast noise (default: 0)")
@@ -132,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-pysteps", action="store_true", help="do not write the pysteps .npy")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the panel and the GIF")
     parser.add_argument("--plot-sample", type=int, default=0, help="context sample drawn (default: 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, help="torch device (default: the process's accelerator, else cpu)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_knowledge_control_arguments(parser)
@@ -180,8 +201,13 @@ def run_forecast(
     device: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    split_across_processes: bool = True,
 ) -> dict[str, Path]:
     """Forecast from a context file and write the results (see the module docstring).
+
+    Under `accelerate launch` (and `split_across_processes`), every process forecasts a contiguous share of
+    the file's contexts (member `m` of context `b` draws its noise from `SeedSequence([seed, b, m])` whatever
+    the share); the main process gathers the ensembles and alone writes the outputs.
 
     Args:
         pipeline: a loaded `PreDiffPipeline` / `EarthformerPipeline`, or what [`load_forecast_pipeline`]
@@ -192,23 +218,26 @@ def run_forecast(
         out: `.nc` or `.zarr` output.
         knowledge_controls: controls passed to a PreDiff pipeline; `knowledge_control_info` describes them in
             the file's attributes.
+        split_across_processes: False to forecast every context here (one file per process, as
+            [`run_forecasts`] does).
         Other arguments: as the command's options.
 
     Returns:
-        kind ("forecast", "pysteps", "panel", "gif") -> path written.
+        kind ("forecast", "pysteps", "panel", "gif") -> path written; empty on the processes that do not write.
 
     Raises:
         FileExistsError: an output exists and `overwrite` is False (checked before any work).
         FileNotFoundError, ValueError: unreadable or unsuitable input, incomplete pipeline, bad arguments, an
             output that would replace the input (even with `overwrite`).
     """
-    import torch
+    from accelerate.utils import gather_object
 
     from ..data.utils import check_outputs_spare_inputs, check_positive_int, check_seed
     from .forecast_io import (
         FORECAST_SUFFIXES,
         check_context_values,
         forecast_dataset,
+        launched_processes,
         load_forecast_pipeline,
         member_generators,
         read_context,
@@ -237,8 +266,9 @@ def run_forecast(
         if not path.parent.is_dir():
             raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    processes = launched_processes()
+    # Launched on several GPUs, each process forecasts on its own one.
+    device = device or processes.device
     pipe = pipeline if not isinstance(pipeline, (str, Path)) else load_forecast_pipeline(pipeline, device=device)
     is_prediff = isinstance(pipe, PreDiffPipeline)
     if not is_prediff and knowledge_controls:
@@ -267,23 +297,36 @@ def run_forecast(
     if not 0 <= plot_sample < frames.shape[0]:
         raise ValueError(f"plot_sample must be in [0, {frames.shape[0]}), got {plot_sample}")
 
-    pipe.set_progress_bar_config(disable=not progress)
+    split = split_across_processes and processes.num_processes > 1
+    if split and any(np.ndim(getattr(control, "target", 0)) > 0 for control in knowledge_controls or ()):
+        raise ValueError("a knowledge-control target per context cannot be split across processes; give one value")
+    pipe.set_progress_bar_config(disable=not (progress and processes.is_main_process))
     if is_prediff:
         steps = steps if steps is not None else pipe._default_steps()
-        pipe.check_forecast_memory(frames.shape[0], members, "--members")
-        generators = member_generators(seed, range(frames.shape[0]), members)
-        ensemble = pipe(
-            frames,
-            num_inference_steps=steps,
-            num_ensemble_members=members,
-            generator=generators,
-            knowledge_controls=knowledge_controls,
-        ).frames
     else:
         # Earthformer is deterministic: one "member".
         members, steps = 1, None
-        ensemble = pipe(frames).frames[:, None]
+    contexts = list(range(frames.shape[0]))
+    with processes.split_between_processes(contexts) if split else nullcontext(contexts) as share:
+        if not share:
+            ensemble = np.zeros((0, members, *pipe.forecast_shape), dtype=np.float32)
+        elif is_prediff:
+            pipe.check_forecast_memory(len(share), members, "--members")
+            ensemble = pipe(
+                frames[share],
+                num_inference_steps=steps,
+                num_ensemble_members=members,
+                generator=member_generators(seed, share, members),
+                knowledge_controls=knowledge_controls,
+            ).frames
+        else:
+            ensemble = pipe(frames[share]).frames[:, None]
     ensemble = np.asarray(ensemble, dtype=np.float32)
+    if split:
+        # Shares are contiguous and gathered in process order: the contexts' order.
+        ensemble = np.concatenate(gather_object([ensemble]))
+        if not processes.is_main_process:
+            return {}
 
     lo, hi = pipe.value_range
     units = pipe.config.get("units") or context.attrs.get("units")
@@ -333,15 +376,88 @@ def run_forecast(
     return written
 
 
+def context_inputs(input: str | Path) -> list[Path] | None:
+    """The context files `input` names when it is a folder (its context files, not its subfolders) or a glob
+    pattern, sorted; None when it is one context file (a zarr store is a folder, and one file)."""
+    from .forecast_io import CONTEXT_SUFFIXES, ZARR_SUFFIXES
+
+    path = Path(input).expanduser()
+    if path.is_dir() and path.suffix.lower() not in ZARR_SUFFIXES:
+        candidates, where = list(path.iterdir()), f"folder {str(path)!r}"
+    elif not path.exists() and glob.has_magic(str(path)):
+        candidates, where = [Path(p) for p in glob.glob(str(path))], f"pattern {str(input)!r}"
+    else:
+        return None
+    files = sorted(p for p in candidates if p.suffix.lower() in CONTEXT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"the {where} holds no context file ({', '.join(CONTEXT_SUFFIXES)})")
+    return files
+
+
+def run_forecasts(
+    pipeline: Any,
+    inputs: list[Path],
+    out_dir: str | Path,
+    suffix: str = ".nc",
+    overwrite: bool = False,
+    progress: bool = True,
+    **kwargs: Any,
+) -> list[Path]:
+    """Forecast every context file of `inputs` into `out_dir/<file stem><suffix>` (with its pysteps `.npy`
+    and pictures, as [`run_forecast`] writes them).
+
+    Under `accelerate launch` every process forecasts a contiguous share of the files and writes their
+    outputs, each once and atomically; the main process shows the progress of its share. Every output is
+    checked before any forecast: two inputs of one stem, or an existing output without `overwrite`, are
+    refused. `kwargs` are [`run_forecast`]'s (not `pysteps_out`: each input has its own).
+
+    Returns:
+        Every forecast file written by all processes, in the order of `inputs`.
+    """
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    from .forecast_io import launched_processes
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out must be a folder when --input names several files, got {str(out_dir)!r}")
+    if "pysteps_out" in kwargs:
+        raise ValueError("--pysteps-out names one file; with several inputs each gets OUT/<name>.npy")
+    outputs = [out_dir / f"{path.stem}{suffix}" for path in inputs]
+    stems: dict[Path, Path] = {}
+    for path, output in zip(inputs, outputs):
+        if output in stems:
+            raise ValueError(f"{stems[output]} and {path} would both be forecast into {output}; rename one")
+        stems[output] = path
+    write_pysteps, plots = kwargs.get("write_pysteps", True), kwargs.get("plots", True)
+    existing = [
+        str(p)
+        for output in outputs
+        for p in _output_paths(output, None, not write_pysteps, not plots).values()
+        if p.exists()
+    ]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} (and {len(existing) - 1} more) already exist(s); pass --overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processes = launched_processes()
+    written = []
+    with processes.split_between_processes(list(zip(inputs, outputs))) as share:
+        for path, output in tqdm(
+            share, desc="forecast", unit="file", disable=not (progress and processes.is_main_process)
+        ):
+            run_forecast(
+                pipeline, path, output, overwrite=overwrite, progress=False, split_across_processes=False, **kwargs
+            )
+            written.append(output)
+    return list(gather_object(written)) if processes.num_processes > 1 else written
+
+
 def _forecast_command(args: argparse.Namespace) -> int:
-    from .forecast_io import intensity_target, load_forecast_pipeline
+    from .forecast_io import intensity_target, launched_processes, load_forecast_pipeline
 
     check_knowledge_control_args(args)
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = args.device or launched_processes().device
     pipe = load_forecast_pipeline(args.pipeline, device=device)
     controls, info = None, None
     if args.knowledge_control == "intensity":
@@ -350,10 +466,7 @@ def _forecast_command(args: argparse.Namespace) -> int:
         controls = [control]
         info = f"anticipated mean intensity {target:.4g} ({source}), scale {control.scale:g}, {control.method}"
     dims = tuple(d.strip() for d in args.dims.split(",")) if args.dims else None
-    written = run_forecast(
-        pipe,
-        args.input,
-        args.out,
+    options = dict(
         members=args.members,
         steps=args.steps,
         seed=args.seed,
@@ -364,7 +477,6 @@ def _forecast_command(args: argparse.Namespace) -> int:
         knowledge_controls=controls,
         knowledge_control_info=info,
         interval_minutes=args.interval_minutes,
-        pysteps_out=args.pysteps_out,
         write_pysteps=not args.no_pysteps,
         plots=not args.no_plots,
         plot_sample=args.plot_sample,
@@ -372,6 +484,15 @@ def _forecast_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    for path in written.values():
-        print(f"wrote {path}")
+    if args.pysteps_out is not None:
+        options["pysteps_out"] = args.pysteps_out
+    inputs = context_inputs(args.input)
+    if inputs is None:
+        written = list(run_forecast(pipe, args.input, args.out, **options).values())
+    else:
+        written = run_forecasts(pipe, inputs, args.out, **options)
+        written = [f"{len(written)} forecasts into {args.out}"]
+    if launched_processes().is_main_process:
+        for path in written:
+            print(f"wrote {path}")
     return 0
