@@ -10,6 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from prediff import AnticipatedIntensityControl, PreDiffPipeline, SyntheticStormDataset
 from prediff.baselines import persistence
@@ -20,6 +27,7 @@ from prediff.pretrained import (
     shipped_intensity_stats,
     shipped_pipeline_path,
 )
+from prediff.schedulers import prediff_scheduler
 from prediff.training import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +63,7 @@ def test_folder_is_complete_and_small():
     folder = shipped_pipeline_path()
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "PreDiffPipeline"
-    for component in ("vae", "unet", "knowledge_model", "scheduler"):
+    for component in ("vae", "unet", "knowledge_model", "extrapolator", "scheduler"):
         assert index[component][0] is not None, component
         assert (folder / component).is_dir(), component
     weights = sorted(folder.rglob("*.safetensors"))
@@ -109,7 +117,7 @@ def test_package_data_covers_the_shipped_files():
     patterns = pyproject.get("tool", {}).get("setuptools", {}).get("package-data", {}).get("prediff", [])
     package = REPO / "prediff"
     covered = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
-    shipped = {p for p in shipped_pipeline_path().rglob("*") if p.is_file()}
+    shipped = {p for name in SHIPPED_PIPELINES for p in shipped_pipeline_path(name).rglob("*") if p.is_file()}
     missing = sorted(str(p.relative_to(package)) for p in shipped - covered)
     assert not missing, f"[tool.setuptools.package-data] prediff = {patterns} leaves out {missing}"
 
@@ -125,6 +133,18 @@ def test_ensemble_beats_persistence(pipe, heldout, ensemble):
     assert crps_ours < 0.9 * mae_base, (crps_ours, mae_base)
     # A real ensemble: members differ.
     assert ensemble.std(axis=1).mean() > 1.0
+
+
+def test_ensemble_beats_pysteps_extrapolation(pipe, heldout, ensemble):
+    # The baseline a forecaster would pick: the ensemble must beat pysteps' Lagrangian extrapolation.
+    pytest.importorskip("pysteps")
+    from prediff.baselines import extrapolation
+
+    context, target = heldout
+    advected = extrapolation(context, target.shape[1])
+    crps_ours, mae_extrapolation = crps_ensemble(ensemble, target), mae(advected, target)
+    assert crps_ours < 0.9 * mae_extrapolation, (crps_ours, mae_extrapolation)
+    assert mse(ensemble.mean(axis=1), target) < mse(advected, target)
 
 
 def test_intensity_control_reduces_the_intensity_error(pipe, heldout, ensemble):
@@ -159,3 +179,26 @@ def test_what_if_targets_order_the_forecasts(pipe, heldout):
     ).frames
     means = forecasts.mean(axis=(1, 2, 3, 4, 5))
     assert means[0] < means[1] < means[2], means
+
+
+@pytest.mark.parametrize(
+    "cls, preset",
+    [
+        (DDPMScheduler, "ddpm"),
+        (DDIMScheduler, "ddim"),
+        (DPMSolverMultistepScheduler, "dpmsolver++"),
+        (UniPCMultistepScheduler, "unipc"),
+        (EulerDiscreteScheduler, "euler"),
+    ],
+)
+def test_diffusers_scheduler_switch_keeps_the_presets_skill(pipe, heldout, cls, preset):
+    # pipe.scheduler = X.from_config(pipe.scheduler.config), the Diffusers idiom, against the preset itself.
+    context, target = heldout[0][:4], heldout[1][:4]
+    skill = {}
+    for name, scheduler in (("idiom", cls.from_config(pipe.scheduler.config)), ("preset", prediff_scheduler(preset))):
+        other = PreDiffPipeline(pipe.vae, pipe.unet, scheduler, extrapolator=pipe.extrapolator)
+        other.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        ensemble = other(context, num_inference_steps=8, num_ensemble_members=2, generator=generator).frames
+        skill[name] = crps_ensemble(ensemble, target)
+    assert abs(skill["idiom"] - skill["preset"]) < 0.05 * skill["preset"], skill
