@@ -81,10 +81,9 @@ def test_control_arguments_are_validated():
     assert AnticipatedIntensityControl(n_sigma=-2.0, mean=30.0, std=4.0).target == 22.0
     with pytest.raises(ValueError, match="needs a KnowledgeAlignmentModel"):
         AnticipatedIntensityControl(target=3.0, method="learned").check(None)
-    # The default method: learned with an alignment network, analytic without one.
+    # The default method is the exact one and needs no network.
     AnticipatedIntensityControl(target=3.0).check(None)
-    assert AnticipatedIntensityControl(target=3.0).resolved_method(None) == "analytic"
-    assert AnticipatedIntensityControl(target=3.0).resolved_method(torch.nn.Linear(1, 1)) == "learned"
+    assert AnticipatedIntensityControl(target=3.0).method == "analytic"
     with pytest.raises(ValueError, match="needs a knowledge-alignment network"):
         EnergyConservationControl(initial_energy=1.0).check(None)
     AnticipatedIntensityControl(target=3.0, method="analytic").check(None)  # needs no network
@@ -108,7 +107,7 @@ def test_analytic_intensity_gradient_matches_plain_autograd():
 def test_violation_is_per_sample_not_batch_coupled(align):
     state = make_state(knowledge_model=align)
     controls = [
-        AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0, form="score"),
+        AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0, method="learned", form="score"),
         AnticipatedIntensityControl(target=[10.0, 90.0], scale=1.0, method="analytic", form="score"),
         EnergyConservationControl(initial_energy=[0.5, -0.5], scale=1.0, form="score"),
     ]
@@ -140,7 +139,7 @@ def test_learned_controls_follow_their_definitions(align):
     state = make_state(knowledge_model=align)
     with torch.no_grad():
         pred = align(state.latents, state.timestep).sample  # (N, T, 1)
-    intensity = AnticipatedIntensityControl(target=51.0, scale=1.0, form="score")
+    intensity = AnticipatedIntensityControl(target=51.0, scale=1.0, method="learned", form="score")
     torch.testing.assert_close(intensity.violation(state), (pred.mean(dim=(1, 2)) - 0.2).abs())
     energy = EnergyConservationControl(initial_energy=0.25, scale=1.0, form="score")
     torch.testing.assert_close(energy.violation(state), (pred[..., 0] - 0.25).norm(dim=1))
@@ -153,7 +152,7 @@ def test_learned_controls_follow_their_definitions(align):
         num_heads=2,
         pool_heads_channels=8,
     ).eval()
-    own = AnticipatedIntensityControl(target=51.0, model=other)
+    own = AnticipatedIntensityControl(target=51.0, method="learned", model=other)
     assert not torch.allclose(own.violation(state), intensity.violation(state))
 
 

@@ -440,7 +440,7 @@ def test_learned_intensity_control_moves_its_prediction(untrained, context):
     with torch.no_grad():
         pred_base = untrained.knowledge_model(base, t0).sample.mean(dim=(1, 2)) * 255.0
     target = float(pred_base.mean()) + 30.0
-    control = AnticipatedIntensityControl(target=target, scale=300.0, form="score")
+    control = AnticipatedIntensityControl(target=target, scale=300.0, method="learned", form="score")
     steered = untrained(context, generator=generators(4), knowledge_controls=control, **kwargs).frames.flatten(0, 1)
     with torch.no_grad():
         pred = untrained.knowledge_model(steered, t0).sample.mean(dim=(1, 2)) * 255.0

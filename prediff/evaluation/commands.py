@@ -190,19 +190,15 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     )
     control = None
     if args.knowledge_control == "intensity":
+        method = {"method": args.control_method} if args.control_method is not None else {}
         if args.target is None and args.n_sigma is None:
             if args.intensity_mean is not None or args.intensity_std is not None:
                 raise ValueError("--intensity-mean/--intensity-std need --n-sigma")
-            control = IntensityControlSpec(
-                scale=args.control_scale, method=args.control_method, observed_factor=args.observed_factor
-            )
+            control = IntensityControlSpec(scale=args.control_scale, observed_factor=args.observed_factor, **method)
         else:
             target, source = intensity_target(pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std)
             control = IntensityControlSpec(
-                target=target,
-                scale=args.control_scale,
-                method=args.control_method,
-                description=f"{target:.4g} ({source})",
+                target=target, scale=args.control_scale, description=f"{target:.4g} ({source})", **method
             )
     try:
         report = evaluate_pipeline(

@@ -60,15 +60,15 @@ class IntensityControlSpec:
             each sequence's observed future mean intensity times `observed_factor` (what a perfect intensity
             outlook would give; the official PreDiff demonstration uses a factor of 2).
         scale (`float`, defaults to 1): guidance strength (see [`~prediff.knowledge.KnowledgeControl`]).
-        method (`str`, *optional*): "learned" or "analytic"; default "learned" when the pipeline has a
-            knowledge-alignment network, else "analytic".
+        method (`str`, defaults to "analytic"): "analytic" or "learned" (see
+            [`~prediff.knowledge.AnticipatedIntensityControl`]).
         observed_factor (`float`, defaults to 1): factor on the observed intensity when `target` is None.
         description (`str`, *optional*): how the target was chosen, for the report.
     """
 
     target: float | None = None
     scale: float = DEFAULT_CONTROL_SCALE
-    method: str | None = None
+    method: str = "analytic"
     observed_factor: float = 1.0
     description: str | None = None
 

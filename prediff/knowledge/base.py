@@ -22,6 +22,7 @@ by another.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ __all__ = [
 CONTROL_FORMS = ("x0", "score", "official")
 #: The default strength: with the default form "x0", the whole Gauss-Newton step at every denoising step.
 DEFAULT_CONTROL_SCALE = 1.0
+#: The default trust region of the x0 form: none (see `KnowledgeControl`'s `max_step`).
+DEFAULT_MAX_STEP = None
 
 
 @dataclass
@@ -132,10 +135,18 @@ class KnowledgeControl:
             noise estimate too (one extra backward pass through the denoiser per step). By default the
             estimate is held fixed, which is exact for controls on `z_t` itself and much cheaper for controls
             on the clean estimate.
+        max_step (`float`, *optional*): form "x0" only: the largest change of the clean estimate per denoising
+            step, as a root mean square over the (scaled) latents (see [`newton_step_size`]); None (default): no
+            bound. A bound of about 1 keeps a learned statistic with weak gradients from throwing the sample
+            out of the data, at the price of not reaching far targets.
     """
 
     def __init__(
-        self, scale: float = DEFAULT_CONTROL_SCALE, form: str = "x0", differentiate_through_unet: bool = False
+        self,
+        scale: float = DEFAULT_CONTROL_SCALE,
+        form: str = "x0",
+        differentiate_through_unet: bool = False,
+        max_step: float | None = DEFAULT_MAX_STEP,
     ):
         scale = float(scale)
         if not torch.isfinite(torch.tensor(scale)) or scale < 0:
@@ -145,6 +156,9 @@ class KnowledgeControl:
         self.scale = scale
         self.form = form
         self.differentiate_through_unet = bool(differentiate_through_unet)
+        if max_step is not None and not (math.isfinite(max_step) and max_step > 0):
+            raise ValueError(f"max_step must be a positive number or None, got {max_step!r}")
+        self.max_step = max_step
 
     def check(self, knowledge_model: nn.Module | None) -> None:
         """Raise `ValueError` if this control cannot run with the pipeline's `knowledge_model` (called up
@@ -158,7 +172,9 @@ class KnowledgeControl:
         return f"{type(self).__name__}(scale={self.scale}, form={self.form!r})"
 
 
-def newton_step_size(violation: torch.Tensor, grad: torch.Tensor, alpha_prod_t: torch.Tensor) -> torch.Tensor:
+def newton_step_size(
+    violation: torch.Tensor, grad: torch.Tensor, alpha_prod_t: torch.Tensor, max_step: float | None = None
+) -> torch.Tensor:
     """The per-sample factor `c = L / ((1 - alpha_bar_t) ||g||^2)`, shaped to broadcast against `grad`.
 
     With the noise estimate held fixed, `z_t = sqrt(alpha_bar_t) x0 + const`, so `dL/dx0 = sqrt(alpha_bar_t) g`
@@ -166,9 +182,17 @@ def newton_step_size(violation: torch.Tensor, grad: torch.Tensor, alpha_prod_t: 
     estimate by `dx0 = -(1 - alpha_bar_t) c g / sqrt(alpha_bar_t)`, which changes the violation by
     `-(1 - alpha_bar_t) c ||g||^2 = -L` to first order: the Gauss-Newton step that zeroes it. Samples whose
     gradient vanishes are left alone.
+
+    `max_step` bounds the step as a trust region: the root mean square of `dx0` stays at most `max_step`. A
+    statistic predicted from very noisy latents barely depends on them, and the full step would then throw the
+    clean estimate far outside the data.
     """
+    a = alpha_prod_t.to(grad.dtype)
     squared_norm = grad.flatten(1).pow(2).sum(dim=1)
-    factor = violation / ((1 - alpha_prod_t.to(grad.dtype)) * squared_norm)
+    factor = violation / ((1 - a) * squared_norm)
+    if max_step is not None:
+        rms = (squared_norm / grad[0].numel()).sqrt()
+        factor = torch.minimum(factor, max_step * a.sqrt() / ((1 - a) * rms))
     factor = torch.where(squared_norm > 0, factor, torch.zeros_like(factor))
     return factor.view(-1, *([1] * (grad.ndim - 1)))
 
@@ -199,7 +223,7 @@ def knowledge_gradients(
         (grad,) = torch.autograd.grad(loss.sum(), state.latents, retain_graph=i < len(active) - 1)
         form = control.form
         if form == "x0":
-            grad = newton_step_size(loss.detach(), grad, state.alpha_prod_t) * grad
+            grad = newton_step_size(loss.detach(), grad, state.alpha_prod_t, control.max_step) * grad
             form = "score"
         grad = control.scale * grad
         current = sums[form]

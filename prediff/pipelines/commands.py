@@ -73,8 +73,8 @@ def add_knowledge_control_arguments(parser: argparse.ArgumentParser, observed_de
         "--control-method",
         choices=CONTROL_METHODS,
         default=None,
-        help="'learned' (the pipeline's knowledge-alignment network; default when it has one) or 'analytic' "
-        "(decode the current clean estimate; no network needed)",
+        help="'analytic' (decode the current clean estimate; the default, exact) or 'learned' (the pipeline's "
+        "knowledge-alignment network; cheaper, as accurate as the network)",
     )
 
 
@@ -85,7 +85,8 @@ def intensity_control_from_args(pipeline: Any, args: argparse.Namespace, target:
 
     if not np.isfinite(args.control_scale) or args.control_scale < 0:
         raise ValueError(f"--control-scale must be a finite number >= 0, got {args.control_scale}")
-    return AnticipatedIntensityControl(target=target, scale=args.control_scale, method=args.control_method)
+    method = {"method": args.control_method} if args.control_method is not None else {}
+    return AnticipatedIntensityControl(target=target, scale=args.control_scale, **method)
 
 
 def check_knowledge_control_args(args: argparse.Namespace) -> None:
