@@ -36,7 +36,9 @@ def coordinate_grid(T, H, W):
 
 
 def brute_force_place(index, length, c, strategy):
-    """(cuboid number, place) of ``index`` on an axis, by the definition in DESIGN.md section 3."""
+    """(cuboid number, place) of ``index`` on an axis of length ``length`` with cuboid size ``c``, by definition:
+    "local" puts index ``n * c + a`` into cuboid n at place a (contiguous blocks), "dilated" puts index
+    ``a * (length / c) + n`` into cuboid n at place a (strided)."""
     if strategy == "l":
         return index // c, index % c
     stride = length // c

@@ -1,6 +1,6 @@
 """Cuboid self- and cross-attention layers with global vectors, and their attention backends.
 
-Backends compute the same function (DESIGN.md section 3):
+Backends compute the same function, the official cuboid attention:
 
 * ``"reference"`` - the official algorithm as written: explicit scores, relative bias, a mask tensor even when
   nothing is masked, ``masked_fill`` + softmax + multiplication by the mask. It is the ground truth in tests.
