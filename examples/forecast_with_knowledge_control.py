@@ -6,11 +6,11 @@ training distribution of the future mean intensity (PreDiff's what-if experiment
 
     python examples/forecast_with_knowledge_control.py                      # 8 members, 20 steps
     python examples/forecast_with_knowledge_control.py --out what_if.png    # also draw the what-if figure
-    python examples/forecast_with_knowledge_control.py --pipeline runs/my-denoiser --method analytic
+    python examples/forecast_with_knowledge_control.py --pipeline runs/my-denoiser --method learned
 
-`--pipeline` takes any PreDiffPipeline folder (e.g. the output of `prediff train denoiser`);
-`--method analytic` steers the decoded clean estimate instead of the alignment network's prediction, so it
-also works for pipelines without a knowledge_model.
+`--pipeline` takes any PreDiffPipeline folder (e.g. the output of `prediff train denoiser`); the default method
+"analytic" steers the decoded clean estimate, so it works for pipelines without a knowledge_model; `--method
+learned` uses the pipeline's alignment network instead (cheaper per step, as accurate as the network).
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> dict[float, float]:
     parser.add_argument("--pipeline", default=None, help="a PreDiffPipeline folder (default: the shipped one)")
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--scale", type=float, default=100.0, help="control strength")
-    parser.add_argument("--method", choices=("learned", "analytic"), default="learned")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="fraction of the remaining gap closed at every step (default 1)"
+    )
+    parser.add_argument("--method", choices=("learned", "analytic"), default="analytic")
     parser.add_argument("--seed", type=int, default=7, help="seed of the storm sequence and the noise")
     parser.add_argument("--out", default=None, help="write the what-if figure to this PNG")
     parser.add_argument("--tiny", action="store_true", help="2 members, 4 steps (a quick check)")
