@@ -68,6 +68,11 @@ def test_merged_metric_states_score_like_one_accumulation():
         other = RankHistogram()
         other.update(pred[:, :1], target)
         histogram.merge(other)
+    # A correlation is not a sum over samples: such a metric says it cannot be merged.
+    from prediff.metrics.enso import Nino34Score
+
+    with pytest.raises(TypeError, match="Nino34Score cannot be merged across processes"):
+        Nino34Score().merge(Nino34Score())
 
 
 def test_two_processes_give_the_scores_of_one(pipe_dir, tmp_path):

@@ -112,7 +112,9 @@ class Metric:
         if type(other) is not type(self):
             raise ValueError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
         if not self.additive_states:
-            raise NotImplementedError(f"{type(self).__name__} has no additive state to merge")
+            raise TypeError(
+                f"{type(self).__name__} cannot be merged across processes: its state is not a set of sums and counts"
+            )
         if other._num_frames is None:
             return
         self._check_num_frames(other._num_frames)
