@@ -35,7 +35,7 @@ from prediff.evaluation.evaluate import evaluate_forecasts
 from prediff.pipelines import EarthformerPipeline, PreDiffPipeline
 from prediff.pipelines.forecast_io import member_generators
 from prediff.pretrained import shipped_pipeline_path
-from prediff.schedulers import prediff_scheduler
+from prediff.schedulers import default_inference_steps, prediff_scheduler
 
 DEFAULT_SAMPLERS = ("ddpm:1000", "ddpm:50", "ddim:50", "dpmsolver++:20", "dpmsolver++:10")
 #: Columns of the skill table: (label, score name, lead time or None for the average).
@@ -186,7 +186,7 @@ def main() -> None:
     total = max(args.num_sequences, args.sampler_sequences)
     dataset = SyntheticStormDataset(total, T_in + T_out, H, W, seed=args.data_seed)
     default = type(pipe.scheduler).__name__
-    steps = pipe._default_steps()
+    steps = default_inference_steps(pipe.scheduler)
     print(
         f"held-out storms: data seed {args.data_seed}, {args.num_sequences} sequences of {T_in} + {T_out} frames of "
         f"{H}x{W}; noise seed {args.seed}; PreDiff default sampler {default}, {steps} steps"

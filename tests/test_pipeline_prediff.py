@@ -8,6 +8,8 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from prediff.knowledge import AnticipatedIntensityControl, EnergyConservationCon
 from prediff.metrics import EnergyConservationError
 from prediff.models.autoencoder import autoencoder_from_preset, decode_sequence
 from prediff.pipelines import PreDiffPipeline, PreDiffPipelineOutput
-from prediff.schedulers import official_betas, prediff_scheduler
+from prediff.schedulers import default_inference_steps, official_betas, prediff_scheduler
 
 STEPS = 3
 
@@ -123,6 +125,27 @@ def test_save_load_reproduces_the_ensemble(scheduler, context, tmp_path, umask_0
     after = loaded(context, generator=generators(4), **kwargs).frames
     np.testing.assert_array_equal(after, before)
     assert np.isfinite(before).all()
+
+
+def test_push_to_hub_uploads_the_saved_folder_through_the_public_hub_api(monkeypatch):
+    """No network here: the Hub's two public calls are replaced by recorders, so the test sees what would be
+    sent."""
+    import prediff.pipelines.pipeline_utils as pipeline_utils
+
+    sent = {}
+
+    def record_upload(**kwargs):
+        folder = kwargs["folder_path"]
+        sent.update(kwargs, files={str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file()})
+        return "commit-url"
+
+    monkeypatch.setattr(pipeline_utils, "create_repo", lambda repo_id, **_: SimpleNamespace(repo_id=f"me/{repo_id}"))
+    monkeypatch.setattr(pipeline_utils, "upload_folder", record_upload)
+    pipe = tiny_pipeline("dpmsolver++")
+    assert pipe.push_to_hub("storms") == "commit-url"
+    assert sent["repo_id"] == "me/storms" and sent["commit_message"] == "Upload PreDiffPipeline"
+    assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors"} <= sent["files"]
+    assert not any(name.endswith(".bin") for name in sent["files"])
 
 
 def test_model_card_and_pickle_refusal(context, tmp_path):
@@ -224,7 +247,7 @@ def test_default_steps_follow_the_scheduler(pipe, context):
     default.set_progress_bar_config(disable=True)
     for name, steps in expected.items():
         default.scheduler = prediff_scheduler(name)
-        assert default._default_steps() == steps, name
+        assert default_inference_steps(default.scheduler) == steps, name
     default(context[:1])
     assert default.num_timesteps == 50
 

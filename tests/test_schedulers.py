@@ -9,6 +9,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -16,6 +17,7 @@ from prediff.schedulers import (
     DEFAULT_INFERENCE_STEPS,
     PORTABLE_SCHEDULER_SETTINGS,
     SCHEDULER_PRESETS,
+    default_inference_steps,
     official_betas,
     prediff_scheduler,
     prediff_training_scheduler,
@@ -138,3 +140,9 @@ def test_record_portable_settings_keeps_what_a_config_has():
     assert "clip_sample" not in bare.config
     record_portable_settings(bare)
     assert bare.config.clip_sample is False and bare.config.set_alpha_to_one is True
+
+
+def test_default_inference_steps_recognises_presets_sharing_a_class():
+    assert default_inference_steps(prediff_scheduler("dpmsolver++")) == DEFAULT_INFERENCE_STEPS["dpmsolver++"]
+    # A scheduler built outside the presets: the preset of its class, else 50.
+    assert default_inference_steps(LMSDiscreteScheduler()) == 50

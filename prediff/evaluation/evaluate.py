@@ -382,6 +382,7 @@ def evaluate_pipeline(
     from ..data.utils import check_positive_int, check_seed
     from ..pipelines import EarthformerPipeline, PreDiffPipeline
     from ..pipelines.forecast_io import launched_processes, member_generators
+    from ..schedulers import default_inference_steps
 
     start_time = time.perf_counter()
     if not isinstance(pipeline, (PreDiffPipeline, EarthformerPipeline)):
@@ -402,7 +403,7 @@ def evaluate_pipeline(
     if num_inference_steps is not None:
         num_inference_steps = check_positive_int("num_inference_steps", num_inference_steps)
     elif is_prediff:
-        num_inference_steps = pipeline._default_steps()
+        num_inference_steps = default_inference_steps(pipeline.scheduler)
     if knowledge_control is not None and not is_prediff:
         raise ValueError("knowledge control needs a PreDiff pipeline; an Earthformer forecast is deterministic")
     T_in, H, W, C = pipeline.context_shape

@@ -21,9 +21,8 @@ from ..models.autoencoder import autoencoder_from_preset, decode_sequence, encod
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..models.extrapolation import MotionExtrapolator
 from ..schedulers import (
-    DEFAULT_INFERENCE_STEPS,
     PREDIFF_NOISE_SCHEDULE,
-    SCHEDULER_PRESETS,
+    default_inference_steps,
     prediff_scheduler,
     prediff_training_scheduler,
     record_portable_settings,
@@ -570,7 +569,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 f"{type(knowledge_controls).__name__} (wrap a function of the forecast in FunctionControl(fn))"
             )
         if num_inference_steps is None:
-            num_inference_steps = self._default_steps()
+            num_inference_steps = default_inference_steps(self.scheduler)
 
         context = self.check_inputs(
             context,
@@ -647,14 +646,6 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return PreDiffPipelineOutput(frames=frames)
-
-    def _default_steps(self) -> int:
-        """The step count of the scheduler's preset class ([`~prediff.schedulers.DEFAULT_INFERENCE_STEPS`]), else
-        50; never the 1000-step loop."""
-        for name, (scheduler_cls, _) in SCHEDULER_PRESETS.items():
-            if type(self.scheduler) is scheduler_cls:
-                return DEFAULT_INFERENCE_STEPS[name]
-        return 50
 
     # ------------------------------------------------------------------ model card
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download
+from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download, upload_folder
 
 from ..data.utils import atomic_output, check_memory, format_bytes, plain_permissions_for_writes
 from ..models.modeling_utils import check_model_config_memory
@@ -281,7 +281,13 @@ class ForecastPipelineMixin:
         create_pr: bool = False,
     ) -> str:
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+        return upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            token=token,
+            commit_message=commit_message or f"Upload {type(self).__name__}",
+            create_pr=create_pr,
+        )
 
 
 def count_parameters(module: torch.nn.Module | None) -> str:

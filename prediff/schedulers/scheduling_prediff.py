@@ -27,6 +27,7 @@ __all__ = [
     "PORTABLE_SCHEDULER_SETTINGS",
     "PREDIFF_NOISE_SCHEDULE",
     "SCHEDULER_PRESETS",
+    "default_inference_steps",
     "official_betas",
     "prediff_scheduler",
     "prediff_training_scheduler",
@@ -86,6 +87,18 @@ DEFAULT_INFERENCE_STEPS: dict[str, int] = {
     "unipc": 20,
     "euler": 50,
 }
+
+
+def default_inference_steps(scheduler: SchedulerMixin) -> int:
+    """The step count `scheduler` is meant for: that of the preset it was built from ([`DEFAULT_INFERENCE_STEPS`]),
+    recognised by class and, where presets share a class, by the preset's own arguments; else 50. Never the
+    1000-step loop, which is asked for explicitly."""
+    config = getattr(scheduler, "config", {})
+    same_class = [name for name, (cls, _) in SCHEDULER_PRESETS.items() if type(scheduler) is cls]
+    for name in same_class:
+        if all(config.get(key) == value for key, value in SCHEDULER_PRESETS[name][1].items()):
+            return DEFAULT_INFERENCE_STEPS[name]
+    return DEFAULT_INFERENCE_STEPS[same_class[0]] if same_class else 50
 
 
 def official_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
