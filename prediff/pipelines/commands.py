@@ -303,7 +303,9 @@ def run_forecast(
         raise ValueError("a knowledge-control target per context cannot be split across processes; give one value")
     pipe.set_progress_bar_config(disable=not (progress and processes.is_main_process))
     if is_prediff:
-        steps = steps if steps is not None else pipe._default_steps()
+        from ..schedulers import default_inference_steps
+
+        steps = steps if steps is not None else default_inference_steps(pipe.scheduler)
     else:
         # Earthformer is deterministic: one "member".
         members, steps = 1, None
