@@ -15,17 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..models.earthformer import EarthformerModel
 from ..pipelines import EarthformerPipeline
 from .config import EarthformerTrainingConfig
 from .trainer import Trainer
 
 __all__ = ["EarthformerTrainer", "train_earthformer"]
-
-
-def _earthformer_class() -> Any:
-    from ..models import earthformer
-
-    return earthformer.EarthformerModel
 
 
 class EarthformerTrainer(Trainer):
@@ -40,7 +35,7 @@ class EarthformerTrainer(Trainer):
         _, H, W, C = self.item_shape
         if d.target_length < 1:
             raise ValueError(f"data.target_length must be an integer >= 1, got {d.target_length}")
-        cls = _earthformer_class()
+        cls = EarthformerModel
         derived = {"input_shape": (d.context_length, H, W, C), "target_shape": (d.target_length, H, W, C)}
         kwargs = self.check_model_kwargs(cls, cfg.model, derived)
         model = cls(**kwargs)

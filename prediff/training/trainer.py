@@ -16,7 +16,6 @@ repeats exactly what the uninterrupted run would have done.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import shutil
 import tempfile
@@ -49,7 +48,6 @@ from .utils import (
 
 __all__ = ["Trainer", "build_datasets", "collate_frames"]
 
-logger = logging.getLogger(__name__)
 
 # Validation batches draw their randomness from micro-step numbers above every training micro-step.
 _VALIDATION_STREAM = 2**40
@@ -149,7 +147,7 @@ class Trainer:
         units: what the physical values are (with explicit data sets; recorded in exported pipelines).
 
     Subclasses set `kind` and implement `build`, `compute_losses`, `validation_losses`, `export` and
-    optionally `log_validation_pictures` and `samples_per_item`.
+    optionally `samples_per_item`.
     """
 
     kind = "model"
@@ -218,9 +216,6 @@ class Trainer:
     def export(self, folder: Path) -> Any:
         """Save the trained result into the empty `folder`; return the saved object (for `push_to_hub`)."""
         raise NotImplementedError
-
-    def log_validation_pictures(self, frames: torch.Tensor, step: int) -> None:
-        """Draw validation pictures for `frames` `(N, T, H, W, C)` (default: none)."""
 
     def samples_per_item(self) -> int:
         return 1
