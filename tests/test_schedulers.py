@@ -112,6 +112,8 @@ def test_fast_presets_and_overrides():
     assert isinstance(ddim, DDIMScheduler) and ddim.final_alpha_cumprod.item() == 1.0
     sde = prediff_scheduler("dpmsolver++", algorithm_type="sde-dpmsolver++")
     assert sde.config.algorithm_type == "sde-dpmsolver++"
+    # Two presets share DPMSolverMultistepScheduler; each is recognised by its own arguments.
+    assert default_inference_steps(prediff_scheduler("sde-dpmsolver++")) == DEFAULT_INFERENCE_STEPS["sde-dpmsolver++"]
     with pytest.raises(ValueError, match="unknown scheduler preset 'pndm'"):
         prediff_scheduler("pndm")
 

@@ -62,6 +62,16 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
             final_sigmas_type="zero",
         ),
     ),
+    # Its stochastic (SDE) variant: fresh noise at every step, like ancestral DDPM, in 20 steps.
+    "sde-dpmsolver++": (
+        DPMSolverMultistepScheduler,
+        dict(
+            algorithm_type="sde-dpmsolver++",
+            solver_order=2,
+            timestep_spacing="trailing",
+            final_sigmas_type="zero",
+        ),
+    ),
     "unipc": (UniPCMultistepScheduler, dict(solver_order=2, timestep_spacing="trailing")),
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
 }
@@ -84,6 +94,7 @@ DEFAULT_INFERENCE_STEPS: dict[str, int] = {
     "ddpm": 50,
     "ddim": 50,
     "dpmsolver++": 20,
+    "sde-dpmsolver++": 20,
     "unipc": 20,
     "euler": 50,
 }
@@ -115,6 +126,8 @@ def prediff_scheduler(name: str = "dpmsolver++", **overrides: Any) -> SchedulerM
     ([`DEFAULT_INFERENCE_STEPS`], the pipeline's default):
 
     - "dpmsolver++" (default): 20 steps of second-order multistep DPM-Solver++.
+    - "sde-dpmsolver++": 20 steps of its stochastic variant (SDE-DPM-Solver++), which adds fresh noise at
+      every step as the official ancestral sampler does.
     - "unipc": 20 steps of second-order UniPC.
     - "ddim": 50 steps of deterministic DDIM.
     - "euler": 50 steps of the Euler ODE sampler.
