@@ -386,8 +386,8 @@ def block_max(array: np.ndarray, factor: int, axes: tuple[int, int]) -> np.ndarr
     """Maximum over non-overlapping ``factor`` x ``factor`` blocks of two axes.
 
     Sizes that ``factor`` does not divide are padded at the end with the dtype's lowest value, which never
-    wins
-    a maximum (``skimage.measure.block_reduce`` pads with 0, which would win over negative infrared values).
+    wins a maximum (``skimage.measure.block_reduce`` pads with 0, which would win over negative infrared
+    values).
     """
     a0, a1 = sorted(a % array.ndim for a in axes)
     pad = [(0, 0)] * array.ndim

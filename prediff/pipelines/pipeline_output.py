@@ -17,9 +17,8 @@ class PreDiffPipelineOutput(BaseOutput):
     Args:
         frames (`np.ndarray` or `torch.Tensor`):
             The ensemble forecast, shape `(batch_size, num_ensemble_members, T_out, H, W, C)` in the data's
-            physical
-            units (`output_type="np"` or `"pt"`), or the final latents `(batch_size, num_ensemble_members,
-            T_out, h, w, c)` (`output_type="latent"`).
+            physical units (`output_type="np"` or `"pt"`), or the final latents `(batch_size,
+            num_ensemble_members, T_out, h, w, c)` (`output_type="latent"`).
     """
 
     frames: np.ndarray | torch.Tensor
