@@ -16,8 +16,10 @@ import os
 import sys
 import traceback
 
-#: Modules whose ``register(subparsers)`` adds a command, in the order ``prediff --help`` lists them. Each one
-#: imports only argparse-level code at module level, so ``prediff --help`` stays cheap.
+#: Modules whose ``register(subparsers)`` adds a command, in the order ``prediff --help`` lists them. None of
+#: them imports torch, Diffusers or Accelerate at module level (the packages above them import their names
+#: lazily, see ``prediff.utils.lazy``): the commands import them when they run, so ``prediff --help`` stays
+#: cheap. tests/test_imports.py checks it.
 _COMMAND_MODULES = (
     "prediff.data.commands",
     "prediff.training.commands",

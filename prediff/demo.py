@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .knowledge.base import DEFAULT_CONTROL_SCALE
+from .knowledge.defaults import DEFAULT_CONTROL_SCALE
 
 __all__ = [
     "DEMO_CSI_THRESHOLDS",

@@ -248,7 +248,7 @@ def test_checkpoint_save_is_atomic(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_atomic_writes_get_the_permissions_of_plain_ones(tmp_path, umask):
-    from prediff.training.config import save_config
+    from prediff.training.config_loading import save_config
 
     previous = os.umask(umask)
     try:

@@ -5,26 +5,22 @@ ones return ``(B, T_out, H, W, C)``, ensembles ``(B, M, T_out, H, W, C)``, of th
 ``extrapolation`` and ``steps`` need pysteps (``pip install "prediff[pysteps]"``).
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING
 
-from collections.abc import Callable
-from typing import Any
+from ..utils.lazy import lazy_exports
 
-from .optical_flow import estimate_motion, extrapolation, steps
-from .persistence import persistence
+if TYPE_CHECKING:
+    from .optical_flow import estimate_motion, extrapolation, steps
+    from .persistence import persistence
+    from .registry import get_baseline
 
-_BASELINES: dict[str, Callable[..., Any]] = {
-    "persistence": persistence,
-    "extrapolation": extrapolation,
-    "steps": steps,
-}
-
-
-def get_baseline(name: str) -> Callable[..., Any]:
-    """The baseline forecast function called ``name``: "persistence", "extrapolation" or "steps"."""
-    if name not in _BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; expected one of {sorted(_BASELINES)}")
-    return _BASELINES[name]
-
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".optical_flow": ["estimate_motion", "extrapolation", "steps"],
+        ".persistence": ["persistence"],
+        ".registry": ["get_baseline"],
+    },
+)
 
 __all__ = ["estimate_motion", "extrapolation", "get_baseline", "persistence", "steps"]

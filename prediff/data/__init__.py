@@ -6,21 +6,47 @@ Every data set is a ``torch.utils.data.Dataset`` whose items are dicts with ``"f
 zarr, Pillow) are imported only when needed: ``pip install "prediff[data]"``.
 """
 
-from .arrays import ArraySequenceDataset
-from .augment import RandomFlipRotate, flip_rotate
-from .enso import ENSO_SST_RANGE, ENSODataset
-from .io import SequenceFile, inspect_path, write_sequences
-from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
-from .sevir import (
-    SEVIR_DTYPES,
-    SEVIR_VALUE_RANGES,
-    SEVIRDataset,
-    downsample_sevir,
-    earthformer_sevir_splits,
-    prediff_sevir_splits,
-    read_catalog,
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .arrays import ArraySequenceDataset
+    from .augment import RandomFlipRotate, flip_rotate
+    from .enso import ENSO_SST_RANGE, ENSODataset
+    from .io import SequenceFile, inspect_path, write_sequences
+    from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
+    from .sevir import (
+        SEVIR_DTYPES,
+        SEVIR_VALUE_RANGES,
+        SEVIRDataset,
+        downsample_sevir,
+        earthformer_sevir_splits,
+        prediff_sevir_splits,
+        read_catalog,
+    )
+    from .storms import IntensityStats, SyntheticStormDataset, future_intensity_stats, generate_storm_sequence
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".arrays": ["ArraySequenceDataset"],
+        ".augment": ["RandomFlipRotate", "flip_rotate"],
+        ".enso": ["ENSO_SST_RANGE", "ENSODataset"],
+        ".io": ["SequenceFile", "inspect_path", "write_sequences"],
+        ".nbody": ["NBodyDataset", "nbody_acceleration", "nbody_energy", "simulate_nbody"],
+        ".sevir": [
+            "SEVIR_DTYPES",
+            "SEVIR_VALUE_RANGES",
+            "SEVIRDataset",
+            "downsample_sevir",
+            "earthformer_sevir_splits",
+            "prediff_sevir_splits",
+            "read_catalog",
+        ],
+        ".storms": ["IntensityStats", "SyntheticStormDataset", "future_intensity_stats", "generate_storm_sequence"],
+    },
 )
-from .storms import IntensityStats, SyntheticStormDataset, future_intensity_stats, generate_storm_sequence
 
 __all__ = [
     "ENSO_SST_RANGE",

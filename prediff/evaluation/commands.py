@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..metrics import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS
+from ..metrics.defaults import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS
 
 __all__ = ["build_dataset", "register"]
 

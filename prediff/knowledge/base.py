@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .defaults import DEFAULT_CONTROL_SCALE
+
 __all__ = [
     "CONTROL_FORMS",
     "DEFAULT_CONTROL_SCALE",
@@ -41,8 +43,6 @@ __all__ = [
 ]
 
 CONTROL_FORMS = ("x0", "score", "official")
-#: The default strength: with the default form "x0", the whole Gauss-Newton step at every denoising step.
-DEFAULT_CONTROL_SCALE = 1.0
 #: The default trust region of the x0 form: none (see `KnowledgeControl`'s `max_step`).
 DEFAULT_MAX_STEP = None
 

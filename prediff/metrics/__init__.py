@@ -7,73 +7,83 @@ tensors, in the units of the data (0-255 for SEVIR VIL). ``get_metric(name, **kw
 by name, as pysteps' ``get_method`` does.
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING
 
-from typing import Any
+from ..utils.lazy import lazy_exports
 
-from ._base import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS, Metric
-from .categorical import (
-    CategoricalScore,
-    categorical_scores,
-    contingency_counts,
-    csi,
-    frequency_bias,
-    max_pool_frames,
-    pod,
-    sucr,
+if TYPE_CHECKING:
+    from ._base import Metric
+    from .categorical import (
+        CategoricalScore,
+        categorical_scores,
+        contingency_counts,
+        csi,
+        frequency_bias,
+        max_pool_frames,
+        pod,
+        sucr,
+    )
+    from .continuous import ContinuousScore, mae, mse, ssim, ssim_per_frame
+    from .defaults import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS
+    from .enso import Nino34Score, nino34_index, nino34_lead_weights, nino34_skill
+    from .knowledge import (
+        EnergyConservationError,
+        KnowledgeControlError,
+        knowledge_control_error,
+        max_intensity,
+        mean_intensity,
+    )
+    from .probabilistic import (
+        EnsembleCRPS,
+        RankHistogram,
+        SpreadSkill,
+        crps_ensemble,
+        crps_ensemble_elementwise,
+        ensemble_ranks,
+        rank_histogram,
+        spread_skill_ratio,
+    )
+    from .registry import get_metric
+    from .spatial import FractionsSkillScore, fss
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "._base": ["Metric"],
+        ".categorical": [
+            "CategoricalScore",
+            "categorical_scores",
+            "contingency_counts",
+            "csi",
+            "frequency_bias",
+            "max_pool_frames",
+            "pod",
+            "sucr",
+        ],
+        ".continuous": ["ContinuousScore", "mae", "mse", "ssim", "ssim_per_frame"],
+        ".defaults": ["SEVIR_POOL_SIZES", "SEVIR_THRESHOLDS"],
+        ".enso": ["Nino34Score", "nino34_index", "nino34_lead_weights", "nino34_skill"],
+        ".knowledge": [
+            "EnergyConservationError",
+            "KnowledgeControlError",
+            "knowledge_control_error",
+            "max_intensity",
+            "mean_intensity",
+        ],
+        ".probabilistic": [
+            "EnsembleCRPS",
+            "RankHistogram",
+            "SpreadSkill",
+            "crps_ensemble",
+            "crps_ensemble_elementwise",
+            "ensemble_ranks",
+            "rank_histogram",
+            "spread_skill_ratio",
+        ],
+        ".registry": ["get_metric"],
+        ".spatial": ["FractionsSkillScore", "fss"],
+    },
 )
-from .continuous import ContinuousScore, mae, mse, ssim, ssim_per_frame
-from .enso import Nino34Score, nino34_index, nino34_lead_weights, nino34_skill
-from .knowledge import (
-    EnergyConservationError,
-    KnowledgeControlError,
-    knowledge_control_error,
-    max_intensity,
-    mean_intensity,
-)
-from .probabilistic import (
-    EnsembleCRPS,
-    RankHistogram,
-    SpreadSkill,
-    crps_ensemble,
-    crps_ensemble_elementwise,
-    ensemble_ranks,
-    rank_histogram,
-    spread_skill_ratio,
-)
-from .spatial import FractionsSkillScore, fss
-
-_METRICS: dict[str, tuple[type[Metric], dict[str, Any]]] = {
-    "categorical": (CategoricalScore, {}),
-    "csi": (CategoricalScore, {}),
-    "continuous": (ContinuousScore, {}),
-    "mse": (ContinuousScore, {"scores": ("mse",)}),
-    "rmse": (ContinuousScore, {"scores": ("rmse",)}),
-    "mae": (ContinuousScore, {"scores": ("mae",)}),
-    "ssim": (ContinuousScore, {"scores": ("ssim",)}),
-    "crps": (EnsembleCRPS, {}),
-    "rank_histogram": (RankHistogram, {}),
-    "spread_skill": (SpreadSkill, {}),
-    "fss": (FractionsSkillScore, {}),
-    "nino34": (Nino34Score, {}),
-    "knowledge_control_error": (KnowledgeControlError, {}),
-    "energy_conservation_error": (EnergyConservationError, {}),
-}
-
-
-def get_metric(name: str, **kwargs: Any) -> Metric:
-    """A fresh accumulating metric by name; ``kwargs`` go to its constructor.
-
-    Names: ``categorical`` / ``csi`` (POD, SUCR, CSI, BIAS, CSI-M), ``continuous`` (MSE, RMSE, MAE, SSIM),
-    ``mse``, ``rmse``, ``mae``, ``ssim``, ``crps``, ``rank_histogram``, ``spread_skill``, ``fss``, ``nino34``,
-    ``knowledge_control_error``, ``energy_conservation_error``.
-    """
-    key = name.lower().replace("-", "_")
-    if key not in _METRICS:
-        raise ValueError(f"unknown metric {name!r}; expected one of {sorted(_METRICS)}")
-    cls, defaults = _METRICS[key]
-    return cls(**{**defaults, **kwargs})
-
 
 __all__ = [
     "SEVIR_POOL_SIZES",

@@ -9,11 +9,6 @@ import torch
 
 ArrayLike = np.ndarray | torch.Tensor
 
-#: SEVIR VIL thresholds (0-255 units) used by Earthformer and PreDiff.
-SEVIR_THRESHOLDS: tuple[float, ...] = (16.0, 74.0, 133.0, 160.0, 181.0, 219.0)
-#: Max-pooling sizes of the pooled CSI variants (1 = no pooling).
-SEVIR_POOL_SIZES: tuple[int, ...] = (1, 4, 16)
-
 
 def as_tensor(name: str, value: Any, ndim: int | None = None) -> torch.Tensor:
     """``value`` (numpy array or torch tensor) as a finite floating torch tensor with ``ndim`` dimensions.

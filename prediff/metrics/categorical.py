@@ -28,7 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._base import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS, ArrayLike, Metric, check_pair, finalize
+from ._base import ArrayLike, Metric, check_pair, finalize
+from .defaults import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS
 
 BIAS_FORMULAS = ("standard", "earthformer")
 

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._base import SEVIR_THRESHOLDS, ArrayLike, Metric, check_pair, finalize
+from ._base import ArrayLike, Metric, check_pair, finalize
 from .categorical import threshold_key
+from .defaults import SEVIR_THRESHOLDS
 
 DEFAULT_FSS_SCALES: tuple[int, ...] = (1, 4, 16)
 

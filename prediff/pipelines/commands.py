@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..knowledge.base import DEFAULT_CONTROL_SCALE
+from ..knowledge.defaults import DEFAULT_CONTROL_SCALE
 
 __all__ = [
     "add_knowledge_control_arguments",

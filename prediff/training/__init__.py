@@ -10,40 +10,71 @@ under ``accelerate launch -m prediff train ...``. From Python:
 ```
 
 PyYAML is needed to read configuration files and tensorboard to log: ``pip install "prediff[train]"``.
+The names below are imported from their submodules on first use (see [`~prediff.utils.lazy`]): the
+configurations and the `prediff train` command do not load torch.
 """
 
-from .config import (
-    CONFIG_CLASSES,
-    AlignmentTrainingConfig,
-    DataConfig,
-    DenoiserTrainingConfig,
-    EarthformerTrainingConfig,
-    TrainingConfig,
-    VAETrainingConfig,
-    load_config,
-    parse_override_args,
-)
-from .latent import load_vae
-from .losses import DiffusionLoss, PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
-from .train_alignment import AlignmentTrainer, frame_statistic, train_alignment
-from .train_denoiser import DenoiserTrainer, train_denoiser
-from .train_earthformer import EarthformerTrainer, train_earthformer
-from .train_vae import VAETrainer, train_vae
-from .trainer import Trainer, build_datasets
-from .utils import (
-    NonFiniteGradientError,
-    NonFiniteLossError,
-    ShardedBatchSampler,
-    find_checkpoint,
-    list_checkpoints,
-)
+from typing import TYPE_CHECKING
 
-TRAINERS = {
-    "vae": VAETrainer,
-    "denoiser": DenoiserTrainer,
-    "alignment": AlignmentTrainer,
-    "earthformer": EarthformerTrainer,
-}
+from ..utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .config import (
+        CONFIG_CLASSES,
+        AlignmentTrainingConfig,
+        DataConfig,
+        DenoiserTrainingConfig,
+        EarthformerTrainingConfig,
+        TrainingConfig,
+        VAETrainingConfig,
+    )
+    from .config_loading import load_config, parse_override_args
+    from .latent import load_vae
+    from .losses import DiffusionLoss, PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
+    from .registry import TRAINERS
+    from .train_alignment import AlignmentTrainer, frame_statistic, train_alignment
+    from .train_denoiser import DenoiserTrainer, train_denoiser
+    from .train_earthformer import EarthformerTrainer, train_earthformer
+    from .train_vae import VAETrainer, train_vae
+    from .trainer import Trainer, build_datasets
+    from .utils import (
+        NonFiniteGradientError,
+        NonFiniteLossError,
+        ShardedBatchSampler,
+        find_checkpoint,
+        list_checkpoints,
+    )
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".config": [
+            "CONFIG_CLASSES",
+            "AlignmentTrainingConfig",
+            "DataConfig",
+            "DenoiserTrainingConfig",
+            "EarthformerTrainingConfig",
+            "TrainingConfig",
+            "VAETrainingConfig",
+        ],
+        ".config_loading": ["load_config", "parse_override_args"],
+        ".latent": ["load_vae"],
+        ".losses": ["DiffusionLoss", "PatchGANDiscriminator", "hinge_discriminator_loss", "vae_generator_loss"],
+        ".registry": ["TRAINERS"],
+        ".train_alignment": ["AlignmentTrainer", "frame_statistic", "train_alignment"],
+        ".train_denoiser": ["DenoiserTrainer", "train_denoiser"],
+        ".train_earthformer": ["EarthformerTrainer", "train_earthformer"],
+        ".train_vae": ["VAETrainer", "train_vae"],
+        ".trainer": ["Trainer", "build_datasets"],
+        ".utils": [
+            "NonFiniteGradientError",
+            "NonFiniteLossError",
+            "ShardedBatchSampler",
+            "find_checkpoint",
+            "list_checkpoints",
+        ],
+    },
+)
 
 __all__ = [
     "CONFIG_CLASSES",

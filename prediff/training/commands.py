@@ -13,7 +13,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from .config import CONFIG_CLASSES, DataConfig, load_config, parse_override_args, parse_value
+from .config import CONFIG_CLASSES, DataConfig
+from .config_loading import load_config, parse_override_args, parse_value
 
 __all__ = ["register", "run_training"]
 
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_training(args: argparse.Namespace) -> int:
     """Build the configuration from `--config` and the overrides, train, and report where the result is."""
-    from . import TRAINERS
+    from .registry import TRAINERS
     from .utils import NonFiniteLossError
 
     reserved = {"func", "config", "kind", "command", "unknown_overrides"}

@@ -29,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.utils import give_plain_permissions
-from .config import TrainingConfig, config_to_dict, save_config, unknown_key_error
+from .config import TrainingConfig
+from .config_loading import config_to_dict, save_config, unknown_key_error
 from .utils import (
     EXPORT_PREFIX,
     NonFiniteGradientError,

@@ -4,10 +4,25 @@ matplotlib (and Pillow for GIFs) are imported only when a picture is drawn: ``pi
 Figures are drawn by matplotlib's Agg renderer without pyplot, so the user's backend is left alone.
 """
 
-from .animation import save_forecast_gif
-from .colormaps import VIL_COLORS, VIL_LEVELS, VIL_LEVELS_KG_M2, imshow_kwargs, vil_cmap
-from .panels import plot_forecast_panel
-from .what_if import DEFAULT_N_SIGMAS, plot_what_if, sigma_label
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .animation import save_forecast_gif
+    from .colormaps import VIL_COLORS, VIL_LEVELS, VIL_LEVELS_KG_M2, imshow_kwargs, vil_cmap
+    from .panels import plot_forecast_panel
+    from .what_if import DEFAULT_N_SIGMAS, plot_what_if, sigma_label
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".animation": ["save_forecast_gif"],
+        ".colormaps": ["VIL_COLORS", "VIL_LEVELS", "VIL_LEVELS_KG_M2", "imshow_kwargs", "vil_cmap"],
+        ".panels": ["plot_forecast_panel"],
+        ".what_if": ["DEFAULT_N_SIGMAS", "plot_what_if", "sigma_label"],
+    },
+)
 
 __all__ = [
     "DEFAULT_N_SIGMAS",
