@@ -52,7 +52,8 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return torch.softmax(scores, dim=-1) * mask
 
 
-def _check_backend(backend: str) -> str:
+def check_attention_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`ATTENTION_BACKENDS` usable here, else a ``ValueError`` / ``ImportError``."""
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
     if backend == "xformers":
@@ -117,7 +118,156 @@ def _attention_4d(q, k, v, bias, dropout_p, backend):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=1.0)
 
 
-class CuboidSelfAttentionLayer(nn.Module):
+def _additive_bias(bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The relative bias ``(heads, 1, L, S)`` and the boolean mask ``(N, L, S)`` (True = may attend) as one additive
+    bias of ``dtype``: masked pairs get a large negative value. ``None`` when there is neither."""
+    if bias is not None:
+        bias = bias.to(dtype)
+    if mask is None:
+        return bias
+    masked = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, _masked_value(dtype))
+    return masked if bias is None else bias + masked
+
+
+def _reference_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    dropout: nn.Module,
+) -> torch.Tensor:
+    """The official computation of attention inside cuboids: explicit scores, the relative bias, an explicit mask
+    (all True when ``mask`` is None), masked softmax, dropout. ``(B, heads, N, L, E)`` queries, ``(B, heads, N, S, E)``
+    keys, ``(B, heads, N, S, Ev)`` values -> ``(B, heads, N, L, Ev)``.
+
+    ``global_qkv = (q_g, k_g, v_g)`` with ``k_g (B, heads, 1, P, E)`` and ``v_g (B, heads, 1, P, Ev)`` adds ``P``
+    global keys to every cuboid's keys, scored with the queries ``q_g`` (``q`` itself or separate ones), in the same
+    softmax.
+    """
+    N, L, S = q.shape[2], q.shape[3], k.shape[3]
+    if mask is None:
+        mask = torch.ones((N, L, S), dtype=torch.bool, device=q.device)
+    scores = q @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    if global_qkv is not None:
+        global_q, global_k, global_v = global_qkv
+        scores = torch.cat((scores, global_q @ global_k.transpose(-2, -1)), dim=-1)
+        mask = F.pad(mask, (0, global_k.shape[-2]), value=True)
+        v = torch.cat((v, global_v.expand(-1, -1, N, -1, -1)), dim=3)
+    return dropout(masked_softmax(scores, mask)) @ v
+
+
+def _fused_cuboid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    global_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    dtype: torch.dtype,
+    dropout_p: float,
+    backend: str,
+) -> torch.Tensor:
+    """What :func:`_reference_attention` computes, with one fused kernel (:func:`fused_attention`): the relative
+    bias and the mask become one additive bias of ``dtype``, and the global keys are concatenated to every cuboid's
+    keys so one call computes the joint softmax. Shapes as in :func:`_reference_attention`."""
+    bias = _additive_bias(bias, mask, dtype)
+    if global_qkv is not None:
+        global_q, global_k, global_v = global_qkv
+        N, S, P = q.shape[2], k.shape[3], global_k.shape[-2]
+        if global_q is not q:
+            # Different queries for local and global keys: stacking them along the feature axis against
+            # zero-padded keys gives q_l.k_l on local keys and q_g.k_g on global keys in one product.
+            E = q.shape[-1]
+            q = torch.cat((q, global_q), dim=-1)
+            k, global_k = F.pad(k, (0, E)), F.pad(global_k, (E, 0))
+        k = torch.cat((k, global_k.expand(-1, -1, N, -1, -1)), dim=3)
+        v = torch.cat((v, global_v.expand(-1, -1, N, -1, -1)), dim=3)
+        if bias is None:
+            bias = torch.zeros((1, 1, q.shape[3], S), dtype=dtype, device=q.device)
+        bias = F.pad(bias, (0, P))
+    out = fused_attention(q, k, v, bias, dropout_p, backend)
+    if mask is not None:
+        # Rows whose keys are all masked (padded queries under "ignore") are 0 in the official code.
+        out = out * mask.any(-1).to(out.dtype)[None, None, :, :, None]
+    return out
+
+
+class CuboidAttentionBase(nn.Module):
+    """What the self- and cross-attention layers share: the checks of their common arguments, the head split and
+    query scaling, the relative-position bias table, and the attention backend. Not used on its own.
+
+    Args:
+        dim (`int`): channels ``C``.
+        num_heads (`int`): attention heads; must divide ``dim``.
+        strategy (`tuple[str, str, str]`): "l" (local) or "d" (dilated) per axis (T, H, W).
+        padding_type (`str`): "ignore", "zeros" or "nearest".
+        qk_scale (`float`, *optional*): query scaling; default ``head_dim ** -0.5``.
+        attn_drop (`float`): dropout on the attention weights.
+        use_global_vector (`bool`): the layer exchanges information with global vectors.
+        separate_global_qkv (`bool`): separate projections for the global paths (needed when the ratio is not 1).
+        global_dim_ratio (`int`): width of the global vectors as a multiple of ``dim``.
+        use_relative_pos (`bool`): a learned bias per head and relative offset inside ``relative_extent``.
+        relative_extent (`tuple[int, int, int]`): the largest (T, H, W) extent of query-key offsets; the table has
+            ``(2T-1)(2H-1)(2W-1)`` rows, one per offset, as in the official checkpoints.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        strategy: Strategy,
+        padding_type: str,
+        qk_scale: float | None,
+        attn_drop: float,
+        use_global_vector: bool,
+        separate_global_qkv: bool,
+        global_dim_ratio: int,
+        use_relative_pos: bool,
+        relative_extent: Size3,
+    ):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim={dim} must be a multiple of num_heads={num_heads}")
+        if global_dim_ratio != 1 and not separate_global_qkv:
+            raise ValueError(f"global_dim_ratio={global_dim_ratio} != 1 needs separate_global_qkv=True")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.strategy = check_strategy(strategy)
+        self.padding_type = check_padding_type(padding_type)
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.use_global_vector = use_global_vector
+        self.separate_global_qkv = separate_global_qkv
+        self.global_dim_ratio = global_dim_ratio
+        self.use_relative_pos = use_relative_pos
+        self.attn_drop = attn_drop
+        self.attention_backend = "sdpa"
+        if use_relative_pos:
+            eT, eH, eW = relative_extent
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * eT - 1) * (2 * eH - 1) * (2 * eW - 1), num_heads)
+            )
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index", relative_position_index(tuple(relative_extent)))
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
+        self.attention_backend = check_attention_backend("xformers" if valid else "sdpa")
+
+    def _relative_bias(self, num_queries: int, num_keys: int) -> torch.Tensor | None:
+        """``(heads, 1, L, S)`` bias of the first ``L`` query and ``S`` key places, ``None`` without relative
+        positions; a shrunk cuboid reuses the top-left block of the index, as the official code does."""
+        if not self.use_relative_pos:
+            return None
+        index = self.relative_position_index[:num_queries, :num_keys].reshape(-1)
+        table = self.relative_position_bias_table[index]
+        return table.reshape(num_queries, num_keys, -1).permute(2, 0, 1).unsqueeze(1)
+
+
+class CuboidSelfAttentionLayer(CuboidAttentionBase):
     """Self attention inside the cuboids of a ``(B, T, H, W, C)`` tensor, optionally with global vectors.
 
     Pre-norm is inside the layer; the residual add is done by the caller. Module names and parameter shapes
@@ -155,35 +305,23 @@ class CuboidSelfAttentionLayer(nn.Module):
         global_dim_ratio: int = 1,
         use_relative_pos: bool = True,
     ):
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim={dim} must be a multiple of num_heads={num_heads}")
-        if global_dim_ratio != 1 and not separate_global_qkv:
-            raise ValueError(f"global_dim_ratio={global_dim_ratio} != 1 needs separate_global_qkv=True")
-        self.dim = dim
-        self.num_heads = num_heads
+        super().__init__(
+            dim,
+            num_heads,
+            strategy,
+            padding_type,
+            qk_scale,
+            attn_drop,
+            use_global_vector,
+            separate_global_qkv,
+            global_dim_ratio,
+            use_relative_pos,
+            relative_extent=tuple(cuboid_size),
+        )
         self.cuboid_size = tuple(cuboid_size)
         self.shift_size = tuple(shift_size)
-        self.strategy = check_strategy(strategy)
-        self.padding_type = check_padding_type(padding_type)
-        self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim**-0.5
         self.use_final_proj = use_final_proj
-        self.use_global_vector = use_global_vector
         self.use_global_self_attn = use_global_self_attn
-        self.separate_global_qkv = separate_global_qkv
-        self.global_dim_ratio = global_dim_ratio
-        self.use_relative_pos = use_relative_pos
-        self.attn_drop = attn_drop
-        self.attention_backend = "sdpa"
-
-        if use_relative_pos:
-            cT, cH, cW = self.cuboid_size
-            self.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * cT - 1) * (2 * cH - 1) * (2 * cW - 1), num_heads)
-            )
-            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-            self.register_buffer("relative_position_index", relative_position_index(self.cuboid_size))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_dropout = nn.Dropout(attn_drop)
         if use_final_proj:
@@ -205,14 +343,6 @@ class CuboidSelfAttentionLayer(nn.Module):
                 self.global_qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
             self.global_vec_norm = nn.LayerNorm(global_dim)
         self.norm = nn.LayerNorm(dim)
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
-        self.attention_backend = _check_backend("xformers" if valid else "sdpa")
-
-    def _relative_bias(self, volume: int) -> torch.Tensor:
-        """``(heads, V, V)``; a shrunk cuboid reuses the top-left block of the index, as the official code does."""
-        index = self.relative_position_index[:volume, :volume].reshape(-1)
-        return self.relative_position_bias_table[index].reshape(volume, volume, -1).permute(2, 0, 1)
 
     def forward(
         self, x: torch.Tensor, global_vectors: torch.Tensor | None = None
@@ -281,27 +411,25 @@ class CuboidSelfAttentionLayer(nn.Module):
             "g2l_q": g2l_q, "g2l_k": g2l_k, "g2l_v": g2l_v, "g2g": g2g,
         }  # fmt: skip
 
+    @staticmethod
+    def _local_global_qkv(p: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(queries, keys, values)`` of the local-to-global path: the queries of every cuboid also attend to the
+        ``P`` global vectors, whose keys ``(B, heads, 1, P, E)`` and values get a cuboid axis of size 1."""
+        return p["l2g_q"], p["l2g_k"].unsqueeze(2), p["l2g_v"].unsqueeze(2)
+
     def _attend_reference(self, x, global_vectors, mask_args):
         """The official computation: explicit scores and an explicit mask tensor."""
         B, N, V, C = x.shape
         p = self._project(x, global_vectors)
         mask = self_attention_mask(*mask_args)
-        if mask is None:
-            mask = torch.ones((N, V, V), dtype=torch.bool, device=x.device)
-        scores = p["q"] @ p["k"].transpose(-2, -1)
-        if self.use_relative_pos:
-            scores = scores + self._relative_bias(V).unsqueeze(1)
+        global_qkv = self._local_global_qkv(p) if self.use_global_vector else None
+        out = _reference_attention(
+            p["q"], p["k"], p["v"], self._relative_bias(V, V), mask, global_qkv, self.attn_dropout
+        )
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, N, V, C)
         if not self.use_global_vector:
-            attn = self.attn_dropout(masked_softmax(scores, mask))
-            return (attn @ p["v"]).permute(0, 2, 3, 1, 4).reshape(B, N, V, C), None
+            return out, None
         P = global_vectors.shape[1]
-        l2g_scores = p["l2g_q"] @ p["l2g_k"].unsqueeze(2).transpose(-2, -1)
-        scores = torch.cat((scores, l2g_scores), dim=-1)
-        mask = F.pad(mask, (0, P), value=True)
-        values = torch.cat((p["v"], p["l2g_v"].unsqueeze(2).expand(-1, -1, N, -1, -1)), dim=3)
-        attn = self.attn_dropout(masked_softmax(scores, mask))
-        out = (attn @ values).permute(0, 2, 3, 1, 4).reshape(B, N, V, C)
-
         heads = self.num_heads
         g2l_k = p["g2l_k"].reshape(B, heads, N * V, -1)
         g2l_v = p["g2l_v"].reshape(B, heads, N * V, -1)
@@ -317,39 +445,16 @@ class CuboidSelfAttentionLayer(nn.Module):
         new_global = (g_attn @ g2l_v).permute(0, 2, 1, 3).reshape(B, P, -1)
         return out, new_global
 
-    def _attention_bias(self, V: int, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        """Relative bias and mask merged into one additive ``(heads, N or 1, V, V)`` tensor."""
-        bias = self._relative_bias(V).unsqueeze(1).to(dtype) if self.use_relative_pos else None
-        if mask is None:
-            return bias
-        masked = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, _masked_value(dtype))
-        return masked if bias is None else bias + masked
-
     def _attend_fused(self, x, global_vectors, mask_args):
         B, N, V, C = x.shape
         dropout_p = self.attn_drop if self.training else 0.0
-        backend = self.attention_backend
         p = self._project(x, global_vectors)
         mask = self_attention_mask(*mask_args)
-        bias = self._attention_bias(V, mask, x.dtype)
-        q, k, v = p["q"], p["k"], p["v"]
-        if self.use_global_vector:
-            P = global_vectors.shape[1]
-            global_k = p["l2g_k"].unsqueeze(2).expand(-1, -1, N, -1, -1)
-            if p["l2g_q"] is not q:
-                # Different queries for local and global keys: stacking them along the feature axis against
-                # zero-padded keys gives q_l.k_l on local keys and q_g.k_g on global keys in one product.
-                k, global_k = F.pad(k, (0, self.head_dim)), F.pad(global_k, (self.head_dim, 0))
-                q = torch.cat((q, p["l2g_q"]), dim=-1)
-            k = torch.cat((k, global_k), dim=3)
-            v = torch.cat((v, p["l2g_v"].unsqueeze(2).expand(-1, -1, N, -1, -1)), dim=3)
-            if bias is None:
-                bias = torch.zeros((1, 1, V, V), dtype=x.dtype, device=x.device)
-            bias = F.pad(bias, (0, P))
-        out = fused_attention(q, k, v, bias, dropout_p, backend)
-        if mask is not None:
-            # Rows whose keys are all masked (padded queries under "ignore") are 0 in the official code.
-            out = out * mask.any(-1).to(out.dtype)[None, None, :, :, None]
+        global_qkv = self._local_global_qkv(p) if self.use_global_vector else None
+        out = _fused_cuboid_attention(
+            p["q"], p["k"], p["v"], self._relative_bias(V, V), mask, global_qkv, x.dtype, dropout_p,
+            self.attention_backend,
+        )  # fmt: skip
         out = out.permute(0, 2, 3, 1, 4).reshape(B, N, V, C)
         if not self.use_global_vector:
             return out, None
@@ -367,21 +472,18 @@ class CuboidSelfAttentionLayer(nn.Module):
             g2g_q, g2g_k, g2g_v = p["g2g"]
             v = torch.cat((g2l_v, g2g_v), dim=2)
             if g2g_q is not q:
-                # Joint softmax over local keys (g2l query) and global keys (g2g query): see _attend_fused.
+                # Joint softmax over local keys (g2l query) and global keys (g2g query): see _fused_cuboid_attention.
                 q = torch.cat((q, g2g_q), dim=-1)
                 g2l_k, g2g_k = F.pad(g2l_k, (0, g2g_k.shape[-1])), F.pad(g2g_k, (g2l_k.shape[-1], 0))
             k = torch.cat((g2l_k, g2g_k), dim=2)
             if key_mask is not None:
                 key_mask = F.pad(key_mask, (0, P), value=True)
-        bias = None
-        if key_mask is not None:
-            bias = torch.zeros((1, key_mask.shape[0]), dtype=q.dtype, device=q.device)
-            bias = bias.masked_fill(~key_mask, _masked_value(q.dtype))
+        bias = None if key_mask is None else _additive_bias(None, key_mask[None], q.dtype)
         out = fused_attention(q, k, v, bias, dropout_p, self.attention_backend)
         return out.permute(0, 2, 1, 3).reshape(B, P, -1)
 
 
-class CuboidCrossAttentionLayer(nn.Module):
+class CuboidCrossAttentionLayer(CuboidAttentionBase):
     """Decoder queries ``x`` attend to encoder memory inside spatial cuboids (Earthformer's decoder).
 
     Each spatial cuboid ``(h, w)`` is split in time into ``n_temporal`` groups; the memory is padded on the left
@@ -419,34 +521,24 @@ class CuboidCrossAttentionLayer(nn.Module):
         global_dim_ratio: int = 1,
         use_relative_pos: bool = True,
     ):
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"dim={dim} must be a multiple of num_heads={num_heads}")
-        if global_dim_ratio != 1 and not separate_global_qkv:
-            raise ValueError(f"global_dim_ratio={global_dim_ratio} != 1 needs separate_global_qkv=True")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        super().__init__(
+            dim,
+            num_heads,
+            strategy,
+            padding_type,
+            qk_scale,
+            attn_drop,
+            use_global_vector,
+            separate_global_qkv,
+            global_dim_ratio,
+            use_relative_pos,
+            relative_extent=(max_temporal_relative, *cuboid_hw),
+        )
         self.n_temporal = n_temporal
         self.cuboid_hw = tuple(cuboid_hw)
-        self.strategy = check_strategy(strategy)
         self.shift_hw = tuple(0 if self.strategy[i + 1] == "d" else s for i, s in enumerate(shift_hw))
-        self.padding_type = check_padding_type(padding_type)
         self.max_temporal_relative = max_temporal_relative
         self.cross_last_n_frames = cross_last_n_frames
-        self.scale = qk_scale or self.head_dim**-0.5
-        self.use_global_vector = use_global_vector
-        self.separate_global_qkv = separate_global_qkv
-        self.use_relative_pos = use_relative_pos
-        self.attn_drop = attn_drop
-        self.attention_backend = "sdpa"
-        if use_relative_pos:
-            ch, cw = self.cuboid_hw
-            self.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * max_temporal_relative - 1) * (2 * ch - 1) * (2 * cw - 1), num_heads)
-            )
-            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-            self.register_buffer("relative_position_index", relative_position_index((max_temporal_relative, ch, cw)))
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv_proj = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.attn_dropout = nn.Dropout(attn_drop)
@@ -456,9 +548,6 @@ class CuboidCrossAttentionLayer(nn.Module):
             self.l2g_q_net = nn.Linear(dim, dim, bias=qkv_bias)
             self.l2g_global_kv_net = nn.Linear(global_dim_ratio * dim, dim * 2, bias=qkv_bias)
         self.norm = nn.LayerNorm(dim)
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op: Callable | None = None) -> None:
-        self.attention_backend = _check_backend("xformers" if valid else "sdpa")
 
     def forward(
         self, x: torch.Tensor, mem: torch.Tensor, mem_global_vectors: torch.Tensor | None = None
@@ -498,11 +587,8 @@ class CuboidCrossAttentionLayer(nn.Module):
         heads, hd = self.num_heads, self.head_dim
         k, v = self.kv_proj(mem).reshape(B, N, Vm, 2, heads, hd).permute(3, 0, 4, 1, 2, 5)
         q = self.q_proj(x).reshape(B, N, Vx, heads, hd).permute(0, 3, 1, 2, 4) * self.scale
-        bias = None
-        if self.use_relative_pos:
-            index = self.relative_position_index[:Vx, :Vm].reshape(-1)
-            bias = self.relative_position_bias_table[index].reshape(Vx, Vm, -1).permute(2, 0, 1).unsqueeze(1)
-        l2g = None
+        bias = self._relative_bias(Vx, Vm)
+        global_qkv = None
         if self.use_global_vector:
             if mem_global_vectors is None:
                 raise ValueError("this layer uses global vectors: pass mem_global_vectors of shape (B, P, g*C)")
@@ -513,54 +599,15 @@ class CuboidCrossAttentionLayer(nn.Module):
             else:
                 l2g_q = q
                 gk, gv = self.kv_proj(mem_global_vectors).reshape(B, P, 2, heads, hd).permute(2, 0, 3, 1, 4)
-            l2g = (l2g_q, gk.unsqueeze(2), gv.unsqueeze(2).expand(-1, -1, N, -1, -1))
-        dropout_p = self.attn_drop if self.training else 0.0
+            global_qkv = (l2g_q, gk.unsqueeze(2), gv.unsqueeze(2))
         if self.attention_backend == "reference":
-            out = self._attend_reference(q, k, v, bias, mask, l2g)
+            out = _reference_attention(q, k, v, bias, mask, global_qkv, self.attn_dropout)
         else:
-            out = self._attend_fused(q, k, v, bias, mask, l2g, dropout_p)
+            dropout_p = self.attn_drop if self.training else 0.0
+            out = _fused_cuboid_attention(q, k, v, bias, mask, global_qkv, q.dtype, dropout_p, self.attention_backend)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, N, Vx, C)
         out = self.proj_drop(self.proj(out))
         out = cuboid_reorder_reverse(out, x_cuboid, self.strategy, x_shape)
         if shifted:
             out = torch.roll(out, shifts=shift_hw, dims=(2, 3))
         return unpad_thw(out, (pad_t_x, pad_h, pad_w), self.padding_type)
-
-    def _attend_reference(self, q, k, v, bias, mask, l2g):
-        N, Vx, Vm = q.shape[2], q.shape[3], k.shape[3]
-        if mask is None:
-            mask = torch.ones((N, Vx, Vm), dtype=torch.bool, device=q.device)
-        scores = q @ k.transpose(-2, -1)
-        if bias is not None:
-            scores = scores + bias
-        if l2g is not None:
-            l2g_q, gk, gv = l2g
-            scores = torch.cat((scores, l2g_q @ gk.transpose(-2, -1)), dim=-1)
-            mask = F.pad(mask, (0, gk.shape[-2]), value=True)
-            v = torch.cat((v, gv), dim=3)
-        return self.attn_dropout(masked_softmax(scores, mask)) @ v
-
-    def _attend_fused(self, q, k, v, bias, mask, l2g, dropout_p):
-        dtype = q.dtype
-        if bias is not None:
-            bias = bias.to(dtype)
-        if mask is not None:
-            masked = torch.zeros(mask.shape, dtype=dtype, device=q.device).masked_fill(~mask, _masked_value(dtype))
-            bias = masked if bias is None else bias + masked
-        if l2g is not None:
-            l2g_q, gk, gv = l2g
-            N, P = q.shape[2], gk.shape[-2]
-            if l2g_q is not q:
-                hd = q.shape[-1]
-                q = torch.cat((q, l2g_q), dim=-1)
-                k = F.pad(k, (0, hd))
-                gk = F.pad(gk, (hd, 0))
-            k = torch.cat((k, gk.expand(-1, -1, N, -1, -1)), dim=3)
-            v = torch.cat((v, gv), dim=3)
-            if bias is None:
-                bias = torch.zeros((1, 1, q.shape[3], k.shape[3] - P), dtype=dtype, device=q.device)
-            bias = F.pad(bias, (0, P))
-        out = fused_attention(q, k, v, bias, dropout_p, self.attention_backend)
-        if mask is not None:
-            out = out * mask.any(-1).to(out.dtype)[None, None, :, :, None]
-        return out

@@ -146,6 +146,16 @@ def _region_ids(length: int, cuboid: int, shift: int) -> torch.Tensor:
     return ids
 
 
+def _valid_places(
+    data_shape: Size3, pad: Size3, cuboid_size: Size3, shift_size: Size3, strategy: Strategy
+) -> torch.Tensor:
+    """Boolean ``(N_cuboids, V)``: which places of the padded, shifted, reordered tensor hold data (not padding)."""
+    valid = pad_thw(torch.ones((1, *data_shape, 1)), pad, "zeros")
+    if any(s > 0 for s in shift_size):
+        valid = torch.roll(valid, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
+    return cuboid_reorder(valid, cuboid_size, strategy)[0, ..., 0] > 0
+
+
 @lru_cache(maxsize=256)
 def self_attention_mask(
     data_shape: Size3,
@@ -171,11 +181,7 @@ def self_attention_mask(
     region_id = cuboid_reorder(region_id[None, ..., None], cuboid_size, strategy)[0, ..., 0]
     mask = region_id[:, :, None] == region_id[:, None, :]
     if masks_padding:
-        valid = torch.ones((1, *data_shape, 1))
-        valid = pad_thw(valid, pad, "zeros")
-        if has_shift:
-            valid = torch.roll(valid, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
-        valid = cuboid_reorder(valid, cuboid_size, strategy)[0, ..., 0] > 0
+        valid = _valid_places(data_shape, pad, cuboid_size, shift_size, strategy)
         mask = mask & valid[:, :, None] & valid[:, None, :]
     return mask.to(device)
 
@@ -197,10 +203,7 @@ def global_key_mask(
     pad = padding_amounts(data_shape, cuboid_size)
     if padding_type != "ignore" or not any(p > 0 for p in pad):
         return None
-    valid = pad_thw(torch.ones((1, *data_shape, 1)), pad, "zeros")
-    if any(s > 0 for s in shift_size):
-        valid = torch.roll(valid, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
-    return (cuboid_reorder(valid, cuboid_size, strategy).reshape(-1) > 0).to(device)
+    return _valid_places(data_shape, pad, cuboid_size, shift_size, strategy).reshape(-1).to(device)
 
 
 @lru_cache(maxsize=256)

@@ -13,20 +13,25 @@ CONV_INITS = ("pytorch", "kaiming_leaky", "zeros")
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _init_weight_and_bias(m: nn.Module, method: str) -> None:
+    """``m.weight`` by ``method`` ("kaiming_linear", "kaiming_leaky" or "zeros"), ``m.bias`` (if any) zero."""
+    if method == "kaiming_linear":
+        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+    elif method == "kaiming_leaky":
+        nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
+    else:
+        nn.init.zeros_(m.weight)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 def init_linear(module: nn.Module, method: str = "kaiming_linear") -> None:
     """Every ``nn.Linear`` inside ``module``: fan-in Kaiming for a linear unit, fan-out leaky (0.1), or zeros."""
     if method not in LINEAR_INITS:
         raise ValueError(f"linear init must be one of {LINEAR_INITS}, got {method!r}")
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            if method == "kaiming_linear":
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
-            elif method == "kaiming_leaky":
-                nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
-            else:
-                nn.init.zeros_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            _init_weight_and_bias(m, method)
 
 
 def init_conv(module: nn.Module, method: str = "pytorch") -> None:
@@ -37,13 +42,8 @@ def init_conv(module: nn.Module, method: str = "pytorch") -> None:
         if isinstance(m, _CONVS):
             if method == "pytorch":
                 m.reset_parameters()
-                continue
-            if method == "kaiming_leaky":
-                nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
             else:
-                nn.init.zeros_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                _init_weight_and_bias(m, method)
 
 
 def init_norms(module: nn.Module) -> None:
@@ -66,11 +66,11 @@ def init_cuboid_blocks(
     ``ffn2`` and ``attn_proj`` (PreDiff) initialise the last layer of each residual branch; "zeros" there makes
     every branch output exactly 0 at initialisation. They default to ``ffn`` as in Earthformer.
     """
-    from .attention import CuboidCrossAttentionLayer, CuboidSelfAttentionLayer
+    from .attention import CuboidAttentionBase
     from .blocks import PositionwiseFFN
 
     for m in module.modules():
-        if isinstance(m, (CuboidSelfAttentionLayer, CuboidCrossAttentionLayer)):
+        if isinstance(m, CuboidAttentionBase):
             for name, child in m.named_children():
                 if isinstance(child, nn.Linear):
                     init_linear(
