@@ -9,10 +9,15 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .cuboid.blocks import PatchMerging3D, PosEmbed, StackCuboidSelfAttentionBlock
+from .cuboid.hierarchy import (
+    cuboid_block_settings,
+    level_shapes,
+    patch_merging_layers,
+    resolve_block_units,
+    self_attention_levels,
+)
 from .cuboid.initialization import init_cuboid_blocks, init_linear
-from .earthformer_unet import hierarchy_block_units, hierarchy_shapes
-from .embeddings import TimeEmbedLayer, TimeEmbedResBlock, timestep_embedding
+from .earthformer_unet import embed_timestep, run_time_conditioned_level, time_blocks, time_conditioned_stem
 from .modeling_utils import CuboidModelMixin, check_sequence, check_timestep
 
 
@@ -122,48 +127,25 @@ class KnowledgeAlignmentModel(CuboidModelMixin):
         if not 0 < out_len <= T:
             raise ValueError(f"out_len must be in [1, {T}], got {out_len}")
         num_levels = len(depth)
-        if block_units is None:
-            block_units = hierarchy_block_units(base_units, downsample, scale_alpha, num_levels)
-        elif len(block_units) != num_levels:
-            raise ValueError(f"block_units {block_units} must have one entry per level of depth {depth}")
+        downsample_3d = (1, downsample, downsample)
         self.input_shape = input_shape
         self.out_len = out_len
-        self.block_units = list(block_units)
-        self.mem_shapes = hierarchy_shapes(input_shape, self.block_units, downsample)
+        self.block_units = resolve_block_units(
+            block_units, base_units, downsample_3d, scale_alpha, num_levels, "product"
+        )
+        self.mem_shapes = level_shapes((T, h, w), self.block_units, downsample_3d)
+        units = self.block_units[0]
 
-        self.first_proj = TimeEmbedResBlock(c, proj_drop, out_channels=block_units[0], use_embed=False)
-        self.pos_embed = PosEmbed(block_units[0], T, h, w, typ=pos_embed_type)
-        time_embed_channels = block_units[0] * time_embed_channels_mult
-        self.time_embed = TimeEmbedLayer(block_units[0], time_embed_channels)
-        self.downsample_layers = nn.ModuleList(
-            PatchMerging3D(
-                self.mem_shapes[i][-1], self.mem_shapes[i + 1][-1], (1, downsample, downsample), padding_type
-            )
-            for i in range(num_levels - 1)
+        self.first_proj, self.pos_embed, self.time_embed = time_conditioned_stem(
+            c, (T, h, w), units, proj_drop, pos_embed_type, time_embed_channels_mult
         )
-        self.down_time_embed_blocks = nn.ModuleList(
-            TimeEmbedResBlock(shape[-1], time_embed_dropout, emb_channels=time_embed_channels)
-            for shape in self.mem_shapes
+        self.downsample_layers = patch_merging_layers(self.mem_shapes, downsample_3d, padding_type)
+        self.down_time_embed_blocks = time_blocks(
+            self.mem_shapes, units * time_embed_channels_mult, time_embed_dropout
         )
-
-        block_kwargs = dict(
-            num_heads=num_heads,
-            padding_type=padding_type,
-            attn_drop=attn_drop,
-            proj_drop=proj_drop,
-            ffn_drop=ffn_drop,
-            activation=ffn_activation,
-            gated_ffn=gated_ffn,
-            use_inter_ffn=True,
-            use_relative_pos=use_relative_pos,
-            use_final_proj=use_final_proj,
-        )
-        self.down_self_blocks = nn.ModuleList(
-            nn.ModuleList(
-                StackCuboidSelfAttentionBlock.from_pattern(self_pattern, shape, **block_kwargs)
-                for _ in range(depth[i])
-            )
-            for i, shape in enumerate(self.mem_shapes)
+        block_kwargs = dict(**cuboid_block_settings(self.config), use_inter_ffn=True, use_final_proj=use_final_proj)
+        self.down_self_blocks = self_attention_levels(
+            [self_pattern] * num_levels, self.mem_shapes, depth, **block_kwargs
         )
         top_T, top_h, top_w, top_c = self.mem_shapes[-1]
         self.out = nn.Sequential(
@@ -192,13 +174,11 @@ class KnowledgeAlignmentModel(CuboidModelMixin):
         batch_size = sample.shape[0]
         timestep = check_timestep(timestep, batch_size, sample.device)
         x = self.pos_embed(self.first_proj(sample))
-        t_emb = self.time_embed(timestep_embedding(timestep, self.block_units[0]).to(x.dtype))
+        t_emb = embed_timestep(self.time_embed, timestep, self.block_units[0], x.dtype)
         for i, blocks in enumerate(self.down_self_blocks):
             if i > 0:
                 x = self.downsample_layers[i - 1](x)
-            for block in blocks:
-                x = self._checkpointed(self.down_time_embed_blocks[i], x, t_emb)
-                x = self._checkpointed(block, x)[0]
+            x = run_time_conditioned_level(self, x, t_emb, self.down_time_embed_blocks[i], blocks)
         x = x[:, -self.out_len :]
         T, h, w, c = x.shape[1:]
         frames = x.reshape(batch_size * T, h, w, c).permute(0, 3, 1, 2)

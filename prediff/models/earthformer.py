@@ -18,20 +18,20 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .cuboid.blocks import (
-    PatchMerging3D,
-    PosEmbed,
-    StackCuboidCrossAttentionBlock,
-    StackCuboidSelfAttentionBlock,
-    Upsample3DLayer,
-    get_activation,
+from .cuboid.blocks import PatchMerging3D, PosEmbed, Upsample3DLayer, get_activation
+from .cuboid.hierarchy import (
+    Shape4,
+    cross_attention_levels,
+    cuboid_block_settings,
+    level_shapes,
+    patch_merging_layers,
+    resolve_block_units,
+    self_attention_levels,
+    upsampling_layers,
 )
 from .cuboid.initialization import init_conv, init_cuboid_blocks, init_linear, init_norms
-from .cuboid.patterns import cross_pattern as get_cross_pattern
-from .cuboid.patterns import self_pattern as get_self_pattern
+from .cuboid.patterns import check_pattern_name
 from .modeling_utils import CuboidModelMixin, GradientCheckpointingMixin, check_sequence
-
-Shape4 = tuple[int, int, int, int]
 
 Z_INIT_METHODS = ("zeros", "nearest_interp", "last", "mean")
 INITIAL_DOWNSAMPLE_TYPES = ("conv", "stack_conv")
@@ -207,6 +207,7 @@ class FinalStackUpsamplingDecoder(nn.Module):
 class EarthformerEncoder(GradientCheckpointingMixin, nn.Module):
     """Hierarchy of cuboid self-attention blocks with patch merging between levels.
 
+    ``patterns`` names the self-attention pattern of every level, evaluated on that level's ``mem_shapes`` entry.
     ``forward(x (B, T, H, W, C_0), global_vectors (B, P, g*C_0) or None) -> (memories, global_memories)``: one
     ``(B, T, H_i, W_i, C_i)`` memory per level, and the global vectors at every level (``None`` without them).
     """
@@ -216,7 +217,7 @@ class EarthformerEncoder(GradientCheckpointingMixin, nn.Module):
         mem_shapes: list[Shape4],
         depth: Sequence[int],
         downsample: tuple[int, int, int],
-        block_patterns: list[tuple],
+        patterns: Sequence[str],
         padding_type: str,
         use_global_vector: bool,
         global_dim_ratio: int,
@@ -225,28 +226,14 @@ class EarthformerEncoder(GradientCheckpointingMixin, nn.Module):
         super().__init__()
         num_levels = len(depth)
         self.use_global_vector = use_global_vector
-        self.down_layers = nn.ModuleList(
-            PatchMerging3D(mem_shapes[i][-1], mem_shapes[i + 1][-1], downsample, padding_type)
-            for i in range(num_levels - 1)
-        )
+        self.down_layers = patch_merging_layers(mem_shapes, downsample, padding_type)
         if use_global_vector:
             self.down_layer_global_proj = nn.ModuleList(
                 nn.Linear(global_dim_ratio * mem_shapes[i][-1], global_dim_ratio * mem_shapes[i + 1][-1])
                 for i in range(num_levels - 1)
             )
-        self.blocks = nn.ModuleList(
-            nn.ModuleList(
-                StackCuboidSelfAttentionBlock(
-                    dim=mem_shapes[i][-1],
-                    block_cuboid_size=block_patterns[i][0],
-                    block_strategy=block_patterns[i][1],
-                    block_shift_size=block_patterns[i][2],
-                    use_global_vector=use_global_vector,
-                    **block_kwargs,
-                )
-                for _ in range(depth[i])
-            )
-            for i in range(num_levels)
+        self.blocks = self_attention_levels(
+            patterns, mem_shapes, depth, use_global_vector=use_global_vector, **block_kwargs
         )
 
     def forward(
@@ -279,8 +266,8 @@ class EarthformerDecoder(GradientCheckpointingMixin, nn.Module):
         mem_shapes: list[Shape4],
         depth: Sequence[int],
         cross_start: int,
-        self_patterns: list[tuple],
-        cross_patterns: list[tuple],
+        self_patterns: Sequence[str],
+        cross_patterns: Sequence[str],
         cross_last_n_frames: int | None,
         upsample_kernel_size: int,
         hierarchical_pos_embed: bool,
@@ -308,49 +295,26 @@ class EarthformerDecoder(GradientCheckpointingMixin, nn.Module):
             # The top level starts with a cross block: one self block fewer.
             return depth[i] - 1 if not use_first_self_attn and i == num_levels - 1 else depth[i]
 
-        self.self_blocks = nn.ModuleList(
-            nn.ModuleList(
-                StackCuboidSelfAttentionBlock(
-                    dim=mem_shapes[i][-1],
-                    block_cuboid_size=self_patterns[i][0],
-                    block_strategy=self_patterns[i][1],
-                    block_shift_size=self_patterns[i][2],
-                    use_global_vector=use_self_global,
-                    global_dim_ratio=global_dim_ratio,
-                    **self_block_kwargs,
-                )
-                for _ in range(self_depth(i))
-            )
-            for i in range(num_levels)
+        self.self_blocks = self_attention_levels(
+            self_patterns,
+            mem_shapes,
+            [self_depth(i) for i in range(num_levels)],
+            use_global_vector=use_self_global,
+            global_dim_ratio=global_dim_ratio,
+            **self_block_kwargs,
         )
-        self.cross_blocks = nn.ModuleList(
-            nn.ModuleList(
-                StackCuboidCrossAttentionBlock(
-                    dim=mem_shapes[i][-1],
-                    block_cuboid_hw=cross_patterns[i][0],
-                    block_shift_hw=cross_patterns[i][1],
-                    block_strategy=cross_patterns[i][2],
-                    block_n_temporal=cross_patterns[i][3],
-                    cross_last_n_frames=cross_last_n_frames,
-                    max_temporal_relative=max_temporal_relative,
-                    use_global_vector=use_cross_global,
-                    global_dim_ratio=global_dim_ratio,
-                    **cross_block_kwargs,
-                )
-                for _ in range(depth[i])
-            )
-            for i in range(cross_start, num_levels)
+        self.cross_blocks = cross_attention_levels(
+            cross_patterns[cross_start:],
+            mem_shapes[cross_start:],
+            depth[cross_start:],
+            cross_last_n_frames=cross_last_n_frames,
+            max_temporal_relative=max_temporal_relative,
+            use_global_vector=use_cross_global,
+            global_dim_ratio=global_dim_ratio,
+            **cross_block_kwargs,
         )
         if num_levels > 1:
-            self.upsample_layers = nn.ModuleList(
-                Upsample3DLayer(
-                    mem_shapes[i + 1][-1],
-                    mem_shapes[i][-1],
-                    (target_temporal_length, *mem_shapes[i][1:3]),
-                    kernel_size=upsample_kernel_size,
-                )
-                for i in range(num_levels - 1)
-            )
+            self.upsample_layers = upsampling_layers(mem_shapes, upsample_kernel_size, target_temporal_length)
             if hierarchical_pos_embed:
                 self.hierarchical_pos_embed_l = nn.ModuleList(
                     PosEmbed(
@@ -378,15 +342,13 @@ class EarthformerDecoder(GradientCheckpointingMixin, nn.Module):
         num_levels = len(memories)
         for i in reversed(range(num_levels)):
             global_vectors = None if global_memories is None else global_memories[i]
-            if not self.use_first_self_attn and i == num_levels - 1:
+            # The top level starts with a cross block (unless use_first_self_attn); its pairs come after it.
+            first = 0 if self.use_first_self_attn or i < num_levels - 1 else 1
+            if first:
                 x = self._cross(i, 0, x, memories[i], global_vectors)
-                for idx in range(self.depth[i] - 1):
-                    x, global_vectors = self._self(i, idx, x, global_vectors)
-                    x = self._cross(i, idx + 1, x, memories[i], global_vectors)
-            else:
-                for idx in range(self.depth[i]):
-                    x, global_vectors = self._self(i, idx, x, global_vectors)
-                    x = self._cross(i, idx, x, memories[i], global_vectors)
+            for idx in range(self.depth[i] - first):
+                x, global_vectors = self._self(i, idx, x, global_vectors)
+                x = self._cross(i, idx + first, x, memories[i], global_vectors)
             if i > 0:
                 x = self.upsample_layers[i - 1](x)
                 if self.hierarchical_pos_embed:
@@ -394,13 +356,15 @@ class EarthformerDecoder(GradientCheckpointingMixin, nn.Module):
         return x
 
 
-def _per_level(pattern: str | Sequence[str], num_levels: int, name: str) -> list[str]:
+def _per_level(pattern: str | Sequence[str], num_levels: int, name: str, kind: str) -> list[str]:
+    """One pattern name per level from one name or a list of them; every name must be a known pattern of ``kind``
+    ("self_pattern" or "cross_pattern"), even where a level builds no block with it."""
     if isinstance(pattern, str):
-        return [pattern] * num_levels
+        return [check_pattern_name(kind, pattern)] * num_levels
     pattern = list(pattern)
     if len(pattern) != num_levels:
         raise ValueError(f"{name} must be one name or one per level ({num_levels}), got {pattern}")
-    return pattern
+    return [check_pattern_name(kind, p) for p in pattern]
 
 
 class EarthformerModel(CuboidModelMixin):
@@ -607,14 +571,9 @@ class EarthformerModel(CuboidModelMixin):
         downsample = _downsample_3d(downsample, "downsample")
         if downsample[0] != 1:
             raise ValueError(f"downsample must keep time (the decoder upsamples in space only), got {downsample}")
-        if block_units is None:
-            block_units = [base_units * int((max(downsample) ** scale_alpha) ** i) for i in range(num_levels)]
-        block_units = [int(u) for u in block_units]
-        if len(block_units) != num_levels or block_units[0] != base_units:
-            raise ValueError(
-                f"block_units {block_units} must have one entry per level ({num_levels}) and start with "
-                f"base_units={base_units}"
-            )
+        block_units = resolve_block_units(block_units, base_units, downsample, scale_alpha, num_levels, "factor")
+        if block_units[0] != base_units:
+            raise ValueError(f"block_units {block_units} must start with base_units={base_units}")
         self.input_shape = input_shape
         self.target_shape = target_shape
         self.block_units = block_units
@@ -666,35 +625,14 @@ class EarthformerModel(CuboidModelMixin):
             raise ValueError(f"the initial encoder must keep time: {T_in} frames became {T_enc}")
 
         # Memory shapes of every level: patch merging by `downsample` between levels.
-        mem_shapes: list[Shape4] = [(T_in, H_enc, W_enc, base_units)]
-        for i in range(1, num_levels):
-            T, h, w, _ = mem_shapes[-1]
-            mem_shapes.append((T, -(-h // downsample[1]), -(-w // downsample[2]), block_units[i]))
+        mem_shapes = level_shapes((T_in, H_enc, W_enc), block_units, downsample)
         self.mem_shapes = mem_shapes
 
-        self_patterns = [
-            get_self_pattern(name, mem_shapes[i])
-            for i, name in enumerate(_per_level(self_pattern, num_levels, "self_pattern"))
-        ]
-        dec_self_patterns = [
-            get_self_pattern(name, mem_shapes[i])
-            for i, name in enumerate(_per_level(cross_self_pattern, num_levels, "cross_self_pattern"))
-        ]
-        cross_patterns = [
-            get_cross_pattern(name, mem_shapes[i])
-            for i, name in enumerate(_per_level(cross_pattern, num_levels, "cross_pattern"))
-        ]
-        common = dict(
-            num_heads=num_heads,
-            padding_type=padding_type,
-            attn_drop=attn_drop,
-            proj_drop=proj_drop,
-            ffn_drop=ffn_drop,
-            activation=ffn_activation,
-            gated_ffn=gated_ffn,
-            use_relative_pos=use_relative_pos,
-            separate_global_qkv=separate_global_qkv,
-        )
+        # Patterns are evaluated on the encoder memory shapes, the decoder's too, as in the official code.
+        self_patterns = _per_level(self_pattern, num_levels, "self_pattern", "self_pattern")
+        dec_self_patterns = _per_level(cross_self_pattern, num_levels, "cross_self_pattern", "self_pattern")
+        cross_patterns = _per_level(cross_pattern, num_levels, "cross_pattern", "cross_pattern")
+        common = dict(**cuboid_block_settings(self.config), separate_global_qkv=separate_global_qkv)
         self_kwargs = dict(
             **common,
             use_global_vector_ffn=use_global_vector_ffn,

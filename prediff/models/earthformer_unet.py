@@ -9,7 +9,16 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .cuboid.blocks import PatchMerging3D, PosEmbed, StackCuboidSelfAttentionBlock, Upsample3DLayer
+from .cuboid.blocks import PosEmbed
+from .cuboid.hierarchy import (
+    Shape4,
+    cuboid_block_settings,
+    level_shapes,
+    patch_merging_layers,
+    resolve_block_units,
+    self_attention_levels,
+    upsampling_layers,
+)
 from .cuboid.initialization import init_cuboid_blocks, init_linear
 from .embeddings import TimeEmbedLayer, TimeEmbedResBlock, timestep_embedding
 from .modeling_utils import CuboidModelMixin, check_sequence, check_timestep
@@ -26,20 +35,43 @@ class EarthformerUNetOutput(BaseOutput):
     sample: torch.Tensor
 
 
-def hierarchy_block_units(base_units: int, downsample: int, scale_alpha: float, num_levels: int) -> list[int]:
-    """Channel width per level: ``base * (downsample ** scale_alpha) ** i`` (the official rule)."""
-    return [int(base_units * (downsample**scale_alpha) ** i) for i in range(num_levels)]
+def time_conditioned_stem(
+    in_channels: int,
+    thw: tuple[int, int, int],
+    units: int,
+    dropout: float,
+    pos_embed_type: str,
+    time_embed_channels_mult: int,
+) -> tuple[TimeEmbedResBlock, PosEmbed, TimeEmbedLayer]:
+    """The input modules of the time-conditioned networks (denoiser and knowledge alignment): a residual block from
+    ``in_channels`` to ``units`` channels, the position embedding of ``thw = (T, h, w)``, and the timestep embedding
+    of width ``units * time_embed_channels_mult``, in this order (the checkpoints' order)."""
+    T, h, w = thw
+    first_proj = TimeEmbedResBlock(in_channels, dropout, out_channels=units, use_embed=False)
+    pos_embed = PosEmbed(units, T, h, w, typ=pos_embed_type)
+    return first_proj, pos_embed, TimeEmbedLayer(units, units * time_embed_channels_mult)
 
 
-def hierarchy_shapes(data_shape: tuple[int, int, int, int], block_units: list[int], downsample: int):
-    """``(T, H, W, C_i)`` of every level; each level halves (by ``downsample``) H and W, rounding up."""
-    T, H, W, _ = data_shape
-    shapes = []
-    for i, units in enumerate(block_units):
-        if i > 0:
-            H, W = -(-H // downsample), -(-W // downsample)
-        shapes.append((T, H, W, units))
-    return shapes
+def time_blocks(shapes: list[Shape4], emb_channels: int, dropout: float) -> nn.ModuleList:
+    """One time-conditioned residual block per level, at that level's width; all the cuboid blocks of a level share
+    it (as in the official checkpoints)."""
+    return nn.ModuleList(TimeEmbedResBlock(shape[-1], dropout, emb_channels=emb_channels) for shape in shapes)
+
+
+def embed_timestep(time_embed: TimeEmbedLayer, timestep: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B,)`` timesteps -> ``(B, E)`` conditioning: sinusoidal features of width ``dim`` through ``time_embed``."""
+    return time_embed(timestep_embedding(timestep, dim).to(dtype))
+
+
+def run_time_conditioned_level(
+    model: CuboidModelMixin, x: torch.Tensor, t_emb: torch.Tensor, time_block: nn.Module, blocks: nn.ModuleList
+) -> torch.Tensor:
+    """One level of a time-conditioned network on ``x (B, T, h, w, C)``: for every cuboid block, the level's time
+    block then the cuboid block, each through the model's gradient checkpointing."""
+    for block in blocks:
+        x = model._checkpointed(time_block, x, t_emb)
+        x = model._checkpointed(block, x)[0]
+    return x
 
 
 class EarthformerUNetModel(CuboidModelMixin):
@@ -52,7 +84,9 @@ class EarthformerUNetModel(CuboidModelMixin):
         input_shape (`tuple[int, int, int, int]`): context latent shape `(T_in, h, w, c)`.
         target_shape (`tuple[int, int, int, int]`): target latent shape `(T_out, h, w, c)`, same h, w, c.
         base_units (`int`, defaults to 256): width of the first level.
-        block_units (`list[int]`, *optional*): width of every level; default `base * (downsample ** scale_alpha) ** i`.
+        block_units (`list[int]`, *optional*): width of every level; by default `int(base_units * g ** i)` with
+            `g = downsample ** scale_alpha` (Earthformer rounds `g ** i` instead; the two agree whenever `g ** i` is
+            whole, as with `scale_alpha=1`: see `prediff.models.cuboid.hierarchy.level_units`).
         scale_alpha (`float`, defaults to 1.0): growth exponent of the widths.
         depth (`list[int]`, defaults to `[4, 4]`): repetitions of [time block, cuboid block] per level.
         num_heads (`int`, defaults to 4): attention heads.
@@ -125,65 +159,32 @@ class EarthformerUNetModel(CuboidModelMixin):
         if input_shape[1:] != target_shape[1:]:
             raise ValueError(f"input_shape {input_shape} and target_shape {target_shape} must share (h, w, c)")
         num_levels = len(depth)
-        if block_units is None:
-            block_units = hierarchy_block_units(base_units, downsample, scale_alpha, num_levels)
-        elif len(block_units) != num_levels:
-            raise ValueError(f"block_units {block_units} must have one entry per level of depth {depth}")
+        downsample_3d = (1, downsample, downsample)
         self.input_shape = input_shape
         self.target_shape = target_shape
-        self.block_units = list(block_units)
+        self.block_units = resolve_block_units(
+            block_units, base_units, downsample_3d, scale_alpha, num_levels, "product"
+        )
         T = input_shape[0] + target_shape[0]
         _, h, w, c = input_shape
         self.data_shape = (T, h, w, c + 1)
-        self.mem_shapes = hierarchy_shapes(self.data_shape, self.block_units, downsample)
+        self.mem_shapes = level_shapes((T, h, w), self.block_units, downsample_3d)
+        units = self.block_units[0]
 
-        self.first_proj = TimeEmbedResBlock(c + 1, proj_drop, out_channels=block_units[0], use_embed=False)
-        self.pos_embed = PosEmbed(block_units[0], T, h, w, typ=pos_embed_type)
-        time_embed_channels = block_units[0] * time_embed_channels_mult
-        self.time_embed = TimeEmbedLayer(block_units[0], time_embed_channels)
-
-        block_kwargs = dict(
-            num_heads=num_heads,
-            padding_type=padding_type,
-            attn_drop=attn_drop,
-            proj_drop=proj_drop,
-            ffn_drop=ffn_drop,
-            activation=ffn_activation,
-            gated_ffn=gated_ffn,
-            use_inter_ffn=True,
-            use_relative_pos=use_relative_pos,
-            use_final_proj=use_final_proj,
+        self.first_proj, self.pos_embed, self.time_embed = time_conditioned_stem(
+            c + 1, (T, h, w), units, proj_drop, pos_embed_type, time_embed_channels_mult
         )
-
-        def cuboid_blocks(level: int) -> nn.ModuleList:
-            shape = self.mem_shapes[level]
-            return nn.ModuleList(
-                StackCuboidSelfAttentionBlock.from_pattern(self_pattern, shape, **block_kwargs)
-                for _ in range(depth[level])
-            )
-
-        def time_block(level: int) -> TimeEmbedResBlock:
-            units = self.mem_shapes[level][-1]
-            return TimeEmbedResBlock(units, time_embed_dropout, emb_channels=time_embed_channels)
-
-        self.downsample_layers = nn.ModuleList(
-            PatchMerging3D(
-                self.mem_shapes[i][-1], self.mem_shapes[i + 1][-1], (1, downsample, downsample), padding_type
-            )
-            for i in range(num_levels - 1)
-        )
-        self.upsample_layers = nn.ModuleList(
-            Upsample3DLayer(
-                self.mem_shapes[i + 1][-1], self.mem_shapes[i][-1], self.mem_shapes[i][:3], upsample_kernel_size
-            )
-            for i in range(num_levels - 1)
-        )
+        self.downsample_layers = patch_merging_layers(self.mem_shapes, downsample_3d, padding_type)
+        self.upsample_layers = upsampling_layers(self.mem_shapes, upsample_kernel_size, T)
         # One time block per level and path, shared by all repetitions of that level (as in the checkpoints).
-        self.down_time_embed_blocks = nn.ModuleList(time_block(i) for i in range(num_levels))
-        self.up_time_embed_blocks = nn.ModuleList(time_block(i) for i in range(num_levels))
-        self.down_self_blocks = nn.ModuleList(cuboid_blocks(i) for i in range(num_levels))
-        self.up_self_blocks = nn.ModuleList(cuboid_blocks(i) for i in range(num_levels))
-        self.final_proj = nn.Linear(block_units[0], c)
+        time_embed_channels = units * time_embed_channels_mult
+        self.down_time_embed_blocks = time_blocks(self.mem_shapes, time_embed_channels, time_embed_dropout)
+        self.up_time_embed_blocks = time_blocks(self.mem_shapes, time_embed_channels, time_embed_dropout)
+        block_kwargs = dict(**cuboid_block_settings(self.config), use_inter_ffn=True, use_final_proj=use_final_proj)
+        patterns = [self_pattern] * num_levels
+        self.down_self_blocks = self_attention_levels(patterns, self.mem_shapes, depth, **block_kwargs)
+        self.up_self_blocks = self_attention_levels(patterns, self.mem_shapes, depth, **block_kwargs)
+        self.final_proj = nn.Linear(units, c)
 
         init_cuboid_blocks(
             self, attn=attn_linear_init, ffn=ffn_linear_init, ffn2=ffn2_linear_init, attn_proj=attn_proj_linear_init
@@ -220,24 +221,20 @@ class EarthformerUNetModel(CuboidModelMixin):
         x = torch.cat([x, indicator], dim=-1)
         x = self.first_proj(x)
         x = self.pos_embed(x)
-        t_emb = self.time_embed(timestep_embedding(timestep, self.block_units[0]).to(x.dtype))
+        t_emb = embed_timestep(self.time_embed, timestep, self.block_units[0], x.dtype)
 
         num_levels = len(self.block_units)
         skips = []
         for i in range(num_levels):
             if i > 0:
                 x = self.downsample_layers[i - 1](x)
-            for block in self.down_self_blocks[i]:
-                x = self._checkpointed(self.down_time_embed_blocks[i], x, t_emb)
-                x = self._checkpointed(block, x)[0]
+            x = run_time_conditioned_level(self, x, t_emb, self.down_time_embed_blocks[i], self.down_self_blocks[i])
             if i < num_levels - 1:
                 skips.append(x)
         for i in reversed(range(num_levels)):
             if self.config.unet_res_connect and i < num_levels - 1:
                 x = x + skips[i]
-            for block in self.up_self_blocks[i]:
-                x = self._checkpointed(self.up_time_embed_blocks[i], x, t_emb)
-                x = self._checkpointed(block, x)[0]
+            x = run_time_conditioned_level(self, x, t_emb, self.up_time_embed_blocks[i], self.up_self_blocks[i])
             if i > 0:
                 x = self.upsample_layers[i - 1](x)
         out = self.final_proj(x[:, T_in:])

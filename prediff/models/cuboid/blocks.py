@@ -3,13 +3,15 @@ learned position embeddings. Names and shapes match the official Earthformer che
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import CuboidCrossAttentionLayer, CuboidSelfAttentionLayer
 from .decomposition import Size3, Strategy, pad_thw, padding_amounts
-from .patterns import self_pattern
+from .patterns import cross_pattern, self_pattern
 
 _ACTIVATIONS = {
     "leaky": lambda: nn.LeakyReLU(0.1),
@@ -58,6 +60,11 @@ class PositionwiseFFN(nn.Module):
         return x + self.dropout(self.ffn_2(self.activation_dropout(h)))
 
 
+def _ffn_list(dim: int, count: int, dropout: float, activation: str, gated: bool) -> nn.ModuleList:
+    """``count`` position-wise FFNs of width ``dim`` with the official 4x hidden width."""
+    return nn.ModuleList(PositionwiseFFN(dim, 4 * dim, dropout, activation, gated) for _ in range(count))
+
+
 class StackCuboidSelfAttentionBlock(nn.Module):
     """One self-attention layer per entry of a pattern, each followed by an FFN when ``use_inter_ffn``.
 
@@ -98,14 +105,9 @@ class StackCuboidSelfAttentionBlock(nn.Module):
         self.use_global_vector = use_global_vector
         self.use_global_vector_ffn = use_global_vector and use_global_vector_ffn
         num_ffn = len(block_cuboid_size) if use_inter_ffn else 1
-        self.ffn_l = nn.ModuleList(
-            PositionwiseFFN(dim, 4 * dim, ffn_drop, activation, gated_ffn) for _ in range(num_ffn)
-        )
+        self.ffn_l = _ffn_list(dim, num_ffn, ffn_drop, activation, gated_ffn)
         if self.use_global_vector_ffn:
-            global_dim = global_dim_ratio * dim
-            self.global_ffn_l = nn.ModuleList(
-                PositionwiseFFN(global_dim, 4 * global_dim, ffn_drop, activation, gated_ffn) for _ in range(num_ffn)
-            )
+            self.global_ffn_l = _ffn_list(global_dim_ratio * dim, num_ffn, ffn_drop, activation, gated_ffn)
         self.attn_l = nn.ModuleList(
             CuboidSelfAttentionLayer(
                 dim,
@@ -129,8 +131,11 @@ class StackCuboidSelfAttentionBlock(nn.Module):
         )
 
     @classmethod
-    def from_pattern(cls, pattern: str, shape: tuple[int, int, int, int], **kwargs) -> StackCuboidSelfAttentionBlock:
-        """A block for data of ``shape = (T, H, W, C)`` with the named pattern's per-layer cuboids."""
+    def from_pattern(
+        cls, pattern: str, shape: tuple[int, int, int, int], **kwargs: Any
+    ) -> StackCuboidSelfAttentionBlock:
+        """A block for data of ``shape = (T, H, W, C)`` with the named pattern's per-layer cuboids; ``kwargs`` are
+        the other constructor arguments. Every network builds its self-attention blocks this way."""
         cuboids, strategies, shifts = self_pattern(pattern, shape)
         return cls(
             dim=shape[-1], block_cuboid_size=cuboids, block_shift_size=shifts, block_strategy=strategies, **kwargs
@@ -190,9 +195,7 @@ class StackCuboidCrossAttentionBlock(nn.Module):
         super().__init__()
         self.use_inter_ffn = use_inter_ffn
         num_ffn = len(block_cuboid_hw) if use_inter_ffn else 1
-        self.ffn_l = nn.ModuleList(
-            PositionwiseFFN(dim, 4 * dim, ffn_drop, activation, gated_ffn) for _ in range(num_ffn)
-        )
+        self.ffn_l = _ffn_list(dim, num_ffn, ffn_drop, activation, gated_ffn)
         self.attn_l = nn.ModuleList(
             CuboidCrossAttentionLayer(
                 dim,
@@ -216,6 +219,23 @@ class StackCuboidCrossAttentionBlock(nn.Module):
             for cuboid_hw, shift_hw, strategy, n_temporal in zip(
                 block_cuboid_hw, block_shift_hw, block_strategy, block_n_temporal
             )
+        )
+
+    @classmethod
+    def from_pattern(
+        cls, pattern: str, mem_shape: tuple[int, int, int, int], **kwargs: Any
+    ) -> StackCuboidCrossAttentionBlock:
+        """A block attending to memory of ``mem_shape = (T_mem, H, W, C)`` with the named cross pattern's
+        per-layer cuboids; ``kwargs`` are the other constructor arguments. The counterpart of
+        :meth:`StackCuboidSelfAttentionBlock.from_pattern`."""
+        cuboid_hw, shift_hw, strategies, n_temporal = cross_pattern(pattern, mem_shape)
+        return cls(
+            dim=mem_shape[-1],
+            block_cuboid_hw=cuboid_hw,
+            block_shift_hw=shift_hw,
+            block_strategy=strategies,
+            block_n_temporal=n_temporal,
+            **kwargs,
         )
 
     def forward(

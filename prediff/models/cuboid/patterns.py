@@ -100,15 +100,23 @@ def _check_shape(shape) -> tuple[int, int, int]:
     return T, H, W
 
 
+_PATTERN_TABLES = {"self_pattern": SELF_PATTERNS, "cross_pattern": CROSS_PATTERNS}
+
+
+def check_pattern_name(kind: str, name: str) -> str:
+    """``name`` if it is a known pattern of ``kind`` ("self_pattern" or "cross_pattern"), else a ``ValueError``
+    listing the known ones. Lets a network refuse a bad name before it builds the blocks that would use it."""
+    table = _PATTERN_TABLES[kind]
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(table)}")
+    return name
+
+
 def self_pattern(name: str, shape) -> SelfPattern:
     """Per-layer ``(cuboid_sizes, strategies, shifts)`` of the self-attention pattern ``name`` for ``(T,H,W,C)``."""
-    if name not in SELF_PATTERNS:
-        raise ValueError(f"unknown self_pattern {name!r}; expected one of {sorted(SELF_PATTERNS)}")
-    return SELF_PATTERNS[name](*_check_shape(shape))
+    return SELF_PATTERNS[check_pattern_name("self_pattern", name)](*_check_shape(shape))
 
 
 def cross_pattern(name: str, mem_shape) -> CrossPattern:
     """Per-layer ``(cuboid_hw, shift_hw, strategies, n_temporal)`` of the cross pattern ``name``."""
-    if name not in CROSS_PATTERNS:
-        raise ValueError(f"unknown cross_pattern {name!r}; expected one of {sorted(CROSS_PATTERNS)}")
-    return CROSS_PATTERNS[name](*_check_shape(mem_shape))
+    return CROSS_PATTERNS[check_pattern_name("cross_pattern", name)](*_check_shape(mem_shape))
