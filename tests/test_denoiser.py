@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from prediff import EarthformerUNetModel, KnowledgeAlignmentModel
+from prediff.pipelines import PreDiffPipeline
 from tests.conftest import official_listing, relative_error
 
 TINY_UNET = dict(
@@ -136,8 +137,16 @@ def test_bad_inputs_are_rejected_with_clear_messages():
         model(sample, timestep, context[:1])
     with pytest.raises(ValueError, match=r"context has size 4 on axis 1, expected 3"):
         model(sample, timestep, torch.cat([context, context[:, :1]], dim=1))
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    # Values are checked once, by the caller (the pipeline: context and initial latents), not by the network:
+    # reading them there would wait for the device at every denoising step.
+    with torch.no_grad():
         model(sample.clone().fill_(float("nan")), timestep, context)
+    pipe = PreDiffPipeline.from_preset("prediff-tiny")
+    frames = torch.rand(1, *pipe.context_shape)
+    with pytest.raises(ValueError, match="context contains NaN or infinite values"):
+        pipe(frames.clone().fill_(float("nan")), num_inference_steps=1)
+    with pytest.raises(ValueError, match="latents must be a finite floating-point tensor"):
+        pipe(frames, num_inference_steps=1, latents=torch.full((1, *pipe.unet.target_shape), float("nan")))
     with pytest.raises(ValueError, match="timestep must be a scalar or of shape"):
         model(sample, torch.tensor([1, 2, 3]), context)
     with pytest.raises(ValueError, match="floating-point"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from prediff.models.earthformer import EarthformerModel, EarthformerModelOutput
+from prediff.pipelines import EarthformerPipeline
 from tests.conftest import official_listing, relative_error
 
 DROPOUT_FREE = dict(attn_drop=0.0, proj_drop=0.0, ffn_drop=0.0)
@@ -191,10 +192,14 @@ def test_bad_inputs_are_rejected_with_clear_messages():
         model(torch.cat([context, context[:, :, :, :1]], dim=3))
     with pytest.raises(ValueError, match=r"context has size 1 on axis 4, expected 2"):
         model(context[..., :1])
+    # Values are checked once, by the caller (here the pipeline), not by the network: reading them there would
+    # wait for the device at every call.
     for bad in (float("nan"), float("inf")):
         broken = context.clone()
         broken[0, 0, 0, 0, 0] = bad
-        with pytest.raises(ValueError, match="NaN or infinite"):
+        with pytest.raises(ValueError, match="context contains NaN or infinite values"):
+            EarthformerPipeline(model)(broken)
+        with torch.no_grad():
             model(broken)
     with pytest.raises(ValueError, match="floating-point"):
         model(context.long())

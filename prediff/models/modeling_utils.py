@@ -9,7 +9,7 @@ from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..data.utils import check_memory
-from .cuboid.attention import ATTENTION_BACKENDS, CuboidCrossAttentionLayer, CuboidSelfAttentionLayer, require_xformers
+from .cuboid.attention import CuboidAttentionBase, check_attention_backend
 
 
 def check_model_config_memory(model_cls: type[ModelMixin], config: dict[str, Any], where: str | None = None) -> None:
@@ -82,26 +82,25 @@ class CuboidModelMixin(GradientCheckpointingMixin, ModelMixin, ConfigMixin):
 
     def set_attention_backend(self, backend: str) -> None:
         """Use ``backend`` ("sdpa" default, "reference" plain einsum + explicit mask, "xformers") in every layer."""
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
-        if backend == "xformers":
-            require_xformers()
+        check_attention_backend(backend)
         for module in self.modules():
-            if isinstance(module, (CuboidSelfAttentionLayer, CuboidCrossAttentionLayer)):
+            if isinstance(module, CuboidAttentionBase):
                 module.attention_backend = backend
 
     @property
     def attention_backend(self) -> str:
-        backends = {
-            m.attention_backend
-            for m in self.modules()
-            if isinstance(m, (CuboidSelfAttentionLayer, CuboidCrossAttentionLayer))
-        }
+        backends = {m.attention_backend for m in self.modules() if isinstance(m, CuboidAttentionBase)}
         return backends.pop() if len(backends) == 1 else "mixed"
 
 
 def check_sequence(name: str, tensor: Any, expected: tuple[int | None, ...]) -> None:
-    """Raise ``ValueError`` unless ``tensor`` is a finite floating tensor of shape ``expected`` (None = any size)."""
+    """Raise ``ValueError`` unless ``tensor`` is a floating-point tensor of shape ``expected`` (None = any size).
+
+    Only the metadata is read. The values are not: ``torch.isfinite(tensor).all()`` would wait for the device at
+    every call, i.e. at every denoising and training step. The callers check values once instead: the pipelines'
+    ``check_inputs`` refuse non-finite context and latents, the data sets non-finite items, and the trainers stop
+    on a non-finite loss.
+    """
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.ndim != len(expected):
@@ -116,21 +115,17 @@ def check_sequence(name: str, tensor: Any, expected: tuple[int | None, ...]) -> 
             )
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-    # A data-dependent check would break a full-graph compile; compiled callers validate eagerly beforehand.
-    if not torch.compiler.is_compiling() and not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def check_timestep(timestep: Any, batch_size: int, device: torch.device) -> torch.Tensor:
-    """A scalar or ``(B,)`` timestep as a ``(B,)`` tensor; anything else raises ``ValueError``."""
+    """A scalar or ``(B,)`` timestep as a ``(B,)`` tensor; anything else raises ``ValueError``. The values are not
+    read (a device sync at every step, see :func:`check_sequence`); the pipelines take them from their scheduler."""
     if not isinstance(timestep, torch.Tensor):
         timestep = torch.tensor(timestep, device=device)
     if timestep.ndim == 0:
         timestep = timestep.expand(batch_size)
     if timestep.ndim != 1 or timestep.shape[0] != batch_size:
         raise ValueError(f"timestep must be a scalar or of shape ({batch_size},), got shape {tuple(timestep.shape)}")
-    if timestep.is_floating_point() and not torch.compiler.is_compiling() and not torch.isfinite(timestep).all():
-        raise ValueError("timestep contains NaN or infinite values")
     return timestep.to(device)
 
 
