@@ -138,11 +138,19 @@ def test_violation_is_per_sample_not_batch_coupled(align):
 def test_learned_controls_follow_their_definitions(align):
     state = make_state(knowledge_model=align)
     with torch.no_grad():
-        pred = align(state.latents, state.timestep).sample  # (N, T, 1)
+        # By default the network reads the clean estimate at timestep 0; the official form reads z_t at t.
+        clean = align(state.pred_original_sample(), torch.zeros_like(state.timestep)).sample  # (N, T, 1)
+        noisy = align(state.latents, state.timestep).sample
+    assert not torch.allclose(clean, noisy)
     intensity = AnticipatedIntensityControl(target=51.0, scale=1.0, method="learned", form="score")
-    torch.testing.assert_close(intensity.violation(state), (pred.mean(dim=(1, 2)) - 0.2).abs())
-    energy = EnergyConservationControl(initial_energy=0.25, scale=1.0, form="score")
-    torch.testing.assert_close(energy.violation(state), (pred[..., 0] - 0.25).norm(dim=1))
+    torch.testing.assert_close(intensity.violation(state), (clean.mean(dim=(1, 2)) - 0.2).abs())
+    official = AnticipatedIntensityControl(target=51.0, method="learned", form="official")
+    assert official.network_input == "noisy"
+    torch.testing.assert_close(official.violation(state), (noisy.mean(dim=(1, 2)) - 0.2).abs())
+    energy = EnergyConservationControl(initial_energy=0.25, scale=1.0, form="score", network_input="noisy")
+    torch.testing.assert_close(energy.violation(state), (noisy[..., 0] - 0.25).norm(dim=1))
+    with pytest.raises(ValueError, match="network_input must be one of"):
+        EnergyConservationControl(initial_energy=0.25, network_input="x0")
     # A control's own model overrides the pipeline's.
     other = KnowledgeAlignmentModel(
         input_shape=(2, 4, 4, 4),

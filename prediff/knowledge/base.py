@@ -88,11 +88,13 @@ class KnowledgeControlState:
     def num_contexts(self) -> int:
         return int(self.batch_index.max().item()) + 1
 
-    def offset_latents(self) -> torch.Tensor:
-        """`latents + latent_offset`: the noisy latents in the autoencoder's (scaled) latent space."""
+    def offset_latents(self, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """`latents + latent_offset` in the autoencoder's (scaled) latent space; `latents` defaults to the noisy
+        `z_t` (pass the clean estimate for its full latents)."""
+        latents = self.latents if latents is None else latents
         if self.latent_offset is None:
-            return self.latents
-        return self.latents + self.latent_offset.to(self.latents.dtype)
+            return latents
+        return latents + self.latent_offset.to(latents.dtype)
 
     def pred_original_sample(self) -> torch.Tensor:
         """The clean estimate `z_0 = (z_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t)`, `(N, T_out, h,

@@ -18,6 +18,8 @@ __all__ = [
 ]
 
 INTENSITY_METHODS = ("learned", "analytic")
+#: What a learned control's network reads: the clean estimate (at timestep 0) or the noisy latents `z_t`.
+LEARNED_INPUTS = ("clean", "noisy")
 
 
 class LearnedStatisticControl(KnowledgeControl):
@@ -27,11 +29,25 @@ class LearnedStatisticControl(KnowledgeControl):
     The network is this control's own `model` or, when None, the pipeline's `knowledge_model`. Subclasses
     choose the reduction of the prediction and the target; the violation is the per-sample L2 norm of their
     difference, as in the official code (whose norm runs over the whole batch instead).
+
+    Args:
+        model (`torch.nn.Module`, *optional*): the alignment network; default: the pipeline's.
+        network_input (`str`, *optional*): `"clean"` evaluates the network on the sampler's clean estimate at
+            timestep 0, the gradient on x0 of DPS (Chung et al. 2023): the network then reads a sharp sample,
+            where its prediction depends strongly on the latents. `"noisy"` evaluates it on `z_t` at the current
+            timestep, as the official code does; at high noise the prediction barely depends on `z_t`, so the
+            Gauss-Newton step of form "x0" overshoots. Default: `"noisy"` for form "official", else `"clean"`.
+        kwargs: see [`KnowledgeControl`].
     """
 
-    def __init__(self, model: nn.Module | None = None, **kwargs: Any):
+    def __init__(self, model: nn.Module | None = None, network_input: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        if network_input is None:
+            network_input = "noisy" if self.form == "official" else "clean"
+        if network_input not in LEARNED_INPUTS:
+            raise ValueError(f"network_input must be one of {LEARNED_INPUTS}, got {network_input!r}")
         self.model = model
+        self.network_input = network_input
 
     def check(self, knowledge_model: nn.Module | None) -> None:
         if self.model is None and knowledge_model is None:
@@ -41,12 +57,16 @@ class LearnedStatisticControl(KnowledgeControl):
             )
 
     def predict(self, state: KnowledgeControlState) -> torch.Tensor:
-        """`U_phi(z_t, t)`, shape `(N, T_out, K)`."""
+        """`U_phi(z_t, t)` or, with `network_input="clean"`, `U_phi(x0, 0)`; shape `(N, T_out, K)`."""
         model = self.model if self.model is not None else state.knowledge_model
         if model is None:
             self.check(None)
-        latents = state.offset_latents().to(model.dtype)
-        return model(latents, state.timestep.expand(latents.shape[0])).sample.to(state.latents.dtype)
+        if self.network_input == "clean":
+            latents, timestep = state.offset_latents(state.pred_original_sample()), torch.zeros_like(state.timestep)
+        else:
+            latents, timestep = state.offset_latents(), state.timestep
+        latents = latents.to(model.dtype)
+        return model(latents, timestep.expand(latents.shape[0])).sample.to(state.latents.dtype)
 
 
 class AnticipatedIntensityControl(LearnedStatisticControl):
@@ -69,7 +89,9 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
             distribution of future mean intensity (physical units) instead of `target`; PreDiff uses n in
             {-4, -2, 0, 2, 4}.
         model (`torch.nn.Module`, *optional*): the alignment network for `method="learned"`; default: the
-        pipeline's. form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
+            pipeline's.
+        network_input (`str`, *optional*): what the learned network reads (see [`LearnedStatisticControl`]).
+        form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
 
     The violation is `|mean intensity - target|` in the [0, 1] scale of the models (the learned statistic and
     the target are both divided by the pipeline's value range).
@@ -87,9 +109,11 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         form: str = "x0",
         differentiate_through_unet: bool = False,
         max_step: float | None = DEFAULT_MAX_STEP,
+        network_input: str | None = None,
     ):
         super().__init__(
             model=model,
+            network_input=network_input,
             scale=scale,
             form=form,
             differentiate_through_unet=differentiate_through_unet,
@@ -145,6 +169,7 @@ class EnergyConservationControl(LearnedStatisticControl):
         scale (`float`, defaults to 1.0): guidance strength (see [`~prediff.knowledge.KnowledgeControl`]).
         model (`torch.nn.Module`, *optional*): alignment network with output `(N, T_out, 1)`; default: the
             pipeline's `knowledge_model`.
+        network_input (`str`, *optional*): what the network reads (see [`LearnedStatisticControl`]).
         form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
 
     The violation is the L2 norm over the future frames of `E_pred(frame) - initial_energy`.
@@ -158,9 +183,11 @@ class EnergyConservationControl(LearnedStatisticControl):
         form: str = "x0",
         differentiate_through_unet: bool = False,
         max_step: float | None = DEFAULT_MAX_STEP,
+        network_input: str | None = None,
     ):
         super().__init__(
             model=model,
+            network_input=network_input,
             scale=scale,
             form=form,
             differentiate_through_unet=differentiate_through_unet,
