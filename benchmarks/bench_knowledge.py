@@ -51,6 +51,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--methods", nargs="+", default=["learned", "analytic"], choices=["learned", "analytic"])
     parser.add_argument("--n-sigmas", nargs="+", type=float, default=[-2.0, 0.0, 2.0, 4.0])
+    parser.add_argument(
+        "--forms",
+        nargs="+",
+        default=["x0", "official"],
+        choices=["x0", "official"],
+        help='guidance forms: "x0" (the default arguments) and, with DDPM only, "official" (scale 50)',
+    )
+    parser.add_argument(
+        "--observed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also steer to each sequence's observed intensity and score the CRPS",
+    )
     return parser.parse_args()
 
 
@@ -103,8 +116,8 @@ def main() -> None:
             f"| {name} {steps} | none | - | - | - | {plain.mean():.2f} | {(plain.mean() - mu) / sigma:+.2f} vs mu | "
             f"1.00 ({plain_step * 1000:.0f} ms) |"
         )
-        variants = [(method, "x0", None) for method in args.methods]
-        if name == "ddpm":
+        variants = [(method, "x0", None) for method in args.methods if "x0" in args.forms]
+        if name == "ddpm" and "official" in args.forms:
             variants += [(method, "official", OFFICIAL_SCALE) for method in args.methods]
         for method, form, scale in variants:
             options = {"method": method, "form": form} | ({"scale": scale} if scale is not None else {})
@@ -116,6 +129,8 @@ def main() -> None:
                     f"| {name} {steps} | {method} | {label} | {n:+g} | {target:.2f} | {achieved:.2f} | "
                     f"{(achieved - target) / sigma:+.2f} | {step / plain_step:.2f} |"
                 )
+            if not args.observed:
+                continue
             steered, _ = forecast(steps, AnticipatedIntensityControl(target=observed.tolist(), **options))
             gap = float((steered.mean(axis=(1, 2, 3, 4, 5)) - observed).mean())
             skill.append(
