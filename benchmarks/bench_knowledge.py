@@ -29,7 +29,7 @@ from prediff.data import SyntheticStormDataset
 from prediff.knowledge import AnticipatedIntensityControl
 from prediff.metrics import EnsembleCRPS
 from prediff.pipelines import PreDiffPipeline
-from prediff.pipelines.forecast_io import member_generators
+from prediff.pipelines.processes import member_generators
 from prediff.pretrained import shipped_intensity_stats, shipped_pipeline_path
 from prediff.schedulers import prediff_scheduler
 

@@ -33,7 +33,7 @@ from prediff.baselines import get_baseline
 from prediff.data import SyntheticStormDataset
 from prediff.evaluation.evaluate import evaluate_forecasts
 from prediff.pipelines import EarthformerPipeline, PreDiffPipeline
-from prediff.pipelines.forecast_io import member_generators
+from prediff.pipelines.processes import member_generators
 from prediff.pretrained import shipped_pipeline_path
 from prediff.schedulers import default_inference_steps, prediff_scheduler
 

@@ -40,7 +40,7 @@ from prediff.models import EarthformerModel, EarthformerUNetModel  # noqa: E402
 from prediff.models.autoencoder import autoencoder_from_preset  # noqa: E402
 from prediff.models.modeling_utils import check_model_config_memory  # noqa: E402
 from prediff.pipelines import PREDIFF_PIPELINE_PRESETS, EarthformerPipeline, PreDiffPipeline  # noqa: E402
-from prediff.pipelines.forecast_io import read_context  # noqa: E402
+from prediff.pipelines.context_io import read_context  # noqa: E402
 from prediff.schedulers import prediff_scheduler  # noqa: E402
 from prediff.training import EarthformerTrainer, list_checkpoints  # noqa: E402
 from prediff.training.config_loading import MAX_YAML_VALUES, load_config, parse_override_args  # noqa: E402

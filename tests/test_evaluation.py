@@ -25,7 +25,7 @@ from prediff.metrics import (
     SpreadSkill,
 )
 from prediff.models import EarthformerModel
-from prediff.pipelines.forecast_io import member_generators
+from prediff.pipelines.processes import member_generators
 from tests.conftest import run_cli
 
 

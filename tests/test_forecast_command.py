@@ -14,12 +14,10 @@ pytest.importorskip("netCDF4")
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from prediff.pipelines.forecast_io import (  # noqa: E402
-    intensity_target,
-    load_forecast_pipeline,
-    member_generators,
-    read_context,
-)
+from prediff.pipelines.context_io import read_context  # noqa: E402
+from prediff.pipelines.loading import load_forecast_pipeline  # noqa: E402
+from prediff.pipelines.processes import member_generators  # noqa: E402
+from prediff.pretrained.intensity import intensity_target  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
 

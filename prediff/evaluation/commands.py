@@ -151,7 +151,9 @@ def build_dataset(
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     from ..pipelines.commands import check_knowledge_control_args
-    from ..pipelines.forecast_io import intensity_target, launched_processes, load_forecast_pipeline
+    from ..pipelines.loading import load_forecast_pipeline
+    from ..pipelines.processes import launched_processes
+    from ..pretrained.intensity import intensity_target
     from .evaluate import IntensityControlSpec, evaluate_pipeline
 
     check_knowledge_control_args(args)

@@ -214,7 +214,7 @@ def load_sequences(
     Returns:
         `(len(indices), num_frames, H, W, C)` float32.
     """
-    from ..pipelines.forecast_io import check_context_values
+    from ..pipelines.context_io import check_context_values
 
     lo, hi = data_range or getattr(dataset, "value_range", None) or value_range
     frames = []
@@ -278,7 +278,7 @@ def evaluate_forecasts(
     from tqdm.auto import tqdm
 
     from ..data.utils import check_positive_int
-    from ..pipelines.forecast_io import launched_processes
+    from ..pipelines.processes import launched_processes
 
     batch_size = check_positive_int("batch_size", batch_size)
     total = len(dataset) if num_sequences is None else check_positive_int("num_sequences", num_sequences)
@@ -381,7 +381,7 @@ def evaluate_pipeline(
     from ..baselines import get_baseline
     from ..data.utils import check_positive_int, check_seed
     from ..pipelines import EarthformerPipeline, PreDiffPipeline
-    from ..pipelines.forecast_io import launched_processes, member_generators
+    from ..pipelines.processes import launched_processes, member_generators
     from ..schedulers import default_inference_steps
 
     start_time = time.perf_counter()

@@ -234,18 +234,11 @@ def run_forecast(
     from accelerate.utils import gather_object
 
     from ..data.utils import check_outputs_spare_inputs, check_positive_int, check_seed
-    from .forecast_io import (
-        FORECAST_SUFFIXES,
-        check_context_values,
-        forecast_dataset,
-        launched_processes,
-        load_forecast_pipeline,
-        member_generators,
-        read_context,
-        write_forecast,
-        write_pysteps_array,
-    )
+    from .context_io import check_context_values, read_context
+    from .forecast_writing import FORECAST_SUFFIXES, forecast_dataset, write_forecast, write_pysteps_array
+    from .loading import load_forecast_pipeline
     from .pipeline_prediff import PreDiffPipeline
+    from .processes import launched_processes, member_generators
 
     start = time.perf_counter()
     members = check_positive_int("members", members)
@@ -382,7 +375,7 @@ def run_forecast(
 def context_inputs(input: str | Path) -> list[Path] | None:
     """The context files `input` names when it is a folder (its context files, not its subfolders) or a glob
     pattern, sorted; None when it is one context file (a zarr store is a folder, and one file)."""
-    from .forecast_io import CONTEXT_SUFFIXES, ZARR_SUFFIXES
+    from .context_io import CONTEXT_SUFFIXES, ZARR_SUFFIXES
 
     path = Path(input).expanduser()
     if path.is_dir() and path.suffix.lower() not in ZARR_SUFFIXES:
@@ -420,7 +413,7 @@ def run_forecasts(
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from .forecast_io import launched_processes
+    from .processes import launched_processes
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -457,7 +450,9 @@ def run_forecasts(
 
 
 def _forecast_command(args: argparse.Namespace) -> int:
-    from .forecast_io import intensity_target, launched_processes, load_forecast_pipeline
+    from ..pretrained.intensity import intensity_target
+    from .loading import load_forecast_pipeline
+    from .processes import launched_processes
 
     check_knowledge_control_args(args)
     device = args.device or launched_processes().device

@@ -52,7 +52,8 @@ SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
 SHIPPED_PIPELINES: tuple[str, ...] = tuple(SHIPPED_PIPELINE_FILES)
 DEFAULT_SHIPPED_PIPELINE = "prediff-storms-tiny"
 
-#: The file of a shipped pipeline folder that records the training distribution of the future mean intensity.
+#: The file of a pipeline folder (shipped or trained) that records the training distribution of the future mean
+#: intensity, in physical units (read by `shipped_intensity_stats` and `intensity.pipeline_intensity_stats`).
 INTENSITY_STATS_FILE = "future_intensity.json"
 
 
