@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from prediff.data import SyntheticStormDataset, future_intensity_stats, generate_storm_sequence
-from prediff.data.storms import _bilinear_border, _power_law_noise
+from prediff.data.storm_generator import _bilinear_border, _power_law_noise
 
 
 def test_items_shape_dtype_range():

@@ -393,7 +393,7 @@ def test_gradients_are_clipped_to_max_grad_norm_by_accelerate(tmp_path):
 
 
 def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path, umask_027):
-    from prediff.data.storms import VIL_UNITS
+    from prediff.data.storm_generator import VIL_UNITS
     from prediff.models import EarthformerModel
     from prediff.pipelines import EarthformerPipeline
 

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
         prediff_sevir_splits,
         read_catalog,
     )
-    from .storms import IntensityStats, SyntheticStormDataset, future_intensity_stats, generate_storm_sequence
+    from .statistics import IntensityStats, future_intensity_stats
+    from .storm_generator import generate_storm_sequence
+    from .storms import SyntheticStormDataset
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
@@ -44,7 +46,9 @@ __getattr__, __dir__ = lazy_exports(
             "prediff_sevir_splits",
             "read_catalog",
         ],
-        ".storms": ["IntensityStats", "SyntheticStormDataset", "future_intensity_stats", "generate_storm_sequence"],
+        ".statistics": ["IntensityStats", "future_intensity_stats"],
+        ".storm_generator": ["generate_storm_sequence"],
+        ".storms": ["SyntheticStormDataset"],
     },
 )
 
