@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .base import DEFAULT_CONTROL_SCALE, DEFAULT_MAX_STEP, KnowledgeControl, KnowledgeControlState, per_sample_values
+from .defaults import CONTROL_METHODS, DEFAULT_CONTROL_METHOD
 
 __all__ = [
     "AnticipatedIntensityControl",
@@ -17,7 +18,6 @@ __all__ = [
     "LearnedStatisticControl",
 ]
 
-INTENSITY_METHODS = ("learned", "analytic")
 #: What a learned control's network reads: the clean estimate (at timestep 0) or the noisy latents `z_t`.
 LEARNED_INPUTS = ("clean", "noisy")
 
@@ -101,7 +101,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         self,
         target: Any = None,
         scale: float = DEFAULT_CONTROL_SCALE,
-        method: str = "analytic",
+        method: str = DEFAULT_CONTROL_METHOD,
         n_sigma: float | None = None,
         mean: float | None = None,
         std: float | None = None,
@@ -119,8 +119,8 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
             differentiate_through_unet=differentiate_through_unet,
             max_step=max_step,
         )
-        if method not in INTENSITY_METHODS:
-            raise ValueError(f"method must be one of {INTENSITY_METHODS}, got {method!r}")
+        if method not in CONTROL_METHODS:
+            raise ValueError(f"method must be one of {CONTROL_METHODS}, got {method!r}")
         sigma_form = (n_sigma, mean, std)
         if target is None:
             if any(v is None for v in sigma_form):
