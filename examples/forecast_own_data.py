@@ -23,9 +23,6 @@ Needs the data extra: `pip install "prediff[data]"`.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ import torch
 
 from prediff import PreDiffPipeline
 from prediff.pretrained import load_shipped_pipeline
+from prediff.utils.files import atomic_output
 
 
 def _xarray() -> Any:
@@ -98,20 +96,13 @@ def write_forecast(frames: np.ndarray, template: Any, variable: str, attrs: dict
         attrs=attrs,
         name=variable,
     )
-    # Write next to the destination, then move it into place, so a failure never leaves half a file.
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        staged = tmp / out.name
-        if out.suffix == ".zarr":
-            da.to_dataset().to_zarr(staged, mode="w")
+    # Written next to the destination, then moved into place, so a failure never leaves half a file.
+    zarr = out.suffix == ".zarr"
+    with atomic_output(out, overwrite=overwrite, directory=zarr, make_parents=False) as tmp:
+        if zarr:
+            da.to_dataset().to_zarr(tmp, mode="w")
         else:
-            da.to_dataset().to_netcdf(staged)
-        if out.exists():
-            old = tmp / "previous"
-            os.replace(out, old)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            da.to_dataset().to_netcdf(tmp)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -22,6 +22,7 @@ import torch
 
 from prediff import AnticipatedIntensityControl, PreDiffPipeline, SyntheticStormDataset
 from prediff.pretrained import load_shipped_pipeline, shipped_intensity_stats
+from prediff.utils.units import to_physical
 
 
 def main(argv: list[str] | None = None) -> dict[float, float]:
@@ -48,9 +49,10 @@ def main(argv: list[str] | None = None) -> dict[float, float]:
         pipe = PreDiffPipeline.from_pretrained(args.pipeline)
         T_in, H, W, _ = pipe.context_shape
         stats = SyntheticStormDataset(64, T_in + pipe.forecast_shape[0], H, W, seed=0, progress=False)
+        mu, sigma = stats.future_intensity_stats(context_length=T_in)  # in the [0, 1] scale of the data set
         lo, hi = pipe.value_range
-        mu, sigma = (v * (hi - lo) for v in stats.future_intensity_stats(context_length=T_in))
-        mu += lo
+        # The mean is a value, mapped to physical units; the spread is a difference of values, only scaled.
+        mu, sigma = to_physical(mu, pipe.value_range), sigma * (hi - lo)
     pipe.set_progress_bar_config(disable=True)
     T_in, H, W, _ = pipe.context_shape
     T_out = pipe.forecast_shape[0]

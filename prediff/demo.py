@@ -31,11 +31,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .knowledge.defaults import DEFAULT_CONTROL_SCALE
+from .utils.checks import check_positive_int, check_seed
+from .utils.files import atomic_output
+from .utils.units import to_physical
 
 __all__ = [
     "DEMO_CSI_THRESHOLDS",
@@ -80,12 +82,6 @@ class DemoResult:
     files: dict[str, Path]
     what_if: dict[float, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -160,10 +156,10 @@ def run_demo(
         ValueError: a count is not a positive integer.
     """
     start = time.perf_counter()
-    members = _check_int("members", members)
-    steps = _check_int("steps", steps)
-    num_sequences = _check_int("num_sequences", num_sequences)
-    seed = _check_int("seed", seed, minimum=0)
+    members = check_positive_int("members", members)
+    steps = check_positive_int("steps", steps)
+    num_sequences = check_positive_int("num_sequences", num_sequences)
+    seed = check_seed(seed)
     if not np.isfinite(control_scale) or control_scale < 0:
         raise ValueError(f"control_scale must be a finite number >= 0, got {control_scale!r}")
     out = Path(out)
@@ -179,7 +175,6 @@ def run_demo(
     from .baselines import extrapolation, persistence
     from .baselines import steps as steps_nowcast
     from .data import SyntheticStormDataset
-    from .data.utils import atomic_output
     from .knowledge import AnticipatedIntensityControl
     from .metrics import knowledge_control_error
     from .pretrained import load_shipped_pipeline, shipped_intensity_stats
@@ -198,7 +193,7 @@ def run_demo(
     say(f"prediff demo: {num_sequences} synthetic storm sequences of {T_in} + {T_out} frames of {H}x{W} (seed {seed})")
     dataset = SyntheticStormDataset(num_sequences, T_in + T_out, H, W, seed=seed, progress=progress)
     # Items are VIL / 255 in [0, 1]; the pipeline takes physical units.
-    frames = torch.stack([dataset[i]["frames"] for i in range(num_sequences)]) * (hi - lo) + lo
+    frames = to_physical(torch.stack([dataset[i]["frames"] for i in range(num_sequences)]), (lo, hi))
     context, target = frames[:, :T_in].numpy(), frames[:, T_in:].numpy()
     observed_intensity = target.mean(axis=(1, 2, 3, 4))
 

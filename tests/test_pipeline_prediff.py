@@ -285,13 +285,13 @@ def test_bad_inputs_give_clear_errors(pipe, context):
     bad[0, 0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="context contains NaN"):
         pipe(bad, **call)
-    with pytest.raises(ValueError, match="context must be a numpy array or torch.Tensor"):
+    with pytest.raises(ValueError, match="context must be a numpy array or a torch tensor of shape"):
         pipe(context.tolist(), **call)
     with pytest.raises(ValueError, match="output_type must be one of"):
         pipe(context, output_type="pil", **call)
-    with pytest.raises(ValueError, match="num_inference_steps must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="num_inference_steps must be a positive integer, got 0"):
         pipe(context, num_inference_steps=0)
-    with pytest.raises(ValueError, match="num_ensemble_members must be a positive int"):
+    with pytest.raises(ValueError, match="num_ensemble_members must be a positive integer"):
         pipe(context, num_ensemble_members=0, **call)
     with pytest.raises(ValueError, match="= 4, got 3"):
         pipe(context, num_ensemble_members=2, generator=generators(3), **call)
@@ -321,7 +321,7 @@ def test_bad_inputs_give_clear_errors(pipe, context):
         broken = PreDiffPipeline(pipe.vae, pipe.unet, scheduler)
         with pytest.raises(ValueError, match=message):
             broken(context, **call)
-    with pytest.raises(ValueError, match="value_range must be finite with lo < hi"):
+    with pytest.raises(ValueError, match="value_range must be finite with low < high"):
         PreDiffPipeline(pipe.vae, pipe.unet, pipe.scheduler, value_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="has 4 channels but the vae has latent_channels=8"):
         other_vae = autoencoder_from_preset("prediff-tiny", latent_channels=8)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.checks import to_numpy
 from .persistence import ArrayLike, check_context
 
 #: How many of the last context frames each motion method uses by default.
@@ -41,12 +42,6 @@ def _import_pysteps() -> Any:
     except ImportError as err:  # pragma: no cover - exercised only without pysteps
         raise ImportError('The optical-flow and STEPS baselines need pysteps: pip install "prediff[pysteps]"') from err
     return pysteps
-
-
-def _to_numpy(context: ArrayLike) -> np.ndarray:
-    if isinstance(context, torch.Tensor):
-        return context.detach().cpu().double().numpy()
-    return np.asarray(context, dtype=np.float64)
 
 
 def _like(result: np.ndarray, context: ArrayLike) -> ArrayLike:
@@ -114,7 +109,7 @@ def extrapolation(
     check_context(context, num_frames)
     _check_range(value_range)
     pysteps = _import_pysteps()
-    data = _to_numpy(context)
+    data = to_numpy(context).astype(np.float64, copy=False)
     b, _, h, w, c = data.shape
     out = np.zeros((b, num_frames, h, w, c))
     forecast = pysteps.nowcasts.get_method("extrapolation")
@@ -171,7 +166,7 @@ def steps(
     pysteps = _import_pysteps()
     from pysteps.utils import transformation
 
-    data = _to_numpy(context)
+    data = to_numpy(context).astype(np.float64, copy=False)
     b, _, h, w, c = data.shape
     out = np.zeros((b, num_members, num_frames, h, w, c))
     nowcast = pysteps.nowcasts.get_method("steps")

@@ -7,22 +7,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.checks import check_array, check_positive_int
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
 def check_context(context: Any, num_frames: int) -> None:
-    """Raise ``ValueError`` unless ``context`` is finite ``(B, T_in, H, W, C)`` and ``num_frames >= 1``."""
-    if not isinstance(context, (np.ndarray, torch.Tensor)):
-        raise ValueError(f"context must be a numpy array or a torch tensor, got {type(context).__name__}")
-    if context.ndim != 5:
-        raise ValueError(f"context must have shape (B, T_in, H, W, C), got shape {tuple(context.shape)}")
+    """Raise ``ValueError`` unless ``context`` is finite ``(B, T_in, H, W, C)`` of at least one frame and
+    ``num_frames >= 1`` (see [`~prediff.utils.checks.check_array`]). Any dtype is taken: a baseline returns
+    the context's own."""
+    check_array("context", context, 5, "shape (B, T_in, H, W, C)", real=False)
     if context.shape[1] < 1:
         raise ValueError(f"context must hold at least one frame, got shape {tuple(context.shape)}")
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
-    finite = torch.isfinite(context).all() if isinstance(context, torch.Tensor) else np.isfinite(context).all()
-    if not finite:
-        raise ValueError("context contains NaN or infinite values")
+    check_positive_int("num_frames", num_frames)
 
 
 def persistence(context: ArrayLike, num_frames: int) -> ArrayLike:

@@ -11,14 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import (
-    check_array_metadata,
-    check_index,
-    check_positive_int,
-    check_value_range,
-    open_hdf5,
-    scale_to_unit,
-)
+from ..utils.checks import check_index, check_positive_int, check_value_range
+from .readers import check_array_metadata, open_hdf5, scale_to_unit
 
 
 class _HDF5Source:
@@ -84,7 +78,7 @@ class ArraySequenceDataset(Dataset):
     ) -> None:
         self.seq_len = check_positive_int("seq_len", seq_len)
         self.stride = check_positive_int("stride", self.seq_len if stride is None else stride)
-        self.value_range = check_value_range("value_range", value_range)
+        self.value_range = check_value_range(value_range)
         self.clip = bool(clip)
         self.transform = transform
         self._source: Any

@@ -22,14 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .utils import (
-    check_array_metadata,
-    check_index,
-    check_positive_int,
-    check_value_range,
-    open_netcdf,
-    scale_to_unit,
-)
+from ..utils.checks import check_index, check_positive_int, check_value_range
+from ..utils.units import to_physical
+from .readers import check_array_metadata, open_netcdf, scale_to_unit
 
 #: Earthformer's SST scaling range (the extremes of CMIP5 and CMIP6), degrees C.
 ENSO_SST_RANGE = (-16.549121856689453, 10.198975563049316)
@@ -99,7 +94,7 @@ class ENSODataset(Dataset):
         if self.out_len < NINO_WINDOW:
             raise ValueError(f"out_len must be at least {NINO_WINDOW} (one Nino3.4 window), got {out_len}")
         self.stride = check_positive_int("stride", stride if stride is not None else (10 if split == "train" else 11))
-        self.value_range = check_value_range("value_range", value_range)
+        self.value_range = check_value_range(value_range)
         self.clip = bool(clip)
         self.transform = transform
         layout = {
@@ -212,8 +207,7 @@ class ENSODataset(Dataset):
 
     def unscale(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         """Scaled frames back to degrees C."""
-        low, high = self.value_range
-        return frames * (high - low) + low
+        return to_physical(frames, self.value_range)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, windows={len(self)})"

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .utils import (
-    atomic_output,
+from ..utils.files import atomic_output
+from ..utils.memory import check_fits_in_memory
+from .readers import (
     check_array_metadata,
-    check_fits_in_memory,
     import_optional,
     load_npy,
     load_npz,

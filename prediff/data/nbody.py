@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .utils import check_positive_int, check_seed, import_optional, load_npz
+from ..utils.checks import check_index, check_positive_int, check_seed
+from .readers import import_optional, load_npz
 
 
 def nbody_acceleration(positions: np.ndarray, masses: np.ndarray, gravity: float, softening: float) -> np.ndarray:
@@ -296,13 +297,8 @@ class NBodyDataset(Dataset):
 
     def simulate(self, index: int) -> dict[str, np.ndarray]:
         """Sequence ``index`` as NumPy arrays (frames float32 (T, S, S) in [0, 1] and the physical state)."""
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an integer, got {type(index).__name__}")
-        if index < 0:
-            index += self.num_sequences
-        if not 0 <= index < self.num_sequences:
-            raise IndexError(f"index {index} out of range for {self.num_sequences} sequences")
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(index)]))
+        index = check_index(index, self.num_sequences, "sequences")
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         K = self.num_bodies
         choices = rng.integers(0, len(self._glyphs), size=K)
         glyphs = [self._glyph(int(c)) for c in choices]

@@ -26,19 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .utils import (
-    HDF5HandleCache,
-    atomic_output,
-    check_array_metadata,
-    check_index,
-    check_outputs_spare_inputs,
-    check_positive_int,
-    check_value_range,
-    file_read_error,
-    import_optional,
-    open_hdf5,
-    scale_to_unit,
-)
+from ..utils.checks import check_index, check_positive_int, check_value_range
+from ..utils.files import atomic_output, check_outputs_spare_inputs, file_read_error
+from .readers import HDF5HandleCache, check_array_metadata, import_optional, open_hdf5, scale_to_unit
 
 CATALOG_COLUMNS = ("id", "img_type", "time_utc", "file_name", "file_index", "pct_missing")
 #: Physical ranges mapped to [0, 1] for each image type (VIL: the uint8 encoding; the others: SEVIR's display
@@ -223,7 +213,7 @@ class SEVIRDataset(Dataset):
                 )
             value_range = SEVIR_VALUE_RANGES[img_type]
             self.stored_dtype = np.dtype(SEVIR_DTYPES[img_type])
-        self.value_range = check_value_range("value_range", value_range)
+        self.value_range = check_value_range(value_range)
         self.clip = (img_type != "vil") if clip is None else bool(clip)
         self.transform = transform
 

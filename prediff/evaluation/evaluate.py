@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..knowledge.base import DEFAULT_CONTROL_SCALE
+from ..knowledge.defaults import DEFAULT_CONTROL_METHOD, DEFAULT_CONTROL_SCALE
 from ..metrics import (
     SEVIR_POOL_SIZES,
     SEVIR_THRESHOLDS,
@@ -40,6 +40,8 @@ from ..metrics import (
     RankHistogram,
     SpreadSkill,
 )
+from ..utils.checks import check_positive_int, check_seed, to_numpy
+from ..utils.units import to_physical
 from .report import EvaluationReport, ForecasterScores
 
 __all__ = ["IntensityControlSpec", "ScoreSet", "evaluate_forecasts", "evaluate_pipeline", "load_sequences"]
@@ -68,7 +70,7 @@ class IntensityControlSpec:
 
     target: float | None = None
     scale: float = DEFAULT_CONTROL_SCALE
-    method: str = "analytic"
+    method: str = DEFAULT_CONTROL_METHOD
     observed_factor: float = 1.0
     description: str | None = None
 
@@ -221,14 +223,14 @@ def load_sequences(
     for i in indices:
         item = dataset[int(i)]
         x = item["frames"] if isinstance(item, dict) else item
-        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        x = to_numpy(x)
         if x.ndim != 4 or x.shape[0] < num_frames:
             raise ValueError(
                 f"item {i} of the data set has frames of shape {tuple(x.shape)}; the pipeline needs "
                 f"(T, H, W, C) with T >= {num_frames} (context + forecast frames)"
             )
         frames.append(x[:num_frames])
-    batch = np.stack(frames).astype(np.float32) * np.float32(hi - lo) + np.float32(lo)
+    batch = to_physical(np.stack(frames).astype(np.float32), (lo, hi))
     return check_context_values(batch, value_range, name=f"sequences {indices[0]}-{indices[-1]} of the data set")
 
 
@@ -277,7 +279,6 @@ def evaluate_forecasts(
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    from ..data.utils import check_positive_int
     from ..pipelines.processes import launched_processes
 
     batch_size = check_positive_int("batch_size", batch_size)
@@ -379,7 +380,6 @@ def evaluate_pipeline(
         An [`EvaluationReport`]: `.to_table()`, `.to_markdown()`, `.to_json()`, `.save(path)`.
     """
     from ..baselines import get_baseline
-    from ..data.utils import check_positive_int, check_seed
     from ..pipelines import EarthformerPipeline, PreDiffPipeline
     from ..pipelines.processes import launched_processes, member_generators
     from ..schedulers import default_inference_steps

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.utils import atomic_output
+from ..utils.files import atomic_output
 
 __all__ = ["HEADLINE_SCORES", "EvaluationReport", "ForecasterScores"]
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.units import to_unit
 from .defaults import DEFAULT_CONTROL_SCALE
 
 __all__ = [
@@ -103,9 +104,8 @@ class KnowledgeControlState:
         return (self.latents - (1 - a).sqrt() * self.noise_pred) / a.sqrt()
 
     def to_unit(self, value: torch.Tensor | float) -> torch.Tensor | float:
-        """Physical units -> the [0, 1] scale the models work in."""
-        lo, hi = self.value_range
-        return (value - lo) / (hi - lo)
+        """Physical units -> the [0, 1] scale the models work in (see [`~prediff.utils.units.to_unit`])."""
+        return to_unit(value, self.value_range)
 
 
 def per_sample_values(value: Any, state: KnowledgeControlState, name: str) -> torch.Tensor:

@@ -7,31 +7,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.checks import check_array
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
 def as_tensor(name: str, value: Any, ndim: int | None = None) -> torch.Tensor:
     """``value`` (numpy array or torch tensor) as a finite floating torch tensor with ``ndim`` dimensions.
 
-    Integer inputs (e.g. uint8 VIL) become float32; float64 stays float64. Raises ``ValueError`` naming
-    ``name`` for a wrong type, a wrong number of dimensions or a NaN / infinite value.
+    Integer inputs (e.g. uint8 VIL) and half precision become float32, so that sums over many frames stay
+    exact enough; float64 stays float64. Raises ``ValueError`` naming ``name`` for a wrong type, a wrong number
+    of dimensions or a NaN / infinite value (see [`~prediff.utils.checks.check_array`]).
     """
-    if isinstance(value, np.ndarray):
-        tensor = torch.from_numpy(np.ascontiguousarray(value))
-    elif isinstance(value, torch.Tensor):
-        tensor = value.detach()
-    else:
-        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
-    if tensor.dtype == torch.bool or tensor.is_complex():
-        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
-    if not tensor.is_floating_point():
+    tensor = check_array(name, value, ndim, to="tensor").detach()
+    if not tensor.is_floating_point() or tensor.dtype in (torch.float16, torch.bfloat16):
         tensor = tensor.to(torch.float32)
-    elif tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.to(torch.float32)
-    if ndim is not None and tensor.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
     return tensor
 
 

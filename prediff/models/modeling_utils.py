@@ -8,7 +8,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..data.utils import check_memory
+from ..utils.memory import check_memory
 from .cuboid.attention import CuboidAttentionBase, check_attention_backend
 
 

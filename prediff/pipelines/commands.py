@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..knowledge.defaults import DEFAULT_CONTROL_SCALE
+from ..knowledge.defaults import CONTROL_METHODS, DEFAULT_CONTROL_SCALE, control_method
 
 __all__ = [
     "add_knowledge_control_arguments",
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 KNOWLEDGE_CONTROLS = ("intensity",)
-CONTROL_METHODS = ("learned", "analytic")
 
 
 def add_knowledge_control_arguments(parser: argparse.ArgumentParser, observed_default: bool = False) -> None:
@@ -85,8 +84,9 @@ def intensity_control_from_args(pipeline: Any, args: argparse.Namespace, target:
 
     if not np.isfinite(args.control_scale) or args.control_scale < 0:
         raise ValueError(f"--control-scale must be a finite number >= 0, got {args.control_scale}")
-    method = {"method": args.control_method} if args.control_method is not None else {}
-    return AnticipatedIntensityControl(target=target, scale=args.control_scale, **method)
+    return AnticipatedIntensityControl(
+        target=target, scale=args.control_scale, method=control_method(args.control_method)
+    )
 
 
 def check_knowledge_control_args(args: argparse.Namespace) -> None:
@@ -233,7 +233,8 @@ def run_forecast(
     """
     from accelerate.utils import gather_object
 
-    from ..data.utils import check_outputs_spare_inputs, check_positive_int, check_seed
+    from ..utils.checks import check_positive_int, check_seed
+    from ..utils.files import check_outputs_spare_inputs
     from .context_io import check_context_values, read_context
     from .forecast_writing import FORECAST_SUFFIXES, forecast_dataset, write_forecast, write_pysteps_array
     from .loading import load_forecast_pipeline

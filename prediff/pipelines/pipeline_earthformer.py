@@ -9,14 +9,10 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..utils.checks import check_value_range
+from ..utils.units import to_physical, to_unit
 from .pipeline_output import EarthformerPipelineOutput
-from .pipeline_utils import (
-    ForecastPipelineMixin,
-    check_value_range,
-    count_parameters,
-    forecast_call,
-    to_context_tensor,
-)
+from .pipeline_utils import ForecastPipelineMixin, count_parameters, forecast_call, to_context_tensor
 
 if TYPE_CHECKING:
     from ..models.earthformer import EarthformerModel
@@ -105,10 +101,9 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
             [`EarthformerPipelineOutput`] or `tuple`: frames `(B, T_out, H, W, C)` in physical units.
         """
         context = self.check_inputs(context, output_type)
-        lo, hi = self.value_range
         device, dtype = self._execution_device, self.model.dtype
-        unit = ((context.to(device=device, dtype=torch.float32) - lo) / (hi - lo)).to(dtype)
-        frames = self.model(unit).sample.float() * (hi - lo) + lo
+        unit = to_unit(context.to(device=device, dtype=torch.float32), self.value_range).to(dtype)
+        frames = to_physical(self.model(unit).sample.float(), self.value_range)
         if output_type == "np":
             frames = frames.cpu().numpy()
         self.maybe_free_model_hooks()

@@ -27,14 +27,10 @@ from ..schedulers import (
     prediff_training_scheduler,
     record_portable_settings,
 )
+from ..utils.checks import check_positive_int, check_value_range
+from ..utils.units import to_physical, to_unit
 from .pipeline_output import PreDiffPipelineOutput
-from .pipeline_utils import (
-    ForecastPipelineMixin,
-    check_value_range,
-    count_parameters,
-    forecast_call,
-    to_context_tensor,
-)
+from .pipeline_utils import ForecastPipelineMixin, count_parameters, forecast_call, to_context_tensor
 
 __all__ = ["PREDIFF_PIPELINE_PRESETS", "Extrapolation", "PreDiffPipeline"]
 
@@ -218,14 +214,13 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ scaling and latent helpers
 
     def scale_to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical units -> [0, 1]: `(x - lo) / (hi - lo)`."""
-        lo, hi = self.value_range
-        return (x - lo) / (hi - lo)
+        """Physical units -> [0, 1]: `(x - lo) / (hi - lo)` (see [`~prediff.utils.units.to_unit`])."""
+        return to_unit(x, self.value_range)
 
     def scale_to_physical(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] -> physical units: `x * (hi - lo) + lo` (not clamped, as in the official code)."""
-        lo, hi = self.value_range
-        return x * (hi - lo) + lo
+        """[0, 1] -> physical units: `x * (hi - lo) + lo`, not clamped, as in the official code (see
+        [`~prediff.utils.units.to_physical`])."""
+        return to_physical(x, self.value_range)
 
     @property
     def scaling_factor(self) -> float:
@@ -286,23 +281,13 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         """Validate the arguments of `__call__`; returns the context as a tensor. Raises `ValueError` naming
         the offending argument, the expected and the received value."""
         context = to_context_tensor(context, (None, *self.context_shape))
-        if (
-            not isinstance(num_inference_steps, int)
-            or isinstance(num_inference_steps, bool)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        check_positive_int("num_inference_steps", num_inference_steps)
         train_steps = self.scheduler.config.get("num_train_timesteps", None)
         if train_steps is not None and num_inference_steps > train_steps:
             raise ValueError(
                 f"num_inference_steps={num_inference_steps} exceeds the scheduler's num_train_timesteps={train_steps}"
             )
-        if (
-            not isinstance(num_ensemble_members, int)
-            or isinstance(num_ensemble_members, bool)
-            or num_ensemble_members < 1
-        ):
-            raise ValueError(f"num_ensemble_members must be a positive int, got {num_ensemble_members!r}")
+        check_positive_int("num_ensemble_members", num_ensemble_members)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         self._check_scheduler()

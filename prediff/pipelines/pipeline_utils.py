@@ -21,28 +21,18 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download, upload_folder
 
-from ..data.utils import atomic_output, check_memory, format_bytes, plain_permissions_for_writes
 from ..models.modeling_utils import check_model_config_memory
+from ..utils.checks import check_array, holds_real_numbers
+from ..utils.files import atomic_output, plain_permissions_for_writes
+from ..utils.memory import check_memory, format_bytes
 
 __all__ = [
     "ForecastPipelineMixin",
-    "check_value_range",
     "count_parameters",
     "forecast_call",
     "range_outside",
     "to_context_tensor",
 ]
-
-
-def check_value_range(value_range: Any) -> tuple[float, float]:
-    """`(lo, hi)` with finite `lo < hi`, else `ValueError`."""
-    try:
-        lo, hi = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"value_range must be two numbers (lo, hi), got {value_range!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise ValueError(f"value_range must be finite with lo < hi, got ({lo}, {hi})")
-    return lo, hi
 
 
 def range_outside(values: np.ndarray | torch.Tensor, value_range: tuple[float, float]) -> tuple[float, float] | None:
@@ -66,7 +56,8 @@ def forecast_call(call: Callable) -> Callable:
     @functools.wraps(call)
     def wrapper(self, context: Any, *args: Any, **kwargs: Any) -> Any:
         # Anything but a non-empty array of finite real numbers is refused by the pipeline's own checks.
-        found = range_outside(context, self.value_range) if _holds_real_numbers(context) else None
+        real = holds_real_numbers(context) and math.prod(context.shape) > 0
+        found = range_outside(context, self.value_range) if real else None
         if found is not None and all(math.isfinite(v) for v in found):
             lo, hi = self.value_range
             warnings.warn(
@@ -81,36 +72,15 @@ def forecast_call(call: Callable) -> Callable:
     return wrapper
 
 
-def _holds_real_numbers(values: Any) -> bool:
-    if isinstance(values, torch.Tensor):
-        return values.numel() > 0 and values.dtype != torch.bool and not values.is_complex()
-    return isinstance(values, np.ndarray) and values.size > 0 and values.dtype.kind in "iuf"
-
-
 def to_context_tensor(context: Any, expected: tuple[int | None, ...], name: str = "context") -> torch.Tensor:
-    """Check a `(B, T_in, H, W, C)` array or tensor (None in `expected` = any size) and return it as a
-    tensor."""
-    if isinstance(context, np.ndarray):
-        if not (np.issubdtype(context.dtype, np.floating) or np.issubdtype(context.dtype, np.integer)):
-            raise ValueError(f"{name} must hold numbers, got dtype {context.dtype}")
-        context = torch.from_numpy(np.ascontiguousarray(context))
-    if not isinstance(context, torch.Tensor):
-        raise ValueError(
-            f"{name} must be a numpy array or torch.Tensor of shape (B, T_in, H, W, C), got {type(context)}"
-        )
-    shape = tuple(context.shape)
-    want = "(" + ", ".join("?" if v is None else str(v) for v in expected) + ")"
-    if context.ndim != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
-        raise ValueError(f"{name} must have shape (B, T_in, H, W, C) = {want}, got {shape}")
-    if shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {shape}")
-    if context.dtype == torch.bool or context.is_complex():
-        raise ValueError(f"{name} must be real numbers, got dtype {context.dtype}")
-    if not context.is_floating_point():
-        context = context.float()
-    if not torch.isfinite(context).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return context
+    """Check a finite `(B, T_in, H, W, C)` array or tensor of at least one sample (None in `expected` = any
+    size; see [`~prediff.utils.checks.check_array`]) and return it as a floating tensor (integers as
+    float32)."""
+    layout = "shape (B, T_in, H, W, C)"
+    context = check_array(name, context, len(expected), layout, sizes=expected, to="tensor")
+    if context.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(context.shape)}")
+    return context if context.is_floating_point() else context.float()
 
 
 class ForecastPipelineMixin:

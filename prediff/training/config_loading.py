@@ -289,7 +289,7 @@ def load_config(
 
 def save_config(config: TrainingConfig, path: str | os.PathLike) -> None:
     """Write the configuration as YAML, atomically (with the permissions of a plain `open`)."""
-    from ..data.utils import atomic_output
+    from ..utils.files import atomic_output
 
     text = _yaml().safe_dump(config_to_dict(config), sort_keys=False)
     with atomic_output(path, overwrite=True) as tmp:

@@ -10,7 +10,7 @@ A checkpoint is a folder `checkpoint-{step}` holding safetensors weights and JSO
 - `training_state.json`, written last: step, data position, seed and the configuration.
 
 It is written into a hidden temporary folder next to it, flushed to the disk and moved into place with
-`os.replace` (`prediff.data.utils.atomic_output`), so a crash or a power cut while saving leaves every earlier
+`os.replace` (`prediff.utils.files.atomic_output`), so a crash or a power cut while saving leaves every earlier
 checkpoint intact and never leaves a half-written `checkpoint-{step}`; it gets the permissions of a plain `mkdir`
 under the umask. Loading reads only safetensors and JSON, so it never executes code.
 """
@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 
-from ..data.utils import atomic_output, file_read_error, fsync_tree
+from ..utils import files
+from ..utils.files import atomic_output, file_read_error, fsync_tree
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -75,32 +75,18 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-#: Hidden folders of an export in progress (`.export.*.tmp`) and of the export it replaces (`.export.*.old`).
+#: Hidden folders of an export in progress (`.export.*.tmp`) and of the export it replaces (`.export.*.old`);
+#: a run killed meanwhile leaves them for the next run to remove ([`remove_stale_temporaries`]).
 EXPORT_PREFIX = ".export."
+#: The files an export publishes last (see [`~prediff.utils.files.move_into`]): a reader finds either none or
+#: the new configuration with the new weights, never a mix of two exports.
+EXPORT_LAST = ("model_index.json", "config.json")
 
 
 def move_into(src: Path, dst: Path) -> None:
-    """Publish the finished folder `src` (made next to `dst`, on the same file system) in `dst`, then remove it.
-
-    `src` is flushed to the disk first. What its entries replace is moved aside into one `.export.*.old` folder
-    (renames, no copies), the configuration files first, then every entry of `src` is renamed into `dst`, the
-    configuration files last: a reader finds either no `model_index.json` / `config.json` or the new one with the
-    new weights, never a mix of two exports. The old entries are deleted at the end; a run killed meanwhile
-    leaves `.export.*` folders that the next run removes ([`remove_stale_temporaries`]).
-    """
-    fsync_tree(src)
-    dst.mkdir(parents=True, exist_ok=True)
-    aside = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, suffix=".old", dir=dst))
-    entries = sorted(src.iterdir(), key=lambda p: (p.name in ("model_index.json", "config.json"), p.name))
-    for entry in reversed(entries):
-        target = dst / entry.name
-        if target.exists() or target.is_symlink():
-            os.replace(target, aside / entry.name)
-    for entry in entries:
-        os.replace(entry, dst / entry.name)
-    fsync_tree(dst, recursive=False)
-    shutil.rmtree(aside)
-    src.rmdir()
+    """Temporary, until the trainer calls [`~prediff.utils.files.move_into`] with `EXPORT_PREFIX` and
+    `EXPORT_LAST` itself."""
+    files.move_into(src, dst, EXPORT_PREFIX, last=EXPORT_LAST)
 
 
 # ---------------------------------------------------------------------------------------------- state dicts

@@ -1,15 +1,15 @@
-"""Shared helpers: matplotlib import, frame conversion, atomic saving, lead-time labels."""
+"""What the pictures share: matplotlib import, frame conversion, figure saving, lead-time labels."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.utils import atomic_output
+from ..utils.checks import check_array
+from ..utils.files import atomic_output
 
 
 def require_matplotlib() -> Any:
@@ -37,20 +37,15 @@ def as_frames(name: str, value: Any, leading: int, channel: int = 0) -> np.ndarr
     """``value`` as a float numpy array of ``leading`` leading axes then ``(H, W)``.
 
     Accepts numpy or torch, with or without a trailing channel axis (``channel`` picks one).
-    E.g. ``leading=1``: ``(T, H, W)`` or ``(T, H, W, C)`` -> ``(T, H, W)``.
+    E.g. ``leading=1``: ``(T, H, W)`` or ``(T, H, W, C)`` -> ``(T, H, W)``. Values are not checked (see
+    [`~prediff.utils.checks.check_array`]): NaN shows as a blank pixel.
     """
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+    layout = f"{leading + 2} dimensions (+ an optional channel axis)"
+    value = check_array(name, value, (leading + 2, leading + 3), layout, real=False, finite=False, to="numpy")
     if value.ndim == leading + 3:
         if not 0 <= channel < value.shape[-1]:
             raise ValueError(f"channel {channel} is out of range for {name} of shape {value.shape}")
         value = value[..., channel]
-    if value.ndim != leading + 2:
-        raise ValueError(
-            f"{name} must have {leading + 2} dimensions (+ an optional channel axis), got shape {value.shape}"
-        )
     return value.astype(np.float64)
 
 
@@ -63,23 +58,17 @@ def lead_time_labels(num_context: int, num_forecast: int, interval_minutes: floa
     return context, forecast
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
-    path = Path(path)
-    # A picture is never the first thing in a folder: a missing one is a mistyped path, not one to create.
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {str(path.parent)!r} for {path.name!r} does not exist")
-    with atomic_output(path, overwrite=True) as tmp:
-        write(tmp)
-    return path
-
-
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` atomically; the format follows the file extension (``.png``, ``.pdf``, ``.svg``)."""
+    """Write ``fig`` atomically; the format follows the file extension (``.png``, ``.pdf``, ``.svg``).
+
+    A picture is never the first thing in a folder: a missing folder is a mistyped path, not one to create
+    (``make_parents=False``)."""
     fmt = Path(path).suffix.lstrip(".").lower()
     if fmt not in fig.canvas.get_supported_filetypes():
         raise ValueError(f"cannot write a figure as {fmt!r} ({path}); use .png, .pdf or .svg")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    with atomic_output(path, overwrite=True, make_parents=False) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+    return Path(path)
 
 
 def add_vil_colorbar(fig: Any, image: Any, axes: Any) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ._utils import add_vil_colorbar, as_frames, atomic_write, lead_time_labels, new_figure
+from ..utils.files import atomic_output
+from ._utils import add_vil_colorbar, as_frames, lead_time_labels, new_figure
 from .colormaps import imshow_kwargs
 
 
@@ -115,9 +116,9 @@ def save_forecast_gif(
     palette = pictures[-1].quantize(colors=255, method=Image.Quantize.MEDIANCUT)
     quantized = [p.quantize(palette=palette, dither=Image.Dither.NONE) for p in pictures]
 
-    def write(tmp: Path) -> None:
+    # Like a figure, an animation is never the first thing in its folder (see `save_figure`).
+    with atomic_output(path, overwrite=True, make_parents=False) as tmp:
         quantized[0].save(
             tmp, format="GIF", save_all=True, append_images=quantized[1:], duration=frame_duration_ms, loop=0
         )
-
-    return atomic_write(path, write)
+    return path
