@@ -32,6 +32,7 @@ from prediff.pipelines import PreDiffPipeline
 from prediff.pipelines.processes import member_generators
 from prediff.pretrained import shipped_intensity_stats, shipped_pipeline_path
 from prediff.schedulers import prediff_scheduler
+from prediff.utils.units import to_physical
 
 #: The official SEVIR-LR strength of the DDPM mean-shift form.
 OFFICIAL_SCALE = 50.0
@@ -78,7 +79,7 @@ def main() -> None:
     T_in, H, W, _ = pipe.context_shape
     T_out = pipe.forecast_shape[0]
     data = SyntheticStormDataset(args.contexts, T_in + T_out, H, W, seed=args.data_seed)
-    frames = torch.stack([data[i]["frames"] for i in range(args.contexts)]) * (hi - lo) + lo
+    frames = to_physical(torch.stack([data[i]["frames"] for i in range(args.contexts)]), (lo, hi))
     context, future = frames[:, :T_in], frames[:, T_in:].numpy()
     observed = future.mean(axis=(1, 2, 3, 4))
     targets = [(n, mu + n * sigma) for n in args.n_sigmas if lo <= mu + n * sigma <= hi]
