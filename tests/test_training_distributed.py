@@ -40,7 +40,7 @@ _SCRIPT = """
 import json, sys, hashlib
 import torch
 from prediff.training import DenoiserTrainer, load_config
-from prediff.training import trainer as trainer_module
+from prediff.training import checkpointing as checkpointing_module
 from prediff.data import SyntheticStormDataset
 
 out, vae, record = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -55,11 +55,11 @@ class Recording(torch.utils.data.Dataset):
         seen.append(int(i))
         return self.base[i]
 
-original = trainer_module.save_checkpoint
+original = checkpointing_module.save_checkpoint
 def recording_save(*args, **kwargs):
     saves.append(args[1])
     return original(*args, **kwargs)
-trainer_module.save_checkpoint = recording_save
+checkpointing_module.save_checkpoint = recording_save
 
 config = load_config("denoiser", sys.argv[4], {
     "output_dir": out, "vae": vae, "max_train_steps": 3, "checkpointing_steps": 2,

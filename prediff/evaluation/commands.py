@@ -112,23 +112,21 @@ def build_dataset(
 ) -> tuple[Any, str]:
     """The data set `kind` ("storms", "sevir" or a data file) with windows of `context_frames +
     forecast_frames` frames of `frame_shape` `(H, W, C)`, and a label for the report."""
+    from ..data.building import build_sequence_dataset
+
     seq_len = context_frames + forecast_frames
     H, W, C = frame_shape
     if kind == "storms":
-        from ..data import SyntheticStormDataset
-
         if C != 1:
             raise ValueError(f"synthetic storms have 1 channel; the pipeline needs C={C}")
         count = 16 if num_sequences is None else num_sequences
-        dataset = SyntheticStormDataset(count, seq_len, H, W, seed=data_seed, progress=False)
+        dataset = build_sequence_dataset("storms", seq_len, num_sequences=count, height=H, width=W, seed=data_seed)
         return dataset, f"synthetic storms (seed {data_seed}, {seq_len} frames of {H}x{W})"
     if kind == "sevir":
-        from ..data import SEVIRDataset
-
         if root is None:
             raise ValueError("--dataset sevir needs --root, the folder holding CATALOG.csv and data/")
-        dataset = SEVIRDataset(
-            root, seq_len=seq_len, stride=stride or seq_len, start_date=start_date, end_date=end_date
+        dataset = build_sequence_dataset(
+            "sevir", seq_len, root, stride=stride, start_date=start_date, end_date=end_date
         )
         if dataset.frame_shape is not None and tuple(dataset.frame_shape) != (H, W):
             raise ValueError(
@@ -141,9 +139,7 @@ def build_dataset(
         raise FileNotFoundError(
             f"--dataset must be one of {DATASET_KINDS} or an existing HDF5/zarr data file, got {kind!r}"
         )
-    from ..data import ArraySequenceDataset
-
-    dataset = ArraySequenceDataset.from_file(path, seq_len=seq_len, key=key, stride=stride)
+    dataset = build_sequence_dataset("file", seq_len, path, stride=stride, key=key)
     if dataset.shape[2:] != (H, W, C):
         raise ValueError(f"frames in {path} are (H, W, C) = {dataset.shape[2:]}; the pipeline needs {(H, W, C)}")
     return dataset, f"{path} ({len(dataset)} windows of {seq_len} frames)"

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         VAETrainingConfig,
     )
     from .config_loading import load_config, parse_override_args
+    from .datasets import build_datasets
     from .latent import load_vae
     from .losses import DiffusionLoss, PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
     from .registry import TRAINERS
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .train_denoiser import DenoiserTrainer, train_denoiser
     from .train_earthformer import EarthformerTrainer, train_earthformer
     from .train_vae import VAETrainer, train_vae
-    from .trainer import Trainer, build_datasets
+    from .trainer import Trainer
     from .utils import (
         NonFiniteGradientError,
         NonFiniteLossError,
@@ -58,6 +59,7 @@ __getattr__, __dir__ = lazy_exports(
             "VAETrainingConfig",
         ],
         ".config_loading": ["load_config", "parse_override_args"],
+        ".datasets": ["build_datasets"],
         ".latent": ["load_vae"],
         ".losses": ["DiffusionLoss", "PatchGANDiscriminator", "hinge_discriminator_loss", "vae_generator_loss"],
         ".registry": ["TRAINERS"],
@@ -65,7 +67,7 @@ __getattr__, __dir__ = lazy_exports(
         ".train_denoiser": ["DenoiserTrainer", "train_denoiser"],
         ".train_earthformer": ["EarthformerTrainer", "train_earthformer"],
         ".train_vae": ["VAETrainer", "train_vae"],
-        ".trainer": ["Trainer", "build_datasets"],
+        ".trainer": ["Trainer"],
         ".utils": [
             "NonFiniteGradientError",
             "NonFiniteLossError",

@@ -117,11 +117,6 @@ class LatentTrainer(Trainer):
         if dtype != self.vae.dtype:
             self.vae.to(dtype=dtype)
 
-    def split(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(B, T, H, W, C)` -> context `(B, T_in, ...)` and target `(B, T_out, ...)` frames."""
-        t_in, t_out = self.config.data.context_length, self.config.data.target_length
-        return frames[:, :t_in], frames[:, t_in : t_in + t_out]
-
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, sample: bool) -> torch.Tensor:
         """Frozen-VAE latents in float32, scaled by `scaling_factor`: the posterior mean (context) or a posterior

@@ -49,12 +49,7 @@ class AlignmentTrainer(LatentTrainer):
                 f"target frame (data.target_length={t_out})"
             )
         model = KnowledgeAlignmentModel(**kwargs)
-        if cfg.attention_backend:
-            model.set_attention_backend(cfg.attention_backend)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        if cfg.compile:
-            model.compile()
+        self.configure_network(model)
         self.noise_scheduler = prediff_training_scheduler()
         self.train_modules = {"alignment": model}
         self.param_groups = {"alignment": (list(model.parameters()), cfg.learning_rate)}

@@ -63,12 +63,7 @@ class DenoiserTrainer(LatentTrainer):
         derived = {"input_shape": (condition_length, h, w, c), "target_shape": (d.target_length, h, w, c)}
         kwargs = self.check_model_kwargs(EarthformerUNetModel, cfg.model, derived)
         unet = EarthformerUNetModel(**kwargs)
-        if cfg.attention_backend:
-            unet.set_attention_backend(cfg.attention_backend)
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        if cfg.compile:
-            unet.compile()
+        self.configure_network(unet)
         self.knowledge_model = None
         if cfg.knowledge_model is not None:
             self.knowledge_model = load_pretrained_component(
@@ -152,18 +147,14 @@ class DenoiserTrainer(LatentTrainer):
             "forecast_spread": forecast.std(1).mean().item() if forecast.shape[1] > 1 else 0.0,
         }
         if self.plotting_available():
-            from ..visualization import plot_forecast_panel
-
-            cmap = "vil" if (lo, hi) == (0.0, 255.0) else "viridis"
-            figure = plot_forecast_panel(
+            self.save_validation_panel(
+                "forecast",
+                step,
                 (context[0] * (hi - lo) + lo).cpu(),
+                title=f"validation forecast, step {step}",
                 target=target[0].cpu(),
                 ensemble=forecast[0].cpu(),
-                cmap=cmap,
-                title=f"validation forecast, step {step}",
-                path=self.picture_path("forecast", step),
             )
-            self.log_figure("val/forecast", figure, step)
         return metrics
 
     def export(self, folder: Path) -> Any:

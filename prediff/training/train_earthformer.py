@@ -39,51 +39,38 @@ class EarthformerTrainer(Trainer):
         derived = {"input_shape": (d.context_length, H, W, C), "target_shape": (d.target_length, H, W, C)}
         kwargs = self.check_model_kwargs(cls, cfg.model, derived)
         model = cls(**kwargs)
-        if cfg.attention_backend:
-            model.set_attention_backend(cfg.attention_backend)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        if cfg.compile:
-            model.compile()
+        self.configure_network(model)
         self.train_modules = {"earthformer": model}
         self.param_groups = {"earthformer": (list(model.parameters()), cfg.learning_rate)}
 
     def ema_model(self) -> torch.nn.Module:
         return self.unwrap("earthformer")
 
-    def _split(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t_in, t_out = self.config.data.context_length, self.config.data.target_length
-        return frames[:, :t_in], frames[:, t_in : t_in + t_out]
-
     def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        context, target = self._split(frames)
+        context, target = self.split(frames)
         prediction = self.train_modules["earthformer"](context).sample
         return {"earthformer": F.mse_loss(prediction.float(), target.float())}, {}
 
     def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        context, target = self._split(frames)
+        context, target = self.split(frames)
         prediction = self.unwrap("earthformer")(context).sample.float()
         return {"mse": F.mse_loss(prediction, target.float()), "mae": (prediction - target).abs().mean()}
 
     def validation_forecasts(self, frames: torch.Tensor, step: int) -> dict[str, float] | None:
         if not self.plotting_available():
             return None
-        from ..visualization import plot_forecast_panel
-
-        context, target = self._split(frames.float())
+        context, target = self.split(frames.float())
         with self.autocast():
             prediction = self.unwrap("earthformer")(context).sample.float()
         lo, hi = self.value_range
-        cmap = "vil" if (lo, hi) == (0.0, 255.0) else "viridis"
-        figure = plot_forecast_panel(
+        self.save_validation_panel(
+            "forecast",
+            step,
             (context[0] * (hi - lo) + lo).cpu(),
+            title=f"validation forecast, step {step}",
             target=(target[0] * (hi - lo) + lo).cpu(),
             ensemble=(prediction[:1] * (hi - lo) + lo).cpu(),
-            cmap=cmap,
-            title=f"validation forecast, step {step}",
-            path=self.picture_path("forecast", step),
         )
-        self.log_figure("val/forecast", figure, step)
         return None
 
     def export(self, folder: Path) -> Any:

@@ -143,8 +143,6 @@ class VAETrainer(Trainer):
     def validation_forecasts(self, frames: torch.Tensor, step: int) -> dict[str, float] | None:
         if not self.plotting_available():
             return None
-        from ..visualization import plot_forecast_panel
-
         module = self.unwrap("vae")
         B, T, H, W, C = frames.shape
         with self.autocast():
@@ -153,16 +151,14 @@ class VAETrainer(Trainer):
         # At most 8 frames side by side.
         originals = (frames.reshape(B * T, H, W, C).float().cpu() * (hi - lo) + lo)[:8]
         recon = (reconstruction.permute(0, 2, 3, 1).float().cpu() * (hi - lo) + lo)[:8]
-        cmap = "vil" if (lo, hi) == (0.0, 255.0) else "viridis"
-        figure = plot_forecast_panel(
+        self.save_validation_panel(
+            "reconstruction",
+            step,
             originals,
+            title=f"autoencoder reconstructions, step {step} (top: input, bottom: reconstruction)",
             ensemble=recon[None],
             show_mean=False,
-            cmap=cmap,
-            title=f"autoencoder reconstructions, step {step} (top: input, bottom: reconstruction)",
-            path=self.picture_path("reconstruction", step),
         )
-        self.log_figure("val/reconstruction", figure, step)
         return None
 
     def export(self, folder: Path) -> Any:

@@ -1,11 +1,12 @@
 """The training loop every component shares, on Accelerate (one CPU, N GPUs or several machines).
 
-[`Trainer`] owns what is the same for all components: data sets and their deterministic, sharded order;
-the `Accelerator` (mixed precision, gradient accumulation, distributed data parallel); optimizers and
-Diffusers learning-rate schedules; EMA; atomic checkpoints and exact resumption; the non-finite loss and
-gradient guards; the progress bar; tensorboard logging; validation pictures; the export and the Hub upload.
-A component's trainer (`train_vae.py`, `train_denoiser.py`, ...) adds its networks, its loss, its validation
-and its exported folder.
+[`Trainer`] runs what is the same for all components: the `Accelerator` (mixed precision, gradient accumulation,
+distributed data parallel), the deterministic, sharded data order, optimizers and Diffusers learning-rate
+schedules, EMA, the progress bar and tensorboard logging. It builds on modules with one job each: the data
+splits (`datasets.py`), the networks' arguments (`presets.py`), checkpoints and exact resumption
+(`checkpointing.py`), the non-finite loss and gradient guards (`guards.py`), validation pictures (`pictures.py`)
+and the export (`exporting.py`). A component's trainer (`train_vae.py`, `train_denoiser.py`, ...) adds its
+networks, its loss, its validation and its exported folder.
 
 Reproducibility: every random draw of micro-batch `m` on process `r` (noise, timesteps, posterior samples,
 dropout, augmentation) comes from the global torch generator reseeded with `(seed, r, m)`, and the data order
@@ -18,111 +19,29 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..data.utils import give_plain_permissions
+from .checkpointing import TrainerCheckpoints
 from .config import TrainingConfig
-from .config_loading import config_to_dict, save_config, unknown_key_error
-from .utils import (
-    EXPORT_PREFIX,
-    NonFiniteGradientError,
-    NonFiniteLossError,
-    ShardedBatchSampler,
-    Throughput,
-    find_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    micro_step_seed,
-    move_into,
-    read_training_state,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from .config_loading import config_to_dict, save_config
+from .datasets import build_datasets, collate_frames
+from .exporting import export_into
+from .guards import check_finite_loss, clip_and_check_gradients
+from .pictures import ValidationPictures
+from .presets import merge_model_kwargs
+from .utils import ShardedBatchSampler, Throughput, micro_step_seed, remove_stale_temporaries
 
-__all__ = ["Trainer", "build_datasets", "collate_frames"]
+__all__ = ["Trainer"]
 
 
 # Validation batches draw their randomness from micro-step numbers above every training micro-step.
 _VALIDATION_STREAM = 2**40
-
-
-class _InMemory(Dataset):
-    """Every item's frames decoded once and kept as one tensor."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        from tqdm.auto import tqdm
-
-        self.frames = torch.stack(
-            [dataset[i]["frames"] for i in tqdm(range(len(dataset)), desc="caching data", leave=False)]
-        )
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"frames": self.frames[index], "index": index}
-
-
-def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tuple[float, float], str | None]:
-    """The training and validation splits described by `config.data`, the data's physical value range (the
-    values of 0 and 1) and its units when they are known."""
-    d = config.data
-    seq_len = d.window_length
-    if d.dataset == "storms":
-        from ..data import SyntheticStormDataset
-
-        full = SyntheticStormDataset(d.num_sequences, seq_len, height=d.height, width=d.width, seed=d.seed)
-    elif d.dataset == "sevir":
-        from ..data import SEVIRDataset
-
-        full = SEVIRDataset(
-            d.path,
-            seq_len=seq_len,
-            stride=d.stride or seq_len,
-            img_type=d.img_type,
-            start_date=d.start_date,
-            end_date=d.end_date,
-        )
-    else:
-        from ..data import ArraySequenceDataset
-
-        full = ArraySequenceDataset.from_file(d.path, seq_len=seq_len, key=d.key, stride=d.stride)
-    value_range = tuple(float(v) for v in full.value_range)
-    units = getattr(full, "units", None)
-    if d.dataset == "sevir" and d.img_type == "vil":
-        from ..data.storms import VIL_UNITS
-
-        units = VIL_UNITS
-    elif d.dataset == "file":
-        from ..data.io import SequenceFile
-
-        units = SequenceFile(d.path).metadata.get("units")
-    n = len(full)
-    if n == 0:
-        raise ValueError(f"data set {d.dataset!r} ({d.path or 'generated'}) holds no window of seq_len={seq_len}")
-    num_val = int(round(n * d.val_fraction))
-    if d.val_fraction > 0 and num_val == 0 and n > 1:
-        num_val = 1
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).tolist()
-    train: Dataset = Subset(full, sorted(order[num_val:]))
-    val: Dataset | None = Subset(full, sorted(order[:num_val])) if num_val else None
-    if d.cache_in_memory:
-        train = _InMemory(train)
-        val = _InMemory(val) if val is not None else None
-    return train, val, value_range, units
-
-
-def collate_frames(items: list[dict[str, Any]]) -> torch.Tensor:
-    """Stack the items' `"frames"` into `(B, T, H, W, C)`."""
-    return torch.stack([item["frames"] for item in items])
 
 
 def _flatten_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -137,7 +56,7 @@ def _flatten_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class Trainer:
+class Trainer(TrainerCheckpoints, ValidationPictures):
     """Base of the component trainers.
 
     Args:
@@ -247,32 +166,18 @@ class Trainer:
     def check_model_kwargs(self, cls: Any, kwargs: dict[str, Any], derived: dict[str, Any]) -> dict[str, Any]:
         """Merge the `model` section (optionally a `preset`) with values derived from the data; unknown
         constructor arguments and shapes that contradict the data raise `ValueError`."""
-        import inspect
+        return merge_model_kwargs(cls, kwargs, derived, self.describe_data())
 
-        kwargs = dict(kwargs)
-        preset = kwargs.pop("preset", None)
-        base: dict[str, Any] = {}
-        if preset is not None:
-            presets = getattr(cls, "presets", {})
-            if preset not in presets:
-                raise ValueError(
-                    f"unknown model.preset {preset!r} for {cls.__name__}; expected one of {sorted(presets)}"
-                )
-            base = dict(presets[preset])
-        params = inspect.signature(cls.__init__).parameters
-        for key in kwargs:
-            if key not in params or key == "self":
-                known = ["preset", *(p for p in params if p not in ("self", "args", "kwargs"))]
-                raise unknown_key_error("model.", key, known, owner=cls.__name__)
-        merged = {**base, **kwargs}
-        for key, value in derived.items():
-            if key in merged and _as_tuple(merged[key]) != _as_tuple(value):
-                raise ValueError(
-                    f"model.{key} = {_as_tuple(merged[key])} does not fit the data, which gives {key} = "
-                    f"{_as_tuple(value)} ({self.describe_data()})"
-                )
-            merged[key] = value
-        return merged
+    def configure_network(self, model: torch.nn.Module) -> None:
+        """Apply the configuration's `attention_backend`, `gradient_checkpointing` and `compile` to a freshly
+        built cuboid-attention network."""
+        cfg = self.config
+        if cfg.attention_backend:
+            model.set_attention_backend(cfg.attention_backend)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        if cfg.compile:
+            model.compile()
 
     def describe_data(self) -> str:
         d = self.config.data
@@ -287,6 +192,11 @@ class Trainer:
             f"data.dataset={d.dataset!r}{source}; {d.context_length} context + {d.target_length} target frames; "
             f"{self.global_step} steps"
         )
+
+    def split(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, T, H, W, C)` -> context `(B, T_in, ...)` and target `(B, T_out, ...)` frames."""
+        t_in, t_out = self.config.data.context_length, self.config.data.target_length
+        return frames[:, :t_in], frames[:, t_in : t_in + t_out]
 
     def seed_micro_step(self, micro_step: int) -> None:
         rank = self.accelerator.process_index if self.accelerator is not None else 0
@@ -303,33 +213,6 @@ class Trainer:
         return torch.stack(
             [flip_rotate(f, bool(d[0] < 0.5), bool(d[1] < 0.5), int(k)) for f, d, k in zip(frames, draws, turns)]
         )
-
-    def picture_path(self, tag: str, step: int) -> Path:
-        """Where the validation picture `tag` of `step` is written (PNG under `validation/`)."""
-        folder = self.output_dir / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{tag.replace('/', '_')}-{step:07d}.png"
-
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        """Send a matplotlib figure (already written under `validation/`) to tensorboard when it is on."""
-        if self.tensorboard:
-            figure.canvas.draw()
-            image = np.asarray(figure.canvas.buffer_rgba())[..., :3]
-            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_image(tag, image, step, dataformats="HWC")
-
-    def plotting_available(self) -> bool:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            if not getattr(self, "_warned_plot", False):
-                warnings.warn(
-                    'validation pictures are skipped: matplotlib is not installed (pip install "prediff[plot]")',
-                    stacklevel=2,
-                )
-                self._warned_plot = True
-            return False
-        return True
 
     # ------------------------------------------------------------------ the run
 
@@ -412,51 +295,6 @@ class Trainer:
                 power=cfg.lr_power,
             )
 
-    def _state_dicts(self) -> dict[str, Any]:
-        states: dict[str, Any] = {}
-        for name, opt in self.optimizers.items():
-            states[f"{name}.optimizer"] = opt.state_dict()
-            states[f"{name}.lr_scheduler"] = {
-                k: v for k, v in self.lr_schedulers[name].state_dict().items() if k != "lr_lambdas"
-            }
-        if self.ema is not None:
-            states["ema"] = self.ema.state_dict()
-        scaler = getattr(self.accelerator, "scaler", None)
-        if scaler is not None:
-            states["grad_scaler"] = scaler.state_dict()
-        return states
-
-    def save_checkpoint(self, micro_step: int) -> Path | None:
-        """Write `checkpoint-{step}` (main process only) and wait for every process; if the main process fails
-        (a full disk), every process stops with an error."""
-        return self._on_main_process(
-            lambda: self._write_checkpoint(micro_step), f"saving checkpoint-{self.global_step}"
-        )
-
-    def _write_checkpoint(self, micro_step: int) -> Path:
-        acc = self.accelerator
-        epoch, inner = self.sampler.position(micro_step)
-        training_state = {
-            "kind": self.kind,
-            "micro_step": micro_step,
-            "epoch": epoch,
-            "batch_in_epoch": inner,
-            "seed": self.config.seed,
-            "num_processes": acc.num_processes,
-            "train_batch_size": self.config.train_batch_size,
-            "gradient_accumulation_steps": self.config.gradient_accumulation_steps,
-            "config": config_to_dict(self.config),
-        }
-        self.checkpoint_dir = save_checkpoint(
-            self.output_dir,
-            self.global_step,
-            self.checkpoint_models(),
-            self._state_dicts(),
-            training_state,
-            total_limit=self.config.checkpoints_total_limit,
-        )
-        return self.checkpoint_dir
-
     def _on_main_process(self, action: Callable[[], Any], what: str) -> Any:
         """Run `action` on the main process only and return its result there (None elsewhere).
 
@@ -480,158 +318,24 @@ class Trainer:
             raise RuntimeError(f"the main process failed while {what} (its error says why); this process stops too")
         return result
 
-    def _checkpoint_to_resume(self) -> Path | None:
-        """The checkpoint named by `resume_from_checkpoint` (None: start a new run), checked against this run
-        before anything is written: it must exist, be complete, come from this command and hold the optimizer
-        states, and the EMA weights when `use_ema` is on. A new run must not start among the checkpoints of
-        another run (rotation would delete its own newest checkpoint and `latest` would resume the other run)
-        unless `overwrite` deletes them."""
-        cfg = self.config
-        path = find_checkpoint(self.output_dir, cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None
-        others = self._other_runs_checkpoints(path)
-        if others and not cfg.overwrite:
-            raise ValueError(
-                f"output_dir {self.output_dir} holds the checkpoints of another run ({others[-1].name} and "
-                f"{len(others) - 1} more); resume it with --resume_from_checkpoint latest, pass --overwrite to "
-                "delete them, or choose another output_dir"
-            )
-        if path is None:
-            if cfg.resume_from_checkpoint:
-                self.accelerator.print(f"no checkpoint in {self.output_dir} yet; starting a new run")
-            return None
-        kind = read_training_state(path).get("kind")
-        if kind != self.kind:
-            raise ValueError(f"checkpoint {path} is from `train {kind}`, not `train {self.kind}`")
-        states = [f"{name}.{state}.json" for name in self.param_groups for state in ("optimizer", "lr_scheduler")]
-        missing = [name for name in states if not (path / name).is_file()]
-        if missing:
-            raise ValueError(
-                f"checkpoint {path} cannot be resumed: it lacks {', '.join(missing)} (the optimizer state); "
-                "its weights alone load with from_pretrained"
-            )
-        if cfg.use_ema and not (path / "ema.json").is_file():
-            raise ValueError(f"use_ema is on but checkpoint {path} holds no EMA state")
-        return path
-
-    def _other_runs_checkpoints(self, resume_path: Path | None) -> list[Path]:
-        """The checkpoints in `output_dir` unless the run resumes from one of them."""
-        found = list_checkpoints(self.output_dir)
-        if resume_path is not None and resume_path.resolve().parent == self.output_dir.resolve():
-            return []
-        return found
-
-    def _resume(self, path: Path | None) -> int:
-        """Load the checkpoint `path` (from `_checkpoint_to_resume`); returns the micro-step to continue from."""
-        if path is None:
-            return 0
-        cfg, acc = self.config, self.accelerator
-        names = [f"{n}.optimizer" for n in self.optimizers] + [f"{n}.lr_scheduler" for n in self.optimizers]
-        names += ["ema", "grad_scaler"]
-        states, tstate = load_checkpoint(path, self.checkpoint_models(), names)
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(states[f"{name}.optimizer"])
-            self.lr_schedulers[name].load_state_dict(
-                {**states[f"{name}.lr_scheduler"], "lr_lambdas": [None] * len(opt.param_groups)}
-            )
-        if self.ema is not None:
-            self.ema.load_state_dict(states["ema"])
-            self.ema.to(self.device)
-        scaler = getattr(acc, "scaler", None)
-        if scaler is not None and "grad_scaler" in states:
-            scaler.load_state_dict(states["grad_scaler"])
-        same_batch = (
-            tstate["num_processes"],
-            tstate["train_batch_size"],
-            tstate["gradient_accumulation_steps"],
-        ) == (
-            acc.num_processes,
-            cfg.train_batch_size,
-            cfg.gradient_accumulation_steps,
-        )
-        if not same_batch:
-            warnings.warn(
-                f"resuming {path} with a different (num_processes, train_batch_size, "
-                f"gradient_accumulation_steps)"
-                f" than it was saved with ({tstate['num_processes']}, {tstate['train_batch_size']}, "
-                f"{tstate['gradient_accumulation_steps']}); the data order differs from the original run",
-                stacklevel=2,
-            )
-        self.global_step = int(tstate["step"])
-        acc.print(f"resumed from {path} at step {self.global_step}")
-        return self.global_step * cfg.gradient_accumulation_steps
-
-    def checkpoint_models(self) -> dict[str, torch.nn.Module]:
-        return {name: self.unwrap(name) for name in self.train_modules}
-
-    def _where_to_resume(self) -> str:
-        """The end of a stop message: which checkpoint is kept and how to go on from it."""
-        last = list_checkpoints(self.output_dir)
-        if last:
-            return f"the last good checkpoint is {last[-1]}; resume with --resume_from_checkpoint latest"
-        return "no checkpoint was saved yet; start again"
-
     def _check_finite(self, losses: dict[str, torch.Tensor], micro_step: int) -> float:
         """Sum the losses across processes; stop every process if any is NaN or infinite."""
-        acc = self.accelerator
-        total = sum(loss.detach().float() for loss in losses.values())
-        bad = (~torch.isfinite(total)).float()
-        stats = torch.stack([torch.nan_to_num(total, nan=0.0, posinf=0.0, neginf=0.0), bad])
-        if acc.num_processes > 1:
-            stats = acc.reduce(stats, reduction="sum")
-        if stats[1].item() > 0:
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            raise NonFiniteLossError(
-                f"the loss became NaN or infinite at step {self.global_step + 1} (micro-batch {micro_step}, "
-                f"losses on process {acc.process_index}: {values}); training stopped without saving. "
-                f"{self._where_to_resume()}, e.g. with a lower learning_rate, max_grad_norm or mixed_precision "
-                f"'no', and check the data for NaN values"
-            )
-        return float(stats[0].item()) / acc.num_processes
+        return check_finite_loss(self.accelerator, losses, self.global_step + 1, micro_step, self._where_to_resume)
 
     def _clip_and_check_gradients(self, micro_step: int) -> dict[str, float]:
         """Before an optimizer step: the global gradient norm of every optimizer's parameters, clipped to
         `max_grad_norm` when it is set. Stops every process, before any optimizer steps, if a norm is NaN or
         infinite. Returns the norms (name -> norm before clipping)."""
-        from accelerate.utils import DistributedType
-
-        acc, cfg = self.accelerator, self.config
-        scaler = getattr(acc, "scaler", None)
-        # Accelerate measures and clips sharded gradients as a whole (FSDP, DeepSpeed; under DeepSpeed its own
-        # step clips, to the config's gradient_clipping). With fp16 under DDP the gradients still carry the
-        # loss scale, which the grad scaler divides out in each optimizer's step; they cannot be unscaled here
-        # (its update() after the first optimizer's step would unscale the second one twice), so the bound and
-        # the norm are scaled instead, which is the same clip.
-        by_accelerate = scaler is None or acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        clip = acc.clip_grad_norm_ if by_accelerate else torch.nn.utils.clip_grad_norm_
-        scale = 1.0 if by_accelerate else scaler.get_scale()
-        # Without max_grad_norm the bound is infinite: the call only measures the norm.
-        max_norm = cfg.max_grad_norm * scale if cfg.max_grad_norm is not None else math.inf
-        values = {}
-        for name, opt in self.optimizers.items():
-            params = [p for group in opt.param_groups for p in group["params"]]
-            norm = clip(params, max_norm)
-            # DeepSpeed knows the norm only after its step, where it also skips non-finite gradients itself.
-            if norm is not None:
-                values[name] = float(norm) / scale
-        bad = torch.tensor([float(not all(math.isfinite(v) for v in values.values()))], device=acc.device)
-        if acc.num_processes > 1:
-            bad = acc.reduce(bad, reduction="sum")
-        # fp16's gradient scaler expects overflows: it skips that step itself and lowers the loss scale.
-        if bad.item() > 0 and scaler is None:
-            cause = ""
-            if acc.device.type == "cpu" and cfg.mixed_precision == "bf16":
-                cause = (
-                    "mixed_precision 'bf16' on the CPU is the likely cause: PyTorch's oneDNN bf16 Conv3d backward "
-                    "intermittently returns NaN weight gradients for small layers (the tiny alignment recipe hits "
-                    "it within a few steps); on the CPU use mixed_precision 'no'. "
-                )
-            raise NonFiniteGradientError(
-                f"the gradients became NaN or infinite at step {self.global_step + 1} (micro-batch "
-                f"{micro_step}, gradient norms on process {acc.process_index}: {values}) although the loss was "
-                f"finite; training stopped before the optimizer step, without saving. {cause}"
-                f"{self._where_to_resume()}, e.g. with a lower learning_rate or mixed_precision 'no'"
-            )
-        return values
+        cfg = self.config
+        return clip_and_check_gradients(
+            self.accelerator,
+            self.optimizers,
+            cfg.max_grad_norm,
+            cfg.mixed_precision,
+            self.global_step + 1,
+            micro_step,
+            self._where_to_resume,
+        )
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
@@ -808,23 +512,12 @@ class Trainer:
             acc.print(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(logs.items())))
 
     def _export(self) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, suffix=".tmp", dir=self.output_dir))
-        try:
-            ema_ctx = self._ema_weights() if self.ema is not None else contextlib.nullcontext()
-            with ema_ctx:
-                saved = self.export(tmp)
-            give_plain_permissions(tmp)
-            move_into(tmp, self.output_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        def write(folder: Path) -> Any:
+            with self._ema_weights() if self.ema is not None else contextlib.nullcontext():
+                return self.export(folder)
+
+        saved = export_into(self.output_dir, write)
         self.accelerator.print(f"saved the trained {self.kind} to {self.output_dir}")
         if self.config.push_to_hub:
             url = saved.push_to_hub(self.config.hub_model_id, private=self.config.hub_private)
             self.accelerator.print(f"uploaded to {url}")
-
-
-def _as_tuple(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_tuple(v) for v in value)
-    return value
