@@ -43,8 +43,9 @@ from prediff.pipelines import PREDIFF_PIPELINE_PRESETS, EarthformerPipeline, Pre
 from prediff.pipelines.context_io import read_context  # noqa: E402
 from prediff.schedulers import prediff_scheduler  # noqa: E402
 from prediff.training import EarthformerTrainer, list_checkpoints  # noqa: E402
+from prediff.training.checkpointing import load_checkpoint, remove_stale_temporaries, save_checkpoint  # noqa: E402
 from prediff.training.config_loading import MAX_YAML_VALUES, load_config, parse_override_args  # noqa: E402
-from prediff.training.utils import load_checkpoint, move_into, remove_stale_temporaries, save_checkpoint  # noqa: E402
+from prediff.training.exporting import move_into  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.test_training import TINY, tiny  # noqa: E402
 

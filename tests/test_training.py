@@ -30,9 +30,9 @@ from prediff.training import (
     load_config,
     parse_override_args,
 )
+from prediff.training.checkpointing import load_state, save_checkpoint, save_state
 from prediff.training.config import CONFIG_CLASSES
 from prediff.training.losses import adaptive_adversarial_weight, gaussian_kl, hinge_discriminator_loss
-from prediff.training.utils import load_state, save_checkpoint, save_state
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "examples" / "configs" / "synthetic-tiny"

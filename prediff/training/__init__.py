@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from .checkpointing import find_checkpoint, list_checkpoints
     from .config import (
         CONFIG_CLASSES,
         AlignmentTrainingConfig,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     )
     from .config_loading import load_config, parse_override_args
     from .datasets import build_datasets
+    from .guards import NonFiniteGradientError, NonFiniteLossError
     from .latent import load_vae
     from .losses import DiffusionLoss, PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
     from .registry import TRAINERS
@@ -38,17 +40,12 @@ if TYPE_CHECKING:
     from .train_earthformer import EarthformerTrainer, train_earthformer
     from .train_vae import VAETrainer, train_vae
     from .trainer import Trainer
-    from .utils import (
-        NonFiniteGradientError,
-        NonFiniteLossError,
-        ShardedBatchSampler,
-        find_checkpoint,
-        list_checkpoints,
-    )
+    from .utils import ShardedBatchSampler
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        ".checkpointing": ["find_checkpoint", "list_checkpoints"],
         ".config": [
             "CONFIG_CLASSES",
             "AlignmentTrainingConfig",
@@ -60,6 +57,7 @@ __getattr__, __dir__ = lazy_exports(
         ],
         ".config_loading": ["load_config", "parse_override_args"],
         ".datasets": ["build_datasets"],
+        ".guards": ["NonFiniteGradientError", "NonFiniteLossError"],
         ".latent": ["load_vae"],
         ".losses": ["DiffusionLoss", "PatchGANDiscriminator", "hinge_discriminator_loss", "vae_generator_loss"],
         ".registry": ["TRAINERS"],
@@ -68,13 +66,7 @@ __getattr__, __dir__ = lazy_exports(
         ".train_earthformer": ["EarthformerTrainer", "train_earthformer"],
         ".train_vae": ["VAETrainer", "train_vae"],
         ".trainer": ["Trainer"],
-        ".utils": [
-            "NonFiniteGradientError",
-            "NonFiniteLossError",
-            "ShardedBatchSampler",
-            "find_checkpoint",
-            "list_checkpoints",
-        ],
+        ".utils": ["ShardedBatchSampler"],
     },
 )
 

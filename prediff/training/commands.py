@@ -72,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_training(args: argparse.Namespace) -> int:
     """Build the configuration from `--config` and the overrides, train, and report where the result is."""
+    from .guards import NonFiniteLossError
     from .registry import TRAINERS
-    from .utils import NonFiniteLossError
 
     reserved = {"func", "config", "kind", "command", "unknown_overrides"}
     overrides = {k: parse_value(v, f"--{k}") for k, v in vars(args).items() if k not in reserved}

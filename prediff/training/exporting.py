@@ -10,10 +10,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data.utils import give_plain_permissions
-from .utils import EXPORT_PREFIX, move_into
+from ..utils import files
+from ..utils.files import give_plain_permissions
 
-__all__ = ["export_into"]
+__all__ = ["EXPORT_LAST", "EXPORT_PREFIX", "export_into", "move_into"]
+
+#: Hidden folders of an export in progress (`.export.*.tmp`) and of the export it replaces (`.export.*.old`);
+#: a run killed meanwhile leaves them for the next run to remove ([`remove_stale_temporaries`]).
+EXPORT_PREFIX = ".export."
+#: The files an export publishes last (see [`~prediff.utils.files.move_into`]): a reader finds either none or
+#: the new configuration with the new weights, never a mix of two exports.
+EXPORT_LAST = ("model_index.json", "config.json")
+
+
+def move_into(src: Path, dst: Path) -> None:
+    """Publish the finished export folder `src` (made next to `dst`, on the same file system) in `dst` with
+    [`~prediff.utils.files.move_into`]: what it replaces is moved aside into an `.export.*.old` folder, and the
+    `EXPORT_LAST` files are renamed into place last."""
+    files.move_into(src, dst, EXPORT_PREFIX, last=EXPORT_LAST)
 
 
 def export_into(output_dir: Path, write: Callable[[Path], Any]) -> Any:

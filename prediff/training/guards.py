@@ -10,9 +10,16 @@ from typing import Any
 
 import torch
 
-from .utils import NonFiniteGradientError, NonFiniteLossError
+__all__ = ["NonFiniteGradientError", "NonFiniteLossError", "check_finite_loss", "clip_and_check_gradients"]
 
-__all__ = ["check_finite_loss", "clip_and_check_gradients"]
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped without saving, earlier checkpoints are intact."""
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """The gradients became NaN or infinite although the loss was finite; training stopped before the optimizer
+    step and without saving, earlier checkpoints are intact."""
 
 
 def check_finite_loss(

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpointing import TrainerCheckpoints
+from .checkpointing import TrainerCheckpoints, remove_stale_temporaries
 from .config import TrainingConfig
 from .config_loading import config_to_dict, save_config
 from .datasets import build_datasets, collate_frames
@@ -35,7 +35,7 @@ from .exporting import export_into
 from .guards import check_finite_loss, clip_and_check_gradients
 from .pictures import ValidationPictures
 from .presets import merge_model_kwargs
-from .utils import ShardedBatchSampler, Throughput, micro_step_seed, remove_stale_temporaries
+from .utils import ShardedBatchSampler, Throughput, micro_step_seed
 
 __all__ = ["Trainer"]
 
