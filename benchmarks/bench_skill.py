@@ -32,7 +32,8 @@ import torch
 from prediff.baselines import get_baseline
 from prediff.data import SyntheticStormDataset
 from prediff.evaluation.evaluate import evaluate_forecasts
-from prediff.pipelines import EarthformerPipeline, PreDiffPipeline
+from prediff.pipelines import PreDiffPipeline
+from prediff.pipelines.loading import load_forecast_pipeline
 from prediff.pipelines.processes import member_generators
 from prediff.pretrained import shipped_pipeline_path
 from prediff.schedulers import default_inference_steps, prediff_scheduler
@@ -61,7 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=None, help="PreDiff pipeline folder (default: the shipped one)")
     parser.add_argument(
-        "--earthformer", default=None, help="an EarthformerPipeline folder to score too (`prediff train earthformer`)"
+        "--earthformer",
+        default="earthformer-storms-tiny",
+        help='the Earthformer scored too: a shipped name, an EarthformerPipeline folder, or "none"',
     )
     parser.add_argument("--num-sequences", type=int, default=64, help="held-out sequences scored")
     parser.add_argument("--data-seed", type=int, default=2026, help="seed of the held-out storms")
@@ -195,8 +198,8 @@ def main() -> None:
     forecasters: dict[str, Forecaster] = {
         f"prediff ({default} {steps})": prediff_forecaster(pipe, None, None, args.members, args.seed)
     }
-    if args.earthformer is not None:
-        earthformer = EarthformerPipeline.from_pretrained(args.earthformer)
+    if args.earthformer != "none":
+        earthformer = load_forecast_pipeline(args.earthformer)
         earthformer.set_progress_bar_config(disable=True)
         forecasters["earthformer"] = lambda context, target, indices: earthformer(context).frames
     forecasters.update(baseline_forecasters(T_out, args.members, args.seed, min(H, W)))

@@ -105,10 +105,32 @@ def test_metadata_and_shapes(pipe):
     assert shipped_intensity_stats().target(2.0) == pytest.approx(mu + 2 * sigma)
 
 
+def test_shipped_earthformer_is_small_documented_and_skilful(heldout):
+    folder = shipped_pipeline_path("earthformer-storms-tiny")
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "EarthformerPipeline"
+    weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert weights <= 10 * 2**20
+    everything = sum(p.stat().st_size for name in SHIPPED_PIPELINES for p in shipped_pipeline_path(name).rglob("*"))
+    assert everything <= 20 * 2**20, f"the shipped pipelines take {everything / 2**20:.1f} MiB"
+    card = (folder / "README.md").read_text()
+    (recipe,) = re.findall(r"prediff train earthformer --config (\S+)", card)
+    config = load_config("earthformer", REPO / recipe, {})
+    assert config.data.dataset == "storms" and config.data.seed == 0 and "MSE" in card
+    with pytest.raises(ValueError, match="no scheduler"):
+        load_shipped_pipeline("earthformer-storms-tiny", scheduler="ddim")
+    earthformer = load_shipped_pipeline("earthformer-storms-tiny")
+    earthformer.set_progress_bar_config(disable=True)
+    context, target = heldout
+    forecast = earthformer(context).frames
+    assert forecast.shape == target.shape
+    # Measured on 16 held-out sequences: MSE 622 against persistence's 1321.
+    assert mse(forecast, target) < 0.7 * mse(persistence(context, target.shape[1]), target)
+
+
 def test_unknown_name_is_refused():
     with pytest.raises(ValueError, match="prediff-storms-tiny"):
         shipped_pipeline_path("prediff-storms-huge")
-    assert SHIPPED_PIPELINES == ("prediff-storms-tiny",)
+    assert SHIPPED_PIPELINES == ("prediff-storms-tiny", "earthformer-storms-tiny")
 
 
 def test_package_data_covers_the_shipped_files():

@@ -8,6 +8,9 @@ weights), a model card `README.md` with the exact training commands and measured
 `future_intensity.json`: the training distribution of the future mean intensity, which the
 anticipated-intensity knowledge control uses for its `mu + n sigma` targets.
 
+`earthformer-storms-tiny` is a deterministic Earthformer forecaster ([`EarthformerPipeline`]) trained on the same
+storms with `prediff train earthformer`: the same 4 -> 4 frames of 64x64 VIL, one forecast per context.
+
 Examples:
 
 ```py
@@ -16,6 +19,7 @@ Examples:
 >>> pipe.context_shape, pipe.forecast_shape
 ((4, 64, 64, 1), (4, 64, 64, 1))
 >>> mu, sigma = shipped_intensity_stats()  # VIL units, 0-255
+>>> earthformer = load_shipped_pipeline("earthformer-storms-tiny")  # an EarthformerPipeline
 ```
 """
 
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:  # the pipeline module imports torch and diffusers; only load it when a pipeline is loaded
     import torch
 
-    from ..pipelines import PreDiffPipeline
+    from ..pipelines import EarthformerPipeline, PreDiffPipeline
 
 __all__ = [
     "DEFAULT_SHIPPED_PIPELINE",
@@ -47,6 +51,11 @@ SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
         "scheduler/scheduler_config.json",
+    ),
+    "earthformer-storms-tiny": (
+        "model_index.json",
+        "model/config.json",
+        "model/diffusion_pytorch_model.safetensors",
     ),
 }
 SHIPPED_PIPELINES: tuple[str, ...] = tuple(SHIPPED_PIPELINE_FILES)
@@ -108,22 +117,28 @@ def load_shipped_pipeline(
     name: str = DEFAULT_SHIPPED_PIPELINE,
     scheduler: str | None = None,
     torch_dtype: torch.dtype | None = None,
-) -> PreDiffPipeline:
+) -> PreDiffPipeline | EarthformerPipeline:
     """Load a pipeline shipped with the package (no network, safetensors only).
 
     Args:
         name: one of `SHIPPED_PIPELINES`.
-        scheduler: a [`~prediff.schedulers.prediff_scheduler`] name ("dpmsolver++", "ddim", "ddpm", ...)
-            replacing the saved one (DPM-Solver++, 20 steps by default).
+        scheduler: PreDiff pipelines only: a [`~prediff.schedulers.prediff_scheduler`] name ("dpmsolver++",
+            "ddim", "ddpm", ...) replacing the saved one.
         torch_dtype: load the weights in this dtype (default float32).
 
     Returns:
-        A [`PreDiffPipeline`] whose `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL context frames (0-255)
-        and returns `(B, M, 4, 64, 64, 1)` forecasts in the same units.
+        For `prediff-storms-tiny`, a [`PreDiffPipeline`] whose `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL
+        context frames (0-255) and returns `(B, M, 4, 64, 64, 1)` ensemble forecasts in the same units; for
+        `earthformer-storms-tiny`, an [`EarthformerPipeline`] returning `(B, 4, 64, 64, 1)`.
     """
-    from ..pipelines import PreDiffPipeline
+    from ..pipelines import EarthformerPipeline, PreDiffPipeline
 
     folder = shipped_pipeline_path(name)
+    class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    if class_name == "EarthformerPipeline":
+        if scheduler is not None:
+            raise ValueError(f"{name!r} is a deterministic Earthformer pipeline: it has no scheduler to replace")
+        return EarthformerPipeline.from_pretrained(folder, torch_dtype=torch_dtype)
     kwargs: dict[str, Any] = {}
     if scheduler is not None:
         from ..schedulers import prediff_scheduler
