@@ -45,7 +45,8 @@ from prediff.schedulers import prediff_scheduler  # noqa: E402
 from prediff.training import EarthformerTrainer, list_checkpoints  # noqa: E402
 from prediff.training.checkpointing import load_checkpoint, remove_stale_temporaries, save_checkpoint  # noqa: E402
 from prediff.training.config_loading import MAX_YAML_VALUES, load_config, parse_override_args  # noqa: E402
-from prediff.training.exporting import move_into  # noqa: E402
+from prediff.training.exporting import EXPORT_LAST, EXPORT_PREFIX  # noqa: E402
+from prediff.utils.files import move_into  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.test_training import TINY, tiny  # noqa: E402
 
@@ -510,7 +511,7 @@ def test_an_export_replaces_the_previous_one_and_leaves_nothing_behind(tmp_path)
         (src / "unet").mkdir(parents=True)
         (src / "unet" / f"{version}.safetensors").write_text(version)
         (src / "model_index.json").write_text(version)
-        move_into(src, out)
+        move_into(src, out, EXPORT_PREFIX, last=EXPORT_LAST)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
         "model_index.json",
         "unet",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .utils import check_positive_int
+from ..utils.checks import check_positive_int
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset

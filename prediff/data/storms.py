@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.checks import check_index, check_positive_int, check_seed
 from .statistics import IntensityStats, future_intensity_stats
 from .storm_generator import VIL_UNITS, generate_storm_sequence
-from .utils import check_positive_int, check_seed
 
 __all__ = ["SyntheticStormDataset"]
 
@@ -112,13 +112,13 @@ class SyntheticStormDataset(Dataset):
 
     def generate(self, index: int) -> np.ndarray:
         """Sequence ``index`` as uint8 VIL levels, shape (seq_len, height, width, 1)."""
-        index = self._check_index(index)
+        index = check_index(index, self.num_sequences, "sequences")
         if self._cache is not None:
             return self._cache.read(index)
         return generate_storm_sequence(self.seed, index, self.seq_len, self.height, self.width)[..., None]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = self._check_index(index)
+        index = check_index(index, self.num_sequences, "sequences")
         vil = self.generate(index)
         item = {
             "frames": torch.from_numpy(vil.astype(np.float32) / np.float32(255.0)),
@@ -140,15 +140,6 @@ class SyntheticStormDataset(Dataset):
             plain = _Untransformed(self)
             self._stats[key] = future_intensity_stats(plain, context_length, max_sequences, progress)
         return self._stats[key]
-
-    def _check_index(self, index: int) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index must be an integer, got {type(index).__name__}")
-        if index < 0:
-            index += self.num_sequences
-        if not 0 <= index < self.num_sequences:
-            raise IndexError(f"index {index} out of range for {self.num_sequences} sequences")
-        return int(index)
 
     def __repr__(self) -> str:
         return (

@@ -102,7 +102,7 @@ def _pick_dim(dims: list[str], names: tuple[str, ...]) -> str | None:
 def _xarray_context(data: Any, source: str, variable: str | None, dims: tuple[str, ...] | None) -> ContextInput:
     """A `ContextInput` from an xarray Dataset, choosing and reordering the variable; only that variable is read,
     after its dtype and size have been checked from the file's metadata."""
-    from ..data.utils import check_array_metadata
+    from ..data.readers import check_array_metadata
 
     if variable is None:
         candidates = [name for name, var in data.data_vars.items() if var.ndim >= 3]
@@ -228,7 +228,7 @@ def read_context(
             f"context file must end in one of {CONTEXT_SUFFIXES} (.npy, HDF5, zarr, netCDF), got {source!r}"
         )
     if suffix in NPY_SUFFIXES:
-        from ..data.utils import check_array_metadata, load_npy
+        from ..data.readers import check_array_metadata, load_npy
 
         array = load_npy(path)
         check_array_metadata(source, array.dtype, array.shape)
@@ -236,7 +236,7 @@ def read_context(
     elif suffix in HDF5_SUFFIXES:
         context = _read_hdf5(path, key)
     elif suffix in NETCDF_SUFFIXES:
-        from ..data.utils import open_netcdf
+        from ..data.readers import open_netcdf
 
         with open_netcdf(path) as data:
             context = _xarray_context(data, source, key, dims)
@@ -262,7 +262,7 @@ def _choose_array(names: list[str], key: str | None, source: str, kind: str) -> 
 
 
 def _read_hdf5(path: Path, key: str | None) -> ContextInput:
-    from ..data.utils import check_array_metadata, import_optional, open_hdf5
+    from ..data.readers import check_array_metadata, import_optional, open_hdf5
 
     h5py = import_optional("h5py", "reading HDF5 context files")
     source = str(path)
@@ -276,7 +276,7 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
 
 
 def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> ContextInput:
-    from ..data.utils import check_array_metadata, import_optional, open_zarr
+    from ..data.readers import check_array_metadata, import_optional, open_zarr
 
     source = str(path)
     # Checks every array's metadata (object dtypes, pickle codecs) before xarray or zarr decodes anything.

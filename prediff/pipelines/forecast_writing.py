@@ -48,7 +48,7 @@ def forecast_dataset(
         `B > 1`, `channel` only when `C > 1`; `time` is the lead time in frames (1 to T_out). Coordinates
         `lead_time_minutes` and `valid_time` are added when the frame interval / the context times are known.
     """
-    from ..data.utils import import_optional
+    from ..data.readers import import_optional
 
     xr = import_optional("xarray", "writing forecasts as netCDF or zarr")
     if isinstance(context, np.ndarray):
@@ -141,7 +141,7 @@ def write_forecast(dataset: Any, path: str | os.PathLike, overwrite: bool = Fals
 
     Raises `FileExistsError` when `path` exists and `overwrite` is False, `ValueError` for another suffix.
     """
-    from ..data.utils import atomic_output
+    from ..utils.files import atomic_output
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -168,7 +168,7 @@ def write_pysteps_array(ensemble: np.ndarray, path: str | os.PathLike, overwrite
     The array is `(members, time, y, x)` as pysteps' nowcasts and verification expect; a sample axis is put
     first when `B > 1` and a channel axis last when `C > 1` (pysteps works on one field at a time).
     """
-    from ..data.utils import atomic_output
+    from ..utils.files import atomic_output
 
     path = Path(path)
     if path.suffix.lower() != ".npy":

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..utils import files
-from ..utils.files import give_plain_permissions
+from ..utils.files import give_plain_permissions, move_into
 
-__all__ = ["EXPORT_LAST", "EXPORT_PREFIX", "export_into", "move_into"]
+__all__ = ["EXPORT_LAST", "EXPORT_PREFIX", "export_into"]
 
 #: Hidden folders of an export in progress (`.export.*.tmp`) and of the export it replaces (`.export.*.old`);
 #: a run killed meanwhile leaves them for the next run to remove ([`remove_stale_temporaries`]).
@@ -23,22 +22,16 @@ EXPORT_PREFIX = ".export."
 EXPORT_LAST = ("model_index.json", "config.json")
 
 
-def move_into(src: Path, dst: Path) -> None:
-    """Publish the finished export folder `src` (made next to `dst`, on the same file system) in `dst` with
-    [`~prediff.utils.files.move_into`]: what it replaces is moved aside into an `.export.*.old` folder, and the
-    `EXPORT_LAST` files are renamed into place last."""
-    files.move_into(src, dst, EXPORT_PREFIX, last=EXPORT_LAST)
-
-
 def export_into(output_dir: Path, write: Callable[[Path], Any]) -> Any:
     """Call `write(folder)` on an empty temporary folder inside `output_dir`, then publish what it wrote in
-    `output_dir`; returns what `write` returned. On any error the temporary folder is removed and the error
-    raised."""
+    `output_dir` ([`~prediff.utils.files.move_into`]: what it replaces is moved aside into an `.export.*.old`
+    folder, the `EXPORT_LAST` files are renamed into place last); returns what `write` returned. On any error
+    the temporary folder is removed and the error raised."""
     tmp = Path(tempfile.mkdtemp(prefix=EXPORT_PREFIX, suffix=".tmp", dir=output_dir))
     try:
         saved = write(tmp)
         give_plain_permissions(tmp)
-        move_into(tmp, output_dir)
+        move_into(tmp, output_dir, EXPORT_PREFIX, last=EXPORT_LAST)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
