@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..knowledge.defaults import control_method
 from ..metrics.defaults import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS
 
 __all__ = ["build_dataset", "register"]
@@ -188,15 +189,17 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     )
     control = None
     if args.knowledge_control == "intensity":
-        method = {"method": args.control_method} if args.control_method is not None else {}
+        method = control_method(args.control_method)
         if args.target is None and args.n_sigma is None:
             if args.intensity_mean is not None or args.intensity_std is not None:
                 raise ValueError("--intensity-mean/--intensity-std need --n-sigma")
-            control = IntensityControlSpec(scale=args.control_scale, observed_factor=args.observed_factor, **method)
+            control = IntensityControlSpec(
+                scale=args.control_scale, observed_factor=args.observed_factor, method=method
+            )
         else:
             target, source = intensity_target(pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std)
             control = IntensityControlSpec(
-                target=target, scale=args.control_scale, description=f"{target:.4g} ({source})", **method
+                target=target, scale=args.control_scale, description=f"{target:.4g} ({source})", method=method
             )
     try:
         report = evaluate_pipeline(

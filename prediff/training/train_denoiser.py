@@ -22,6 +22,7 @@ from ..models.alignment import KnowledgeAlignmentModel
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..pipelines import PreDiffPipeline
 from ..schedulers import SCHEDULER_PRESETS, prediff_scheduler, prediff_training_scheduler
+from ..utils.units import to_physical
 from .config import DenoiserTrainingConfig
 from .latent import LatentTrainer, load_pretrained_component, load_vae
 from .losses import DiffusionLoss
@@ -130,18 +131,17 @@ class DenoiserTrainer(LatentTrainer):
         cfg = self.config
         pipe = self.pipeline()
         pipe.set_progress_bar_config(disable=True)
-        lo, hi = self.value_range
         context, target = self.split(frames.float())
         generator = torch.Generator(self.device).manual_seed(cfg.seed)
         with self.autocast():
             forecast = pipe(
-                context * (hi - lo) + lo,
+                to_physical(context, self.value_range),
                 num_inference_steps=cfg.validation_inference_steps,
                 num_ensemble_members=cfg.num_ensemble_members,
                 generator=generator,
                 output_type="pt",
             ).frames.float()
-        target = target * (hi - lo) + lo
+        target = to_physical(target, self.value_range)
         metrics = {
             "forecast_mae": (forecast.mean(1) - target).abs().mean().item(),
             "forecast_spread": forecast.std(1).mean().item() if forecast.shape[1] > 1 else 0.0,
@@ -150,7 +150,7 @@ class DenoiserTrainer(LatentTrainer):
             self.save_validation_panel(
                 "forecast",
                 step,
-                (context[0] * (hi - lo) + lo).cpu(),
+                to_physical(context[0], self.value_range).cpu(),
                 title=f"validation forecast, step {step}",
                 target=target[0].cpu(),
                 ensemble=forecast[0].cpu(),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..models.earthformer import EarthformerModel
 from ..pipelines import EarthformerPipeline
+from ..utils.units import to_physical
 from .config import EarthformerTrainingConfig
 from .trainer import Trainer
 
@@ -62,14 +63,13 @@ class EarthformerTrainer(Trainer):
         context, target = self.split(frames.float())
         with self.autocast():
             prediction = self.unwrap("earthformer")(context).sample.float()
-        lo, hi = self.value_range
         self.save_validation_panel(
             "forecast",
             step,
-            (context[0] * (hi - lo) + lo).cpu(),
+            to_physical(context[0], self.value_range).cpu(),
             title=f"validation forecast, step {step}",
-            target=(target[0] * (hi - lo) + lo).cpu(),
-            ensemble=(prediction[:1] * (hi - lo) + lo).cpu(),
+            target=to_physical(target[0], self.value_range).cpu(),
+            ensemble=to_physical(prediction[:1], self.value_range).cpu(),
         )
         return None
 

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 from torch import nn
 
 from ..models.autoencoder import AUTOENCODER_PRESETS, autoencoder_from_preset, latent_frame_shape
+from ..utils.units import to_physical
 from .config import VAETrainingConfig
 from .losses import PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
 from .trainer import Trainer
@@ -147,10 +148,9 @@ class VAETrainer(Trainer):
         B, T, H, W, C = frames.shape
         with self.autocast():
             _, reconstruction, _, _ = self._forward(frames, module)
-        lo, hi = self.value_range
         # At most 8 frames side by side.
-        originals = (frames.reshape(B * T, H, W, C).float().cpu() * (hi - lo) + lo)[:8]
-        recon = (reconstruction.permute(0, 2, 3, 1).float().cpu() * (hi - lo) + lo)[:8]
+        originals = to_physical(frames.reshape(B * T, H, W, C).float().cpu(), self.value_range)[:8]
+        recon = to_physical(reconstruction.permute(0, 2, 3, 1).float().cpu(), self.value_range)[:8]
         self.save_validation_panel(
             "reconstruction",
             step,
