@@ -143,7 +143,7 @@ def run_demo(
     Args:
         out: folder for the pictures and `scores.json` (created if missing).
         members: ensemble members per sequence.
-        steps: denoising steps of the shipped DPM-Solver++ scheduler.
+        steps: denoising steps of the shipped SDE-DPM-Solver++ scheduler.
         num_sequences: held-out synthetic sequences forecast and scored.
         seed: seed of those sequences and of the forecast noise.
         control_scale: strength of the anticipated-intensity control.

@@ -106,7 +106,7 @@ def test_default_step_counts_are_fast_and_documented(name):
 
 def test_fast_presets_and_overrides():
     assert isinstance(prediff_scheduler(), DPMSolverMultistepScheduler)
-    assert prediff_scheduler().config.algorithm_type == "dpmsolver++"
+    assert prediff_scheduler().config.algorithm_type == "sde-dpmsolver++"
     assert DEFAULT_INFERENCE_STEPS["dpmsolver++"] <= 50 and DEFAULT_INFERENCE_STEPS["ddim"] <= 50
     ddim = prediff_scheduler("ddim")
     assert isinstance(ddim, DDIMScheduler) and ddim.final_alpha_cumprod.item() == 1.0

@@ -154,13 +154,15 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_preset(cls, name: str, scheduler: str = "dpmsolver++", knowledge_model: bool = True) -> PreDiffPipeline:
+    def from_preset(
+        cls, name: str, scheduler: str = "sde-dpmsolver++", knowledge_model: bool = True
+    ) -> PreDiffPipeline:
         """Build a randomly initialised pipeline of a published configuration (see
         `PREDIFF_PIPELINE_PRESETS`).
 
         Args:
             name: "prediff-sevirlr" (the official SEVIR-LR components) or "prediff-tiny".
-            scheduler: a [`~prediff.schedulers.prediff_scheduler`] name; the default is the fast DPM-Solver++.
+            scheduler: a [`~prediff.schedulers.prediff_scheduler`] name; the default is SDE-DPM-Solver++, 20 steps.
             knowledge_model: include the knowledge-alignment network.
         """
         if name not in PREDIFF_PIPELINE_PRESETS:
@@ -514,7 +516,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 The observed frames in physical units (e.g. VIL 0-255); scaled to [0, 1] with `value_range`.
             num_inference_steps (`int`, *optional*):
                 Denoising steps; default: the count the scheduler preset is meant for
-                ([`~prediff.schedulers.DEFAULT_INFERENCE_STEPS`]: DPM-Solver++ and UniPC 20, DDIM, Euler and
+                ([`~prediff.schedulers.DEFAULT_INFERENCE_STEPS`]: (SDE-)DPM-Solver++ and UniPC 20, DDIM, Euler and
                 DDPM 50), else 50. Pass 1000 with a DDPM scheduler for the official sampler.
             num_ensemble_members (`int`, defaults to 1): independent samples per context.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):

@@ -122,7 +122,7 @@ def load_shipped_pipeline(
 
     Args:
         name: one of `SHIPPED_PIPELINES`.
-        scheduler: PreDiff pipelines only: a [`~prediff.schedulers.prediff_scheduler`] name ("dpmsolver++",
+        scheduler: PreDiff pipelines only: a [`~prediff.schedulers.prediff_scheduler`] name ("sde-dpmsolver++",
             "ddim", "ddpm", ...) replacing the saved one.
         torch_dtype: load the weights in this dtype (default float32).
 

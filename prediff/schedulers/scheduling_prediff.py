@@ -52,7 +52,7 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     # Deterministic DDIM; "trailing" spacing starts at t=999 (the noise level the model was trained to start
     # from) and the final step lands on the clean estimate (alpha_bar = 1).
     "ddim": (DDIMScheduler, dict(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")),
-    # Second-order multistep DPM-Solver++ (data prediction), the default for inference.
+    # Second-order multistep DPM-Solver++ (data prediction), deterministic.
     "dpmsolver++": (
         DPMSolverMultistepScheduler,
         dict(
@@ -62,7 +62,8 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
             final_sigmas_type="zero",
         ),
     ),
-    # Its stochastic (SDE) variant: fresh noise at every step, like ancestral DDPM, in 20 steps.
+    # Its stochastic (SDE) variant, the default for inference: fresh noise at every step like ancestral DDPM,
+    # whose skill it keeps in 20 steps (10 measured as good), where the deterministic solvers lose some.
     "sde-dpmsolver++": (
         DPMSolverMultistepScheduler,
         dict(
@@ -119,15 +120,16 @@ def official_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, be
     return betas.to(torch.float32)
 
 
-def prediff_scheduler(name: str = "dpmsolver++", **overrides: Any) -> SchedulerMixin:
+def prediff_scheduler(name: str = "sde-dpmsolver++", **overrides: Any) -> SchedulerMixin:
     """A Diffusers scheduler on PreDiff's noise schedule.
 
     Every preset starts sampling at t=999, whatever the number of steps. The step count each is meant for
     ([`DEFAULT_INFERENCE_STEPS`], the pipeline's default):
 
-    - "dpmsolver++" (default): 20 steps of second-order multistep DPM-Solver++.
-    - "sde-dpmsolver++": 20 steps of its stochastic variant (SDE-DPM-Solver++), which adds fresh noise at
-      every step as the official ancestral sampler does.
+    - "sde-dpmsolver++" (default): 20 steps of second-order multistep SDE-DPM-Solver++, which adds fresh noise
+      at every step as the official ancestral sampler does; it keeps the skill of the official 1000-step
+      sampler (the deterministic samplers lose about 5% of CRPS on the shipped pipeline).
+    - "dpmsolver++": 20 steps of deterministic second-order multistep DPM-Solver++.
     - "unipc": 20 steps of second-order UniPC.
     - "ddim": 50 steps of deterministic DDIM.
     - "euler": 50 steps of the Euler ODE sampler.
