@@ -1,4 +1,4 @@
-"""Shared test helpers: the official checkpoint listing (tests/data), CLI runner and tiny pipeline fixtures."""
+"""Shared test helpers: the official checkpoint listing (tests/fixtures), CLI runner and tiny pipeline fixtures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 #: Parameter names and shapes of the official PreDiff / Earthformer checkpoints, as listed from their state dicts.
-LISTING = Path(__file__).resolve().parent / "data" / "official_state_dict_keys.txt"
+LISTING = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_keys.txt"
 SECTIONS = {"unet": "(a)", "earthformer": "(b)", "alignment": "(c)", "vae": "(d)", "vae_released": "(e)"}
 
 

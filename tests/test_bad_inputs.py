@@ -48,7 +48,7 @@ from prediff.training.config_loading import MAX_YAML_VALUES, load_config, parse_
 from prediff.training.exporting import EXPORT_LAST, EXPORT_PREFIX  # noqa: E402
 from prediff.utils.files import move_into  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
-from tests.test_training import TINY, tiny  # noqa: E402
+from tests.training.test_trainers import TINY, tiny  # noqa: E402
 
 # One thread per process: subprocesses share the cores of a small machine without oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

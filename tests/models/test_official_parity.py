@@ -14,7 +14,7 @@ import torch
 
 from prediff.models.earthformer import EarthformerModel
 from tests.conftest import relative_error
-from tests.test_earthformer import VARIANTS
+from tests.models.test_earthformer import VARIANTS
 
 
 @pytest.fixture(scope="module")

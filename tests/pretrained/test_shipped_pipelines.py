@@ -30,7 +30,7 @@ from prediff.pretrained import (
 from prediff.schedulers import prediff_scheduler
 from prediff.training import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Held-out storms: the shipped pipeline was trained on seed 0.
 HELDOUT_SEED = 31337
 NUM_SEQUENCES, MEMBERS, STEPS = 8, 4, 10

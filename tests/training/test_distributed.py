@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from prediff.training import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "examples" / "configs" / "synthetic-tiny"
 
 # One thread per process: two processes share the two cores of a small machine without oversubscription.

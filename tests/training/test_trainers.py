@@ -34,7 +34,7 @@ from prediff.training.checkpointing import load_state, save_checkpoint, save_sta
 from prediff.training.config import CONFIG_CLASSES
 from prediff.training.losses import adaptive_adversarial_weight, gaussian_kl, hinge_discriminator_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "examples" / "configs" / "synthetic-tiny"
 RECIPES = sorted((REPO / "examples" / "configs").rglob("*.yaml"))
 

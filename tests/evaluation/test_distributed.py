@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from prediff.metrics import CategoricalScore, ContinuousScore, EnsembleCRPS, RankHistogram, SpreadSkill
-
-from .conftest import run_cli
-from .test_training_distributed import ENV
+from tests.conftest import run_cli
+from tests.training.test_distributed import ENV
 
 # 3 sequences: the processes get 2 and 1, and batches of 2 and 1 differ from the single process's batches of 1.
 EVALUATE = [
