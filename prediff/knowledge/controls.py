@@ -125,9 +125,8 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         if target is None:
             if any(v is None for v in sigma_form):
                 raise ValueError(
-                    f"give either target or all of n_sigma, mean and std; got target=None, "
-                    f"n_sigma={n_sigma}, "
-                    f"mean={mean}, std={std}"
+                    "give either target or all of n_sigma, mean and std; got target=None, "
+                    f"n_sigma={n_sigma}, mean={mean}, std={std}"
                 )
             if std < 0:
                 raise ValueError(f"std must be >= 0, got {std}")

@@ -2,8 +2,7 @@
 
 PreDiff's autoencoder *is* Diffusers' [`~diffusers.AutoencoderKL`] applied to every frame independently (no
 latent scaling factor). This module holds its published configuration and the helpers that move whole
-sequences in and out
-of latent space, shared by the pipelines and the training loops:
+sequences in and out of latent space, shared by the pipelines and the training loops:
 
 - [`autoencoder_from_preset`] builds a configuration ("prediff-sevirlr": 84,499,393 parameters, a 128x128x1
   frame becomes a 16x16x64 latent; "prediff-tiny" for tests), either as a frame-wise `AutoencoderKL` or, with
