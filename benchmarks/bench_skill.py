@@ -205,7 +205,10 @@ def main() -> None:
     T_out = pipe.forecast_shape[0]
     total = max(args.num_sequences, args.sampler_sequences)
     dataset = SyntheticStormDataset(total, T_in + T_out, H, W, seed=args.data_seed)
-    default = type(pipe.scheduler).__name__
+    # DPM-Solver++ and its SDE variant share a class: name the algorithm too.
+    default = type(pipe.scheduler).__name__ + (
+        f" ({pipe.scheduler.config.algorithm_type})" if "algorithm_type" in pipe.scheduler.config else ""
+    )
     steps = default_inference_steps(pipe.scheduler)
     print(
         f"held-out storms: data seed {args.data_seed}, {args.num_sequences} sequences of {T_in} + {T_out} frames of "
