@@ -208,7 +208,8 @@ def test_what_if_targets_order_the_forecasts(pipe, heldout):
     [
         (DDPMScheduler, "ddpm"),
         (DDIMScheduler, "ddim"),
-        (DPMSolverMultistepScheduler, "dpmsolver++"),
+        # The shipped config records the SDE algorithm, which from_config keeps.
+        (DPMSolverMultistepScheduler, "sde-dpmsolver++"),
         (UniPCMultistepScheduler, "unipc"),
         (EulerDiscreteScheduler, "euler"),
     ],
