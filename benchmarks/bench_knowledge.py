@@ -14,7 +14,8 @@ once with the official DDPM mean-shift form where the sampler is DDPM. It prints
 Targets outside the value range are left out. Example (the 1000-step rows take most of the time on a CPU):
 
     python benchmarks/bench_knowledge.py
-    python benchmarks/bench_knowledge.py --samplers dpmsolver++:20 --methods analytic --n-sigmas 0 4
+    python benchmarks/bench_knowledge.py --samplers sde-dpmsolver++:20 --methods analytic --n-sigmas 0 4
+    python benchmarks/bench_knowledge.py --samplers ddpm:1000 --contexts 1 --n-sigmas 0 4 --forms x0 --no-observed
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-seed", type=int, default=2025, help="seed of the held-out storms")
     parser.add_argument("--seed", type=int, default=0, help="seed of the forecast noise")
     parser.add_argument(
-        "--samplers", nargs="+", default=["dpmsolver++:20", "ddim:50", "ddpm:1000"], help="preset:steps entries"
+        "--samplers", nargs="+", default=["sde-dpmsolver++:20", "ddim:50", "ddpm:1000"], help="preset:steps entries"
     )
     parser.add_argument("--methods", nargs="+", default=["learned", "analytic"], choices=["learned", "analytic"])
     parser.add_argument("--n-sigmas", nargs="+", type=float, default=[-2.0, 0.0, 2.0, 4.0])
