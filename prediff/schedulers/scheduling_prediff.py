@@ -105,7 +105,9 @@ def default_inference_steps(scheduler: SchedulerMixin) -> int:
     """The step count `scheduler` is meant for: that of the preset it was built from ([`DEFAULT_INFERENCE_STEPS`]),
     recognised by class and, where presets share a class, by the preset's own arguments; else 50. Never the
     1000-step loop, which is asked for explicitly."""
-    config = getattr(scheduler, "config", {})
+    if not isinstance(scheduler, SchedulerMixin):
+        raise ValueError(f"scheduler must be a Diffusers scheduler, got {type(scheduler).__name__}")
+    config = scheduler.config
     same_class = [name for name, (cls, _) in SCHEDULER_PRESETS.items() if type(scheduler) is cls]
     for name in same_class:
         if all(config.get(key) == value for key, value in SCHEDULER_PRESETS[name][1].items()):

@@ -148,3 +148,5 @@ def test_default_inference_steps_recognises_presets_sharing_a_class():
     assert default_inference_steps(prediff_scheduler("dpmsolver++")) == DEFAULT_INFERENCE_STEPS["dpmsolver++"]
     # A scheduler built outside the presets: the preset of its class, else 50.
     assert default_inference_steps(LMSDiscreteScheduler()) == 50
+    with pytest.raises(ValueError, match="must be a Diffusers scheduler, got str"):
+        default_inference_steps("ddim")
