@@ -1,9 +1,9 @@
 """Building a data set of fixed-length windows from a description of where its sequences come from.
 
 `prediff train` describes its data with a `DataConfig` (`data.dataset`, `data.path`, ...), `prediff evaluate` with
-its flags; both build the data set here, from one of `SEQUENCE_SOURCES`: the synthetic storms (generated from a
-seed, no download), a SEVIR / SEVIR-LR folder, or a file of sequences (HDF5 / zarr, e.g. written by
-`prediff data generate`).
+its flags; both build the data set here, from one of `SEQUENCE_SOURCES`: the synthetic storms or the N-body
+digits (generated from a seed, no download), a SEVIR / SEVIR-LR folder, or a file of sequences (HDF5 / zarr,
+e.g. written by `prediff data generate`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["SEQUENCE_SOURCES", "build_sequence_dataset", "sequence_units"]
 
 #: Where the sequences of a data set can come from.
-SEQUENCE_SOURCES = ("storms", "sevir", "file")
+SEQUENCE_SOURCES = ("storms", "nbody", "sevir", "file")
 
 
 def build_sequence_dataset(
@@ -38,11 +38,13 @@ def build_sequence_dataset(
     """The data set of windows of `seq_len` frames from `source` (one of `SEQUENCE_SOURCES`).
 
     Args:
-        source: "storms" ([`SyntheticStormDataset`]), "sevir" ([`SEVIRDataset`] of the folder `path`) or "file"
-            ([`ArraySequenceDataset`] of the array `key` of the file `path`).
+        source: "storms" ([`SyntheticStormDataset`]), "nbody" ([`NBodyDataset`], square frames of `height`
+            pixels; its items also carry the per-frame energy), "sevir" ([`SEVIRDataset`] of the folder `path`)
+            or "file" ([`ArraySequenceDataset`] of the array `key` of the file `path`).
         seq_len: frames per item.
         path: the SEVIR folder or the file (not used for the storms).
-        num_sequences, height, width, seed: the synthetic storms (number, frame size in pixels, generator seed).
+        num_sequences, height, width, seed: the generated data sets (number, frame size in pixels, generator
+            seed).
         stride: step between windows inside a SEVIR event or a stored sequence (SEVIR: default `seq_len`; a file:
             its data set's default).
         img_type, start_date, end_date: the SEVIR image type and event time range.
@@ -55,6 +57,14 @@ def build_sequence_dataset(
         from .storms import SyntheticStormDataset
 
         return SyntheticStormDataset(num_sequences, seq_len, height=height, width=width, seed=seed)
+    if source == "nbody":
+        from .nbody import NBodyDataset
+
+        if height != width:
+            raise ValueError(
+                f"the N-body digits have square frames: height and width must agree, got {height}x{width}"
+            )
+        return NBodyDataset(num_sequences, seq_len, seed=seed, frame_size=height)
     if source == "sevir":
         from .sevir import SEVIRDataset
 

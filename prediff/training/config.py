@@ -29,7 +29,9 @@ __all__ = [
     "VAETrainingConfig",
 ]
 
-DATASETS = ("storms", "sevir", "file")
+DATASETS = ("storms", "nbody", "sevir", "file")
+#: The data sets generated from a seed, which need no path.
+GENERATED_DATASETS = ("storms", "nbody")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = (
     "linear",
@@ -48,15 +50,16 @@ class DataConfig:
     """Where training sequences come from and how they are cut.
 
     Attributes:
-        dataset: "storms" (synthetic radar storms, generated, no download), "sevir" (a SEVIR / SEVIR-LR root
+        dataset: "storms" (synthetic radar storms, generated, no download), "nbody" (the N-body digits,
+            generated; items carry each frame's energy), "sevir" (a SEVIR / SEVIR-LR root
             with CATALOG.csv and data/) or "file" (an HDF5 / zarr file written by `prediff data generate` or
             any (N, T, H, W, C) array file).
-        path: the SEVIR root or the file; required unless `dataset` is "storms".
+        path: the SEVIR root or the file; required unless the data set is generated ("storms", "nbody").
         context_length, target_length: frames given to the model and frames to forecast (T_in, T_out).
         seq_len: frames per item; default `context_length + target_length` (the VAE recipes use 1: frames are
             independent samples).
         stride: step between windows inside an event / array sequence (default `seq_len`).
-        num_sequences, height, width, seed: the synthetic storms (number, frame size in pixels, generator
+        num_sequences, height, width, seed: the generated data sets (number, frame size in pixels, generator
             seed).
         img_type, start_date, end_date: SEVIR image type and event time range (`start < time <= end`).
         key: array name inside a "file" data set.
@@ -177,6 +180,11 @@ class TrainingConfig:
     hub_model_id: str | None = None
     hub_private: bool = False
 
+    @property
+    def label_key(self) -> str | None:
+        """The item entry, besides the frames, that training batches carry (None: the frames only)."""
+        return None
+
     def validate(self) -> None:
         """Raise `ValueError` on impossible values (types were checked when the config was built)."""
         positive = [
@@ -238,7 +246,7 @@ class TrainingConfig:
         _check(d.stride is None or d.stride >= 1, "data.stride", "null or an integer >= 1", d.stride)
         _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "a number in [0, 1)", d.val_fraction)
         _check(d.num_workers >= 0, "data.num_workers", "an integer >= 0", d.num_workers)
-        if d.dataset != "storms":
+        if d.dataset not in GENERATED_DATASETS:
             if not d.path:
                 raise ValueError(f"data.path is required for data.dataset={d.dataset!r}, got {d.path!r}")
             if not Path(d.path).exists():
@@ -372,23 +380,83 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
         )
 
 
+#: The statistics an alignment network can learn: the per-frame mean intensity (computed from the frames) or
+#: the per-frame energy that the data set's items carry (the N-body digits).
+ALIGNMENT_STATISTICS = ("avg_intensity", "energy")
+#: What an alignment network learns: the statistic of the data or of its autoencoder decoding.
+ALIGNMENT_LABELS = ("data", "decoded")
+
+
 @dataclass
 class AlignmentTrainingConfig(_LatentTrainingConfig):
     """`prediff train alignment`: the knowledge-alignment network U_phi.
 
-    It learns, from the noisy target latent `z_t` at a random timestep, a statistic of the clean pixel-space
-    target: `statistic` "avg_intensity" is the per-frame mean over (H, W, C) in [0, 1] units (official).
+    It learns, from the noisy target latent `z_t` at a random timestep, a statistic of the clean target:
+    `statistic` "avg_intensity" is the per-frame mean over (H, W, C) in [0, 1] units (official); "energy" is the
+    per-frame total energy the items of the N-body digits carry (`data.dataset: nbody`), for
+    [`~prediff.knowledge.EnergyConservationControl`].
+
+    Five options make the network dependable where knowledge controls lead it (all off by default, as in the
+    official recipe):
 
     Attributes:
         vae: the trained autoencoder folder (frozen).
-        statistic: "avg_intensity".
+        statistic: "avg_intensity" or "energy".
+        intensity_gain: `[low, high]`: every training sequence is multiplied by a gain drawn log-uniformly from
+            that range (then clipped to [0, 1]), so that the intense storms a control steers toward are in the
+            training distribution. Null: no gain.
+        clean_fraction: the fraction of training rows drawn at timestep 0, the clean latents that the learned
+            controls read by default (`network_input="clean"`); the rest get a uniform random timestep.
+        labels: what the network learns: "data", the statistic of the target frames (official), or "decoded",
+            the statistic of the autoencoder's decoding of the target latents: what a forecast made of those
+            latents shows. A learned control steers the forecast, so "decoded" keeps the network from counting
+            on intensities the autoencoder cannot render.
+        robust_step: for the timestep-0 rows, also train on latents moved along the network's own input
+            gradient by a random signed step of root mean square up to `robust_step` (in scaled latent units),
+            labelled with the statistic plus the change the autoencoder's decoding of the step makes. A control's
+            Gauss-Newton step follows exactly this gradient, so without it the network can be pushed to values
+            the decoded forecast does not have. 0: off.
+        gradient_weight: for the timestep-0 rows, the weight of a second loss: the squared difference between
+            the network's input gradient and the gradient of the decoded statistic, relative to the latter's
+            squared norm. A learned control steps along the network's gradient; matched, it moves the forecast
+            the way the exact control does. 0: off.
     """
 
     statistic: str = "avg_intensity"
+    intensity_gain: list[float] | None = None
+    clean_fraction: float = 0.0
+    labels: str = "data"
+    robust_step: float = 0.0
+    gradient_weight: float = 0.0
+
+    @property
+    def label_key(self) -> str | None:
+        return "energy" if self.statistic == "energy" else None
 
     def validate(self) -> None:
         super().validate()
-        _check(self.statistic in ("avg_intensity",), "statistic", "'avg_intensity'", self.statistic)
+        _check(self.statistic in ALIGNMENT_STATISTICS, "statistic", f"one of {ALIGNMENT_STATISTICS}", self.statistic)
+        if self.statistic == "energy":
+            frame_only = {"intensity_gain": self.intensity_gain is not None, "labels": self.labels != "data"}
+            frame_only |= {"robust_step": self.robust_step > 0, "gradient_weight": self.gradient_weight > 0}
+            used = [name for name, on in frame_only.items() if on]
+            if used:
+                raise ValueError(
+                    f"{', '.join(used)} need a statistic computed from frames; statistic 'energy' comes from the "
+                    "data set's items (leave them at their defaults)"
+                )
+        if self.intensity_gain is not None:
+            gain = self.intensity_gain
+            _check(
+                isinstance(gain, (list, tuple)) and len(gain) == 2 and 0 < gain[0] <= gain[1],
+                "intensity_gain",
+                "null or [low, high] with 0 < low <= high",
+                gain,
+            )
+        _check(0.0 <= self.clean_fraction <= 1.0, "clean_fraction", "a number in [0, 1]", self.clean_fraction)
+        _check(self.labels in ALIGNMENT_LABELS, "labels", f"one of {ALIGNMENT_LABELS}", self.labels)
+        _check(self.robust_step >= 0.0, "robust_step", "a number >= 0", self.robust_step)
+        _check(self.gradient_weight >= 0.0, "gradient_weight", "a number >= 0", self.gradient_weight)
 
 
 @dataclass

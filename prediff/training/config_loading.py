@@ -135,7 +135,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (int, float, bool, str, Optional, dict, DataConfig)."""
+    """Check ``value`` against a field annotation (int, float, bool, str, Optional, list, dict, DataConfig)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
@@ -166,6 +166,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ValueError(f"{name} must be a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{name} must be a mapping, got {value!r}")

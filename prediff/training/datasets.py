@@ -11,24 +11,36 @@ from torch.utils.data import Dataset, Subset
 from ..data.building import build_sequence_dataset, sequence_units
 from .config import TrainingConfig
 
-__all__ = ["build_datasets", "collate_frames"]
+__all__ = ["build_datasets", "collate_batch", "collate_frames"]
 
 
 class _InMemory(Dataset):
-    """Every item's frames decoded once and kept as one tensor."""
+    """Every item's frames (and its `label_key` entry, if any) decoded once and kept as one tensor each."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, label_key: str | None = None) -> None:
         from tqdm.auto import tqdm
 
-        self.frames = torch.stack(
-            [dataset[i]["frames"] for i in tqdm(range(len(dataset)), desc="caching data", leave=False)]
-        )
+        self.keys = ("frames",) if label_key is None else ("frames", label_key)
+        items = [dataset[i] for i in tqdm(range(len(dataset)), desc="caching data", leave=False)]
+        self.tensors = {
+            key: torch.stack([torch.as_tensor(item_entry(item, key)) for item in items]) for key in self.keys
+        }
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.tensors["frames"])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"frames": self.frames[index], "index": index}
+        return {key: self.tensors[key][index] for key in self.keys} | {"index": index}
+
+
+def item_entry(item: dict[str, Any], key: str) -> Any:
+    """`item[key]`, or a `KeyError` that says which data sets carry it."""
+    if key not in item:
+        raise KeyError(
+            f"the data set's items carry no {key!r} (they have {sorted(item)}); training on {key!r} needs a data set "
+            f"whose items hold it, e.g. data.dataset: nbody for 'energy'"
+        )
+    return item[key]
 
 
 def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tuple[float, float], str | None]:
@@ -62,11 +74,22 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tup
     train: Dataset = Subset(full, sorted(order[num_val:]))
     val: Dataset | None = Subset(full, sorted(order[:num_val])) if num_val else None
     if d.cache_in_memory:
-        train = _InMemory(train)
-        val = _InMemory(val) if val is not None else None
+        train = _InMemory(train, config.label_key)
+        val = _InMemory(val, config.label_key) if val is not None else None
     return train, val, value_range, units
 
 
 def collate_frames(items: list[dict[str, Any]]) -> torch.Tensor:
     """Stack the items' `"frames"` into `(B, T, H, W, C)`."""
     return torch.stack([item["frames"] for item in items])
+
+
+def collate_batch(
+    items: list[dict[str, Any]], label_key: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A training batch: the stacked frames `(B, T, H, W, C)` and the items' `label_key` entries stacked
+    `(B, ...)` as float32 (None without a key)."""
+    if label_key is None:
+        return collate_frames(items), None
+    labels = torch.stack([torch.as_tensor(item_entry(item, label_key)) for item in items]).float()
+    return collate_frames(items), labels

@@ -2,14 +2,21 @@
 
 The target frames are encoded by the frozen autoencoder (posterior sample), noised at a uniform random
 timestep of the official DDPM schedule, and the network learns from `(z_t, t)` alone the statistic of the
-clean pixel-space target: for `statistic: avg_intensity` the mean over (H, W, C) of every target frame, in
-[0, 1] units, shape `(B, T_out, 1)`. Loss: MSE. The result is the network's folder
-(`KnowledgeAlignmentModel.from_pretrained(output_dir)`), which `prediff train denoiser --knowledge_model DIR`
-puts into the pipeline.
+clean target: for `statistic: avg_intensity` the mean over (H, W, C) of every target frame, in [0, 1] units,
+for `statistic: energy` every target frame's energy carried by the items (N-body), shape `(B, T_out, 1)`. Loss:
+MSE. The result is the network's folder (`KnowledgeAlignmentModel.from_pretrained(output_dir)`), which `prediff
+train denoiser --knowledge_model DIR` puts into the pipeline.
+
+Optionally (`intensity_gain`, `clean_fraction`, `labels`, `robust_step`; see [`AlignmentTrainingConfig`]) the
+sequences are brightened or dimmed, a share of the rows is trained at timestep 0, the labels are taken from the
+autoencoder's decoding, the clean rows are also moved along the network's own input gradient and labelled by
+decoding (the places a learned control's Gauss-Newton steps go), and the network's input gradient on them is
+pulled toward the gradient of the decoded statistic (the direction the exact, analytic control steers along).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.alignment import KnowledgeAlignmentModel
+from ..models.autoencoder import decode_sequence
 from ..schedulers import prediff_training_scheduler
 from .config import AlignmentTrainingConfig
 from .latent import LatentTrainer
@@ -25,9 +33,12 @@ __all__ = ["AlignmentTrainer", "frame_statistic", "train_alignment"]
 
 
 def frame_statistic(target: torch.Tensor, statistic: str = "avg_intensity") -> torch.Tensor:
-    """The statistic the alignment network predicts: `(B, T, H, W, C)` -> `(B, T, 1)` (per-frame mean)."""
+    """A statistic of frames that an alignment network predicts: `(B, T, H, W, C)` -> `(B, T, 1)` (per-frame
+    mean)."""
     if statistic != "avg_intensity":
-        raise ValueError(f"statistic must be 'avg_intensity', got {statistic!r}")
+        raise ValueError(
+            f"statistic {statistic!r} is not computed from frames; the frame statistic is 'avg_intensity'"
+        )
     return target.float().mean(dim=(2, 3, 4))[..., None]
 
 
@@ -57,23 +68,100 @@ class AlignmentTrainer(LatentTrainer):
     def ema_model(self) -> torch.nn.Module:
         return self.unwrap("alignment")
 
-    def _loss(self, frames: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-        _, target = self.split(frames)
+    def _loss(
+        self, frames: torch.Tensor, model: torch.nn.Module, labels: torch.Tensor | None = None, augment: bool = False
+    ) -> torch.Tensor:
+        cfg = self.config
+        if augment and cfg.intensity_gain is not None:
+            frames = self.brighten(frames)
         _, latents, offset = self.diffusion_latents(frames)
+        label = self.target_statistic(frames, latents + offset, labels)
         noise = torch.randn_like(latents)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
         )
+        if augment and cfg.clean_fraction > 0:
+            clean = torch.rand(latents.shape[0], device=latents.device) < cfg.clean_fraction
+            timesteps = torch.where(clean, torch.zeros_like(timesteps), timesteps)
         # The network sees what the pipeline's controls see: the noisy diffusion latents plus their offset.
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps) + offset
+        if augment and cfg.robust_step > 0 and bool((timesteps == 0).any()):
+            moved, moved_label = self.gradient_steps(noisy[timesteps == 0], label[timesteps == 0])
+            noisy = torch.cat([noisy, moved])
+            label = torch.cat([label, moved_label])
+            timesteps = torch.cat([timesteps, torch.zeros_like(timesteps[: moved.shape[0]])])
+        matching = augment and cfg.gradient_weight > 0 and bool((timesteps == 0).any())
+        noisy = noisy.detach().requires_grad_(matching)
         prediction = model(noisy, timesteps).sample
-        return F.mse_loss(prediction.float(), frame_statistic(target, self.config.statistic))
+        loss = F.mse_loss(prediction.float(), label)
+        if matching:
+            clean = timesteps == 0
+            (grad,) = torch.autograd.grad(prediction[clean].float().sum(), noisy, create_graph=True)
+            expected = self.decoded_gradient(noisy[clean])
+            mismatch = (grad[clean] - expected).flatten(1).pow(2).sum(1) / expected.flatten(1).pow(2).sum(1)
+            loss = loss + cfg.gradient_weight * mismatch.clamp_max(1e4).mean()
+        return loss
 
-    def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        return {"alignment": self._loss(frames, self.train_modules["alignment"])}, {}
+    def target_statistic(
+        self, frames: torch.Tensor, latents: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What the network learns for a batch, `(B, T_out, 1)`: the items' energies of the target frames (from
+        `labels`, `(B, T)`), the statistic of the decoded target `latents` (`labels: decoded`) or of the target
+        frames."""
+        cfg = self.config
+        if cfg.statistic == "energy":
+            if labels is None:
+                raise ValueError("statistic 'energy' needs the items' energies, which this batch does not carry")
+            return labels[:, -latents.shape[1] :, None].float()
+        if cfg.labels == "decoded":
+            return self.decoded_statistic(latents)
+        return frame_statistic(self.split(frames)[1], cfg.statistic)
 
-    def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"mse": self._loss(frames, self.unwrap("alignment"))}
+    def brighten(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `(B, T, H, W, C)` in [0, 1] times a per-sequence gain, log-uniform in `intensity_gain`,
+        clipped to [0, 1]."""
+        low, high = (math.log(g) for g in self.config.intensity_gain)
+        gain = torch.empty(frames.shape[0], device=frames.device).uniform_(low, high).exp()
+        return (frames * gain.view(-1, *[1] * (frames.ndim - 1)).to(frames.dtype)).clamp(0, 1)
+
+    def gradient_steps(self, latents: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean latents `(n, T_out, h, w, c)` (offset included) moved along the network's input gradient by a
+        signed step of root mean square uniform in `[-robust_step, robust_step]`, and their labels `(n, T_out,
+        1)`: `label` plus the change of the per-frame statistic of the decoded latents."""
+        model = self.unwrap("alignment")
+        timesteps = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)
+        with torch.enable_grad():
+            probe = latents.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(model(probe, timesteps).sample.float().sum(), probe)
+        rms = grad.flatten(1).pow(2).mean(dim=1).sqrt().clamp_min(1e-12)
+        size = torch.empty(latents.shape[0], device=latents.device).uniform_(-1, 1) * self.config.robust_step
+        moved = latents + (size / rms).view(-1, *[1] * (latents.ndim - 1)) * grad
+        moved = moved.detach()
+        return moved, label + self.decoded_statistic(moved) - self.decoded_statistic(latents)
+
+    def decoded_gradient(self, latents: torch.Tensor) -> torch.Tensor:
+        """The gradient of the decoded statistic (summed over the frames) with respect to the latents `(n, T_out,
+        h, w, c)`, the direction the analytic control steers along; detached."""
+        with torch.enable_grad():
+            probe = latents.detach().requires_grad_(True)
+            frames = decode_sequence(self.vae, probe / self.scaling_factor).float()
+            (grad,) = torch.autograd.grad(frame_statistic(frames, self.config.statistic).sum(), probe)
+        return grad
+
+    @torch.no_grad()
+    def decoded_statistic(self, latents: torch.Tensor) -> torch.Tensor:
+        """The statistic `(B, T_out, 1)` of the autoencoder's decoding of (scaled) latents `(B, T_out, h, w,
+        c)`, offset included."""
+        frames = decode_sequence(self.vae, latents / self.scaling_factor).float()
+        return frame_statistic(frames, self.config.statistic)
+
+    def compute_losses(
+        self, frames: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return {"alignment": self._loss(frames, self.train_modules["alignment"], labels, augment=True)}, {}
+
+    def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return {"mse": self._loss(frames, self.unwrap("alignment"), labels)}
 
     def export(self, folder: Path) -> Any:
         model = self.unwrap("alignment")

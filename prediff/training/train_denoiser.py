@@ -101,11 +101,13 @@ class DenoiserTrainer(LatentTrainer):
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         return module(noisy, timesteps, context_latents, noise)
 
-    def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def compute_losses(
+        self, frames: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         loss, mse = self._losses(frames, self.train_modules["denoiser"])
         return {"denoiser": loss}, {"eps_mse": mse}
 
-    def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         loss, mse = self._losses(frames, self.unwrap("denoiser"))
         return {"loss": loss, "eps_mse": mse}
 

@@ -47,12 +47,14 @@ class EarthformerTrainer(Trainer):
     def ema_model(self) -> torch.nn.Module:
         return self.unwrap("earthformer")
 
-    def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def compute_losses(
+        self, frames: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         context, target = self.split(frames)
         prediction = self.train_modules["earthformer"](context).sample
         return {"earthformer": F.mse_loss(prediction.float(), target.float())}, {}
 
-    def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         context, target = self.split(frames)
         prediction = self.unwrap("earthformer")(context).sample.float()
         return {"mse": F.mse_loss(prediction, target.float()), "mae": (prediction - target).abs().mean()}

@@ -99,7 +99,9 @@ class VAETrainer(Trainer):
         reconstruction, mean, logvar = module(flat, T)
         return flat, reconstruction, mean, logvar
 
-    def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def compute_losses(
+        self, frames: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         cfg = self.config
         flat, reconstruction, mean, logvar = self._forward(frames, self.train_modules["vae"])
         disc_factor = self._disc_factor()
@@ -135,7 +137,7 @@ class VAETrainer(Trainer):
         losses["vae"] = g_loss
         return losses, logs
 
-    def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         flat, reconstruction, mean, logvar = self._forward(frames, self.unwrap("vae"))
         _, logs = vae_generator_loss(flat, reconstruction, mean, logvar, self.config.kl_weight)
         logs["mae"] = (flat - reconstruction).abs().mean()

@@ -17,6 +17,7 @@ repeats exactly what the uninterrupted run would have done.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shutil
 import warnings
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpointing import TrainerCheckpoints, remove_stale_temporaries
 from .config import TrainingConfig
 from .config_loading import config_to_dict, save_config
-from .datasets import build_datasets, collate_frames
+from .datasets import build_datasets, collate_batch, collate_frames
 from .exporting import export_into
 from .guards import check_finite_loss, clip_and_check_gradients
 from .pictures import ValidationPictures
@@ -126,11 +127,14 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         (parameters, learning rate)) and `self.ema_model` (the module averaged with `use_ema`, or None)."""
         raise NotImplementedError
 
-    def compute_losses(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One micro-batch `(B, T, H, W, C)` -> (optimizer name -> loss, logs)."""
+    def compute_losses(
+        self, frames: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One micro-batch `(B, T, H, W, C)` (and the items' `config.label_key` entries, when the config names
+        one) -> (optimizer name -> loss, logs)."""
         raise NotImplementedError
 
-    def validation_losses(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def export(self, folder: Path) -> Any:
@@ -242,7 +246,9 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         self.tensorboard = log_with is not None and accelerator.is_main_process
         return accelerator
 
-    def _data_loader(self, start_batch: int) -> tuple[ShardedBatchSampler, Iterator[torch.Tensor]]:
+    def _data_loader(
+        self, start_batch: int
+    ) -> tuple[ShardedBatchSampler, Iterator[tuple[torch.Tensor, torch.Tensor | None]]]:
         acc = self.accelerator
         sampler = ShardedBatchSampler(
             len(self.train_dataset),
@@ -255,7 +261,7 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         loader = DataLoader(
             self.train_dataset,
             batch_sampler=sampler,
-            collate_fn=collate_frames,
+            collate_fn=functools.partial(collate_batch, label_key=self.config.label_key),
             num_workers=self.config.data.num_workers,
             pin_memory=acc.device.type == "cuda",
             persistent_workers=self.config.data.num_workers > 0,
@@ -352,15 +358,17 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         logs: dict[str, float] = {}
         try:
             with ema_ctx:
-                loader = DataLoader(self.val_dataset, batch_size=cfg.train_batch_size, collate_fn=collate_frames)
+                collate = functools.partial(collate_batch, label_key=cfg.label_key)
+                loader = DataLoader(self.val_dataset, batch_size=cfg.train_batch_size, collate_fn=collate)
                 sums: dict[str, float] = {}
                 count = 0
-                for i, frames in enumerate(loader):
+                for i, (frames, labels) in enumerate(loader):
                     if i >= cfg.num_validation_batches:
                         break
                     torch.manual_seed(micro_step_seed(cfg.seed, 0, _VALIDATION_STREAM + i))
+                    labels = None if labels is None else labels.to(self.device)
                     with self.autocast():
-                        values = self.validation_losses(frames.to(self.device))
+                        values = self.validation_losses(frames.to(self.device), labels)
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
@@ -457,11 +465,12 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         modules = [self.train_modules[n] for n in names]
         running = 0.0
         while self.global_step < max_steps:
-            frames = next(batches)
+            frames, labels = next(batches)
             self.seed_micro_step(micro)
             frames = self.augment(frames).to(acc.device, non_blocking=True)
+            labels = None if labels is None else labels.to(acc.device, non_blocking=True)
             with acc.accumulate(*modules):
-                losses, logs = self.compute_losses(frames)
+                losses, logs = self.compute_losses(frames, labels)
                 loss_value = self._check_finite(losses, micro)
                 acc.backward(sum(losses.values()))
                 if acc.sync_gradients:

@@ -72,7 +72,7 @@ def vae_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_recipes_are_valid(path, tmp_path):
-    kind = path.stem
+    kind = path.stem.split("-")[0]  # a recipe's kind, e.g. alignment-robust.yaml is an alignment recipe
     # The published recipes name data folders of the user's machine; point them at an existing folder.
     overrides = {"data.path": str(tmp_path)} if "dataset: storms" not in path.read_text() else {}
     if kind in ("denoiser", "alignment"):
@@ -413,6 +413,120 @@ def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path, uma
     assert frames.shape == (1, 2, 32, 32, 1) and torch.isfinite(frames).all()
     with torch.no_grad():
         torch.testing.assert_close(frames, model(context / 255).sample * 255)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"intensity_gain": [2.0, 1.0]}, "intensity_gain must be null or \\[low, high\\]"),
+        ({"intensity_gain": [0.5]}, "intensity_gain must be null or"),
+        ({"intensity_gain": "bright"}, "intensity_gain must be a list"),
+        ({"clean_fraction": 1.5}, "clean_fraction must be a number in \\[0, 1\\]"),
+        ({"robust_step": -1.0}, "robust_step must be a number >= 0"),
+        ({"labels": "pixels"}, "labels must be one of \\('data', 'decoded'\\)"),
+        ({"gradient_weight": -0.1}, "gradient_weight must be a number >= 0"),
+    ],
+)
+def test_alignment_augmentation_options_are_checked(overrides, match, tmp_path, vae_dir):
+    with pytest.raises(ValueError, match=match):
+        tiny("alignment", tmp_path, vae=str(vae_dir), **overrides)
+
+
+def test_alignment_augmentation_brightens_and_labels_gradient_steps_by_decoding(tmp_path, vae_dir):
+    from prediff.models.autoencoder import decode_sequence
+
+    fixed = SyntheticStormDataset(4, 5, 32, 32, seed=3)
+    options = dict(intensity_gain=[0.5, 3.0], clean_fraction=1.0, robust_step=2.0, labels="decoded")
+    options["num_validation_samples"] = 0
+    config = tiny("alignment", tmp_path, vae=str(vae_dir), max_train_steps=2, **options)
+    assert config.intensity_gain == [0.5, 3.0]
+    trainer = AlignmentTrainer(config, train_dataset=fixed, val_dataset=fixed)
+
+    frames = torch.stack([fixed[i]["frames"] for i in range(4)])
+    torch.manual_seed(0)
+    dim = frames[:1] * 0.3 / frames[:1].max()  # no pixel clips below a gain of 3
+    bright = trainer.brighten(dim.expand(64, -1, -1, -1, -1))
+    gains = bright.amax(dim=(1, 2, 3, 4)) / dim.amax()
+    assert bright.max() <= 1 and bright.min() >= 0
+    assert gains.min() >= 0.5 - 1e-6 and gains.max() > 1.5 and gains.min() < 0.9
+
+    # A gradient step: along the network's input gradient, of root mean square at most robust_step, labelled
+    # with the label plus the decoded change of the per-frame mean.
+    latents = trainer.diffusion_latents(frames).target
+    label = torch.rand(4, 2, 1)
+    moved, moved_label = trainer.gradient_steps(latents, label)
+    step = moved - latents
+    assert (step.flatten(1).pow(2).mean(dim=1).sqrt() <= 2.0 + 1e-5).all() and step.abs().max() > 0
+    probe = latents.clone().requires_grad_(True)
+    model = trainer.unwrap("alignment")
+    (grad,) = torch.autograd.grad(model(probe, torch.zeros(4, dtype=torch.long)).sample.sum(), probe)
+    cosine = torch.nn.functional.cosine_similarity(step.flatten(1), grad.flatten(1)).abs()
+    torch.testing.assert_close(cosine, torch.ones(4), rtol=0, atol=1e-4)
+    with torch.no_grad():
+        before, after = (
+            decode_sequence(trainer.vae, z / trainer.scaling_factor).mean(dim=(2, 3, 4))[..., None]
+            for z in (latents, moved)
+        )
+    torch.testing.assert_close(moved_label, label + after - before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(trainer.decoded_statistic(latents), before)
+
+    # The gradient the network is matched to: the decoded statistic's, here against finite differences.
+    expected = trainer.decoded_gradient(latents[:1])
+    direction = torch.randn_like(latents[:1])
+    eps = 1e-2
+    change = trainer.decoded_statistic(latents[:1] + eps * direction) - trainer.decoded_statistic(
+        latents[:1] - eps * direction
+    )
+    torch.testing.assert_close((expected * direction).sum(), change.sum() / (2 * eps), rtol=2e-2, atol=1e-5)
+
+    # The matching term adds to the loss (same seed, same rows).
+    model = trainer.train_modules["alignment"]
+    losses = []
+    for weight in (0.0, 1.0):
+        trainer.config.gradient_weight = weight
+        torch.manual_seed(0)
+        losses.append(trainer._loss(frames, model, augment=True).item())
+    assert losses[1] > losses[0] + 1e-3, losses
+
+    # Training with every option runs and keeps the augmented rows out of validation.
+    trainer.train()
+    assert np.isfinite(trainer.last_logs["train/loss"]) and "val/mse" in trainer.last_logs
+
+
+def test_energy_alignment_learns_the_items_energies_of_the_nbody_digits(tmp_path, vae_dir):
+    from prediff.data import NBodyDataset
+
+    data = {"data.dataset": "nbody", "data.num_sequences": 8, "data.val_fraction": 0.25}
+    config = tiny("alignment", tmp_path, vae=str(vae_dir), statistic="energy", max_train_steps=2, **data)
+    assert config.label_key == "energy"
+    trainer = AlignmentTrainer(config)
+    # The split is cached with the energies; batches carry them, and the label is the target frames' energies.
+    nbody = NBodyDataset(8, 5, seed=0, frame_size=32)
+    item = trainer.train_dataset[0]
+    assert set(item) == {"frames", "energy", "index"} and item["energy"].shape == (5,)
+    match = next(i for i in range(8) if torch.allclose(item["frames"], nbody[i]["frames"]))
+    torch.testing.assert_close(item["energy"], torch.as_tensor(nbody[match]["energy"]))
+    frames, energies = item["frames"][None], item["energy"][None]
+    latents = trainer.diffusion_latents(frames).target
+    label = trainer.target_statistic(frames, latents, energies)
+    torch.testing.assert_close(label, energies[:, 3:, None])
+    with pytest.raises(ValueError, match="needs the items' energies"):
+        trainer.target_statistic(frames, latents, None)
+    trainer.train()
+    assert np.isfinite(trainer.last_logs["train/loss"]) and np.isfinite(trainer.last_logs["val/mse"])
+
+
+@pytest.mark.parametrize("option", [{"robust_step": 1.0}, {"labels": "decoded"}, {"intensity_gain": [1.0, 2.0]}])
+def test_energy_alignment_refuses_frame_statistic_options(option, tmp_path, vae_dir):
+    data = {"data.dataset": "nbody", "data.num_sequences": 8}
+    with pytest.raises(ValueError, match="need a statistic computed from frames"):
+        tiny("alignment", tmp_path, vae=str(vae_dir), statistic="energy", **data, **option)
+
+
+def test_energy_alignment_on_data_without_energies_names_the_problem(tmp_path, vae_dir):
+    config = tiny("alignment", tmp_path, vae=str(vae_dir), statistic="energy", **{"data.num_sequences": 8})
+    with pytest.raises(KeyError, match="carry no 'energy'.*data.dataset: nbody"):
+        AlignmentTrainer(config)
 
 
 def test_gradient_checkpointing_recomputes_and_trains_the_same(tmp_path, vae_dir):
