@@ -7,11 +7,12 @@ for `statistic: energy` every target frame's energy carried by the items (N-body
 MSE. The result is the network's folder (`KnowledgeAlignmentModel.from_pretrained(output_dir)`), which `prediff
 train denoiser --knowledge_model DIR` puts into the pipeline.
 
-Optionally (`intensity_gain`, `clean_fraction`, `labels`, `robust_step`; see [`AlignmentTrainingConfig`]) the
-sequences are brightened or dimmed, a share of the rows is trained at timestep 0, the labels are taken from the
-autoencoder's decoding, the clean rows are also moved along the network's own input gradient and labelled by
-decoding (the places a learned control's Gauss-Newton steps go), and the network's input gradient on them is
-pulled toward the gradient of the decoded statistic (the direction the exact, analytic control steers along).
+Optionally (`intensity_gain`, `clean_fraction`, `labels`, `robust_step`, `gradient_weight`; see
+[`AlignmentTrainingConfig`]) the sequences are brightened or dimmed, a share of the rows is trained at timestep 0,
+the labels are taken from the autoencoder's decoding, the clean rows are also moved along the network's own
+input gradient and labelled by decoding (the places a learned control's Gauss-Newton steps go), and the
+network's input gradient on them is pulled toward the gradient of the decoded statistic (the direction the
+exact, analytic control steers along).
 """
 
 from __future__ import annotations
