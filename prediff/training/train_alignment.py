@@ -128,7 +128,8 @@ class AlignmentTrainer(LatentTrainer):
     def gradient_steps(self, latents: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean latents `(n, T_out, h, w, c)` (offset included) moved along the network's input gradient by a
         signed step of root mean square uniform in `[-robust_step, robust_step]`, and their labels `(n, T_out,
-        1)`: `label` plus the change of the per-frame statistic of the decoded latents."""
+        1)`: `label` plus the change of the per-frame statistic of the decoded latents (with `labels: decoded`,
+        `label` is that statistic already, so the new label is the statistic of the moved latents)."""
         model = self.unwrap("alignment")
         timesteps = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)
         with torch.enable_grad():
@@ -138,6 +139,8 @@ class AlignmentTrainer(LatentTrainer):
         size = torch.empty(latents.shape[0], device=latents.device).uniform_(-1, 1) * self.config.robust_step
         moved = latents + (size / rms).view(-1, *[1] * (latents.ndim - 1)) * grad
         moved = moved.detach()
+        if self.config.labels == "decoded":
+            return moved, self.decoded_statistic(moved)
         return moved, label + self.decoded_statistic(moved) - self.decoded_statistic(latents)
 
     def decoded_gradient(self, latents: torch.Tensor) -> torch.Tensor:

@@ -467,8 +467,16 @@ def test_alignment_augmentation_brightens_and_labels_gradient_steps_by_decoding(
             decode_sequence(trainer.vae, z / trainer.scaling_factor).mean(dim=(2, 3, 4))[..., None]
             for z in (latents, moved)
         )
-    torch.testing.assert_close(moved_label, label + after - before, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(trainer.decoded_statistic(latents), before)
+    torch.testing.assert_close(moved_label, after, rtol=1e-4, atol=1e-5)  # labels: decoded
+    # With data labels the step's label is the data label plus the decoded change.
+    trainer.config.labels = "data"
+    torch.manual_seed(1)
+    moved, moved_label = trainer.gradient_steps(latents, label)
+    with torch.no_grad():
+        after = decode_sequence(trainer.vae, moved / trainer.scaling_factor).mean(dim=(2, 3, 4))[..., None]
+    torch.testing.assert_close(moved_label, label + after - before, rtol=1e-4, atol=1e-5)
+    trainer.config.labels = "decoded"
 
     # The gradient the network is matched to: the decoded statistic's, here against finite differences.
     expected = trainer.decoded_gradient(latents[:1])
