@@ -63,11 +63,13 @@ class KnowledgeControlState:
         batch_index (`torch.Tensor` of shape `(N,)`): the context sample (0 to B-1) of each row.
         decode (`Callable`): latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units,
             differentiable.
-        value_range (`tuple[float, float]`): physical values mapped to 0 and 1 before encoding.
+        value_range (`tuple[float, float]`): (transformed) values mapped to 0 and 1 before encoding.
         knowledge_model (`torch.nn.Module`, *optional*): the pipeline's knowledge-alignment network.
         latent_offset (`torch.Tensor` of shape `(N, T_out, h, w, c)`, *optional*): what the diffusion latents
             are relative to: the encoded extrapolation when the pipeline has an extrapolator (the diffusion then
             models a residual), else None. `decode` already adds it; alignment networks see `latents + offset`.
+        value_transform (`dict`, *optional*): the pipeline's value transform applied before `value_range` (None:
+            linear).
     """
 
     latents: torch.Tensor
@@ -80,6 +82,7 @@ class KnowledgeControlState:
     value_range: tuple[float, float]
     knowledge_model: nn.Module | None = None
     latent_offset: torch.Tensor | None = None
+    value_transform: dict[str, Any] | None = None
 
     @property
     def num_rows(self) -> int:
@@ -105,7 +108,7 @@ class KnowledgeControlState:
 
     def to_unit(self, value: torch.Tensor | float) -> torch.Tensor | float:
         """Physical units -> the [0, 1] scale the models work in (see [`~prediff.utils.units.to_unit`])."""
-        return to_unit(value, self.value_range)
+        return to_unit(value, self.value_range, self.value_transform)
 
 
 def per_sample_values(value: Any, state: KnowledgeControlState, name: str) -> torch.Tensor:

@@ -9,8 +9,6 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..utils.checks import check_value_range
-from ..utils.units import to_physical, to_unit
 from .pipeline_output import EarthformerPipelineOutput
 from .pipeline_utils import ForecastPipelineMixin, count_parameters, forecast_call, to_context_tensor
 
@@ -28,9 +26,13 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
 
     Args:
         model ([`EarthformerModel`]): the forecaster, `(B, T_in, H, W, C) -> (B, T_out, H, W, C)` in [0, 1].
-        value_range (`tuple[float, float]`, defaults to `(0.0, 255.0)`): physical values mapped to 0 and 1.
+        value_range (`tuple[float, float]`, defaults to `(0.0, 255.0)`): (transformed) values mapped to 0 and 1.
         units (`str`, *optional*): what the physical values are (model card only).
         training_data (`str`, *optional*): what the model was trained on (model card only).
+        value_transform (`dict`, *optional*): applied to physical values before `value_range`, e.g.
+            `{"kind": "db", "threshold": 0.1, "zerovalue": -15.0}` for rain rate (see [`~prediff.utils.units`]).
+        pixel_size_km (`float`, *optional*): the grid spacing the model was trained for.
+        frame_interval_minutes (`float`, *optional*): the time between frames the model was trained for.
     """
 
     model_cpu_offload_seq = "model"
@@ -41,13 +43,17 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
         value_range: tuple[float, float] = (0.0, 255.0),
         units: str | None = None,
         training_data: str | None = None,
+        value_transform: dict[str, Any] | None = None,
+        pixel_size_km: float | None = None,
+        frame_interval_minutes: float | None = None,
     ):
         super().__init__()
-        value_range = check_value_range(value_range)
         if not isinstance(model, ModelMixin) or "input_shape" not in model.config:
             raise ValueError(f"model must be an EarthformerModel, got {type(model).__name__}")
         self.register_modules(model=model)
-        self.register_to_config(value_range=list(value_range), units=units, training_data=training_data)
+        self.register_units(
+            value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes
+        )
 
     @classmethod
     def from_preset(cls, name: str, value_range: tuple[float, float] = (0.0, 255.0)) -> EarthformerPipeline:
@@ -56,11 +62,6 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
         from ..models.earthformer import EarthformerModel
 
         return cls(EarthformerModel.from_preset(name).eval(), value_range=value_range)
-
-    @property
-    def value_range(self) -> tuple[float, float]:
-        lo, hi = self.config.value_range
-        return float(lo), float(hi)
 
     @property
     def context_shape(self) -> tuple[int, ...]:
@@ -102,8 +103,8 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
         """
         context = self.check_inputs(context, output_type)
         device, dtype = self._execution_device, self.model.dtype
-        unit = to_unit(context.to(device=device, dtype=torch.float32), self.value_range).to(dtype)
-        frames = to_physical(self.model(unit).sample.float(), self.value_range)
+        unit = self.scale_to_unit(context.to(device=device, dtype=torch.float32)).to(dtype)
+        frames = self.scale_to_physical(self.model(unit).sample.float())
         if output_type == "np":
             frames = frames.cpu().numpy()
         self.maybe_free_model_hooks()

@@ -27,8 +27,7 @@ from ..schedulers import (
     prediff_training_scheduler,
     record_portable_settings,
 )
-from ..utils.checks import check_positive_int, check_value_range
-from ..utils.units import to_physical, to_unit
+from ..utils.checks import check_positive_int
 from .pipeline_output import PreDiffPipelineOutput
 from .pipeline_utils import ForecastPipelineMixin, count_parameters, forecast_call, to_context_tensor
 
@@ -69,9 +68,12 @@ class Extrapolation(NamedTuple):
     """The extrapolation of the contexts, one row per forecast row.
 
     Args:
-        frames: `(N, T_out, H, W, C)` the extrapolated frames in physical units.
+        frames: `(N, T_out, H, W, C)` the extrapolated frames in the networks' [0, 1] scale.
         latents: `(N, T_out, h, w, c)` their scaled posterior-mean latents, the offset of the diffusion latents.
-        decoded: `(N, T_out, H, W, C)` those latents decoded, in physical units.
+        decoded: `(N, T_out, H, W, C)` those latents decoded, in the [0, 1] scale.
+
+    The residual arithmetic happens on the [0, 1] scale, before the value transform back to physical units: with
+    a nonlinear transform (rain rate in dB) a difference of physical values would not be that of the networks.
     """
 
     frames: torch.Tensor
@@ -104,9 +106,14 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             `z_future - z_extrapolated`, and the forecast is the extrapolation plus the decoded change
             `D(z_extrapolated + residual) - D(z_extrapolated)`, clipped to `value_range`. Without it: PreDiff as
             published.
-        value_range (`tuple[float, float]`, defaults to `(0.0, 255.0)`): physical values mapped to 0 and 1.
+        value_range (`tuple[float, float]`, defaults to `(0.0, 255.0)`): (transformed) values mapped to 0 and 1.
         units (`str`, *optional*): what the physical values are (model card only).
         training_data (`str`, *optional*): what the components were trained on (model card only).
+        value_transform (`dict`, *optional*): applied to physical values before `value_range`, e.g.
+            `{"kind": "db", "threshold": 0.1, "zerovalue": -15.0}` for rain rate in mm/h (see
+            [`~prediff.utils.units`]); None keeps the linear map of VIL levels.
+        pixel_size_km (`float`, *optional*): the grid spacing the components were trained for.
+        frame_interval_minutes (`float`, *optional*): the time between frames they were trained for.
     """
 
     model_cpu_offload_seq = "vae->knowledge_model->unet->vae"
@@ -123,9 +130,11 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         value_range: tuple[float, float] = (0.0, 255.0),
         units: str | None = None,
         training_data: str | None = None,
+        value_transform: dict[str, Any] | None = None,
+        pixel_size_km: float | None = None,
+        frame_interval_minutes: float | None = None,
     ):
         super().__init__()
-        value_range = check_value_range(value_range)
         if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
             raise ValueError(f"vae must be an AutoencoderKL or AutoencoderKLTemporalDecoder, got {type(vae).__name__}")
         if unet.input_shape[3] != vae.config.latent_channels:
@@ -144,7 +153,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, knowledge_model=knowledge_model, extrapolator=extrapolator
         )
-        self.register_to_config(value_range=list(value_range), units=units, training_data=training_data)
+        self.register_units(
+            value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes
+        )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
         self.vae_chunk_size: int | None = 64
@@ -188,11 +199,6 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     # ------------------------------------------------------------------ properties
 
     @property
-    def value_range(self) -> tuple[float, float]:
-        lo, hi = self.config.value_range
-        return float(lo), float(hi)
-
-    @property
     def context_shape(self) -> tuple[int, int, int, int]:
         """`(T_in, H, W, C)` of one context sample."""
         T_cond, h, w, _ = self.unet.input_shape
@@ -215,15 +221,6 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ scaling and latent helpers
 
-    def scale_to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical units -> [0, 1]: `(x - lo) / (hi - lo)` (see [`~prediff.utils.units.to_unit`])."""
-        return to_unit(x, self.value_range)
-
-    def scale_to_physical(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] -> physical units: `x * (hi - lo) + lo`, not clamped, as in the official code (see
-        [`~prediff.utils.units.to_physical`])."""
-        return to_physical(x, self.value_range)
-
     @property
     def scaling_factor(self) -> float:
         """The autoencoder's latent scaling (Diffusers' `vae.config.scaling_factor`; 1.0 in the official
@@ -241,11 +238,15 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         """Physical-unit context `(B, T_in, H, W, C)` -> scaled posterior-mean latents `(B, T_in, h, w, c)`."""
         return self.encode_frames(self.scale_to_unit(context.float()))
 
+    def decode_unit(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in the [0, 1] scale, float32,
+        differentiable."""
+        return decode_sequence(self.vae, latents / self.scaling_factor, chunk_size=self.vae_chunk_size).float()
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units, float32,
         differentiable."""
-        frames = decode_sequence(self.vae, latents / self.scaling_factor, chunk_size=self.vae_chunk_size)
-        return self.scale_to_physical(frames.float())
+        return self.scale_to_physical(self.decode_unit(latents))
 
     @torch.no_grad()
     def prepare_extrapolation(self, unit_context: torch.Tensor) -> Extrapolation:
@@ -254,17 +255,22 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         T_out = self.forecast_shape[0]
         frames = self.extrapolator(unit_context, T_out)
         latents = self.encode_frames(frames)
-        return Extrapolation(self.scale_to_physical(frames), latents, self.decode_latents(latents.to(self.vae.dtype)))
+        return Extrapolation(frames.float(), latents, self.decode_unit(latents.to(self.vae.dtype)))
 
-    def decode_forecast(self, latents: torch.Tensor, extrapolation: Extrapolation | None = None) -> torch.Tensor:
+    def decode_forecast(
+        self, latents: torch.Tensor, extrapolation: Extrapolation | None = None, clamp: bool = False
+    ) -> torch.Tensor:
         """The denoiser's latents `(N, T_out, h, w, c)` -> forecast frames `(N, T_out, H, W, C)` in physical
         units, differentiable: `decode_latents(latents)`, or with an extrapolation (rows matching), the
-        extrapolated frames plus the change the residual makes to their decoding."""
+        extrapolated frames plus the change the residual makes to their decoding. `clamp` clips the [0, 1]
+        scale, i.e. the physical values to `physical_range`."""
         if extrapolation is None:
-            return self.decode_latents(latents)
-        # The autoencoder's reconstruction error of the extrapolation cancels in the difference, so a zero
-        # residual gives the sharp extrapolation itself.
-        return extrapolation.frames + self.decode_latents(latents + extrapolation.latents) - extrapolation.decoded
+            unit = self.decode_unit(latents)
+        else:
+            # The autoencoder's reconstruction error of the extrapolation cancels in the difference, so a zero
+            # residual gives the sharp extrapolation itself.
+            unit = extrapolation.frames + self.decode_unit(latents + extrapolation.latents) - extrapolation.decoded
+        return self.scale_to_physical(unit.clamp(0.0, 1.0) if clamp else unit)
 
     # ------------------------------------------------------------------ checks
 
@@ -478,6 +484,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 batch_index=batch_index,
                 decode=decode,
                 value_range=self.value_range,
+                value_transform=self.value_transform,
                 knowledge_model=self.knowledge_model,
                 latent_offset=extrapolation.latents if extrapolation is not None else None,
             )
@@ -622,9 +629,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         if output_type == "latent":
             frames = latents.reshape(batch_size, members, *latents.shape[1:])
         else:
-            frames = decode(latents.to(self.vae.dtype))
-            if extrapolation is not None:
-                frames = frames.clamp(*self.value_range)
+            frames = decode(latents.to(self.vae.dtype), clamp=extrapolation is not None)
             frames = frames.reshape(batch_size, members, *frames.shape[1:])
             if output_type == "np":
                 frames = frames.cpu().numpy()
@@ -643,6 +648,10 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         lo, hi = self.value_range
         units = self.config.get("units") or "the physical units of the training data"
         training = self.config.get("training_data") or "not recorded for this pipeline"
+        transform = self.value_transform
+        transform = "" if transform is None else f"the value transform `{dict(transform)}` first, then "
+        recorded = ((self.pixel_size_km, "km pixels"), (self.frame_interval_minutes, "minutes between frames"))
+        grid = ", ".join(f"{value:g} {unit}" for value, unit in recorded if value is not None) or "not recorded"
         if self.extrapolator is None:
             clamping = "outputs are not clamped"
             motion = "none: the denoiser sees the encoded context only (PreDiff as published)."
@@ -663,8 +672,9 @@ Earthformer-UNet denoiser, with optional knowledge control.
 
 - **Context**: `(B, {T_in}, {H}, {W}, {C})` = (batch, time, height, width, channels), channels last, in
 {units}.
-- **Scaling**: values are mapped to [0, 1] with `(x - {lo:g}) / ({hi:g} - {lo:g})` before encoding, and
-  back after decoding (`value_range = ({lo:g}, {hi:g})`); {clamping}.
+- **Scaling**: {transform}values are mapped to [0, 1] with `(x - {lo:g}) / ({hi:g} - {lo:g})` before encoding,
+  and back after decoding (`value_range = ({lo:g}, {hi:g})`); {clamping}.
+- **Grid and clock**: {grid}.
 - **Forecast**: `(B, M, {T_out}, {H}, {W}, {C})` for `M` ensemble members, in the same units.
 - **Latents**: every frame is encoded separately to `({h}, {w}, {c})` and multiplied by the latent scaling
   factor {self.scaling_factor:.6g}.

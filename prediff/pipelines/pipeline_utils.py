@@ -22,9 +22,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import ModelCard, ModelCardData, create_repo, snapshot_download, upload_folder
 
 from ..models.modeling_utils import check_model_config_memory
-from ..utils.checks import check_array, holds_real_numbers
+from ..utils.checks import check_array, check_value_range, holds_real_numbers
 from ..utils.files import atomic_output, plain_permissions_for_writes
 from ..utils.memory import check_memory, format_bytes
+from ..utils.units import check_value_transform, from_transformed, to_physical, to_unit
 
 __all__ = [
     "ForecastPipelineMixin",
@@ -49,7 +50,7 @@ def forecast_call(call: Callable) -> Callable:
 
     - The networks run in evaluation mode (see [`ForecastPipelineMixin.networks_in_eval_mode`]): dropout off,
       so the same generators give the same forecast, whether the modules were just built or loaded.
-    - A context outside the pipeline's `value_range` gets one warning per call naming both ranges (e.g. data
+    - A context outside the pipeline's `physical_range` gets one warning per call naming both ranges (e.g. data
       scaled to [0, 1] given to a 0-255 pipeline gives a forecast without meaning and no other sign).
     """
 
@@ -57,9 +58,9 @@ def forecast_call(call: Callable) -> Callable:
     def wrapper(self, context: Any, *args: Any, **kwargs: Any) -> Any:
         # Anything but a non-empty array of finite real numbers is refused by the pipeline's own checks.
         real = holds_real_numbers(context) and math.prod(context.shape) > 0
-        found = range_outside(context, self.value_range) if real else None
+        found = range_outside(context, self.physical_range) if real else None
         if found is not None and all(math.isfinite(v) for v in found):
-            lo, hi = self.value_range
+            lo, hi = self.physical_range
             warnings.warn(
                 f"context values span [{found[0]:g}, {found[1]:g}], outside the pipeline's value_range "
                 f"[{lo:g}, {hi:g}] (its physical units); convert the context to those units, or the forecast is "
@@ -88,6 +89,71 @@ class ForecastPipelineMixin:
     forecasting, and a model card written with every save."""
 
     _card_tags: tuple[str, ...] = ("prediff", "weather-forecasting", "nowcasting")
+
+    def register_units(
+        self,
+        value_range: tuple[float, float],
+        value_transform: dict[str, Any] | None,
+        units: str | None,
+        training_data: str | None,
+        pixel_size_km: float | None,
+        frame_interval_minutes: float | None,
+    ) -> None:
+        """Check and record in the pipeline config how physical values map to the networks' [0, 1] (see
+        [`~prediff.utils.units`]) and the grid and clock the pipeline was trained for (None: not recorded)."""
+        value_range = check_value_range(value_range)
+        value_transform = check_value_transform(value_transform)
+        for name, value in (("pixel_size_km", pixel_size_km), ("frame_interval_minutes", frame_interval_minutes)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        self.register_to_config(
+            value_range=list(value_range),
+            value_transform=value_transform,
+            units=units,
+            training_data=training_data,
+            pixel_size_km=None if pixel_size_km is None else float(pixel_size_km),
+            frame_interval_minutes=None if frame_interval_minutes is None else float(frame_interval_minutes),
+        )
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The range of the (transformed) values mapped to 0 and 1."""
+        lo, hi = self.config.value_range
+        return float(lo), float(hi)
+
+    @property
+    def value_transform(self) -> dict[str, Any] | None:
+        """The value transform applied before `value_range` (None: linear, as for VIL levels)."""
+        return check_value_transform(self.config.get("value_transform"))
+
+    @property
+    def physical_range(self) -> tuple[float, float]:
+        """`value_range` in physical units: the values mapped to 0 and 1 (e.g. 0 and 316 mm/h for dB -15..25)."""
+        lo, hi = self.value_range
+        transform = self.value_transform
+        return float(from_transformed(lo, transform)), float(from_transformed(hi, transform))
+
+    @property
+    def pixel_size_km(self) -> float | None:
+        """The grid spacing the pipeline was trained for, in km (None: not recorded)."""
+        return self.config.get("pixel_size_km")
+
+    @property
+    def frame_interval_minutes(self) -> float | None:
+        """The time between frames the pipeline was trained for, in minutes (None: not recorded)."""
+        return self.config.get("frame_interval_minutes")
+
+    def scale_to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical units -> [0, 1]: the value transform, then `value_range` (see
+        [`~prediff.utils.units.to_unit`])."""
+        return to_unit(x, self.value_range, self.value_transform)
+
+    def scale_to_physical(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> physical units, not clamped, as in the official code (see
+        [`~prediff.utils.units.to_physical`])."""
+        return to_physical(x, self.value_range, self.value_transform)
 
     @contextlib.contextmanager
     def networks_in_eval_mode(self) -> Iterator[None]:
