@@ -11,7 +11,9 @@ A checkpoint is a folder `checkpoint-{step}` holding safetensors weights and JSO
 It is written into a hidden temporary folder next to it, flushed to the disk and moved into place with
 `os.replace` (`prediff.utils.files.atomic_output`), so a crash or a power cut while saving leaves every earlier
 checkpoint intact and never leaves a half-written `checkpoint-{step}`; it gets the permissions of a plain `mkdir`
-under the umask. Loading reads only safetensors and JSON, so it never executes code.
+under the umask. A checkpoint rotated away is renamed out of sight before its files are deleted, so `latest` only
+ever finds complete ones (tests/training/test_kill_resume.py kills a run in the middle of each of these writes).
+Loading reads only safetensors and JSON, so it never executes code.
 
 [`TrainerCheckpoints`] writes one from the main process alone every `checkpointing_steps` optimizer steps. Before a
 run writes anything, the checkpoint to resume from is checked to exist, be complete, come from the same command
@@ -34,9 +36,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..utils.files import atomic_output, file_read_error, fsync_tree
+from ..utils.faults import fault_point
+from ..utils.files import atomic_output, file_read_error, fsync_tree, move_aside
 from .config_loading import config_to_dict
-from .exporting import EXPORT_PREFIX
+from .exporting import EXPORT_PREFIX, finish_interrupted_exports
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -46,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "load_state",
     "read_training_state",
+    "remove_checkpoint",
     "remove_stale_temporaries",
     "rotate_checkpoints",
     "save_checkpoint",
@@ -182,10 +186,13 @@ def read_training_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
-    """Remove the hidden folders a run killed while saving leaves behind: temporary checkpoints
-    (`.checkpoint-*.tmp`), checkpoints being replaced (`.checkpoint-*.old`) and exports (`.export.*`)."""
+    """Clean up after a run killed while writing: finish an export it was publishing
+    ([`finish_interrupted_exports`]), then remove the hidden folders left behind: temporary checkpoints
+    (`.checkpoint-*.tmp`), checkpoints being replaced or rotated away (`.checkpoint-*.old`) and exports
+    (`.export.*`)."""
     root = Path(output_dir)
     if root.is_dir():
+        finish_interrupted_exports(root)
         for entry in root.iterdir():
             ours = entry.name.startswith((f".{CHECKPOINT_PREFIX}", EXPORT_PREFIX))
             if ours and entry.name.endswith((".tmp", ".old")) and entry.is_dir() and not entry.is_symlink():
@@ -193,14 +200,22 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints beyond `total_limit`; returns the removed folders."""
+    """Delete the oldest checkpoints beyond `total_limit` ([`remove_checkpoint`]); returns the removed folders."""
     if total_limit is None:
         return []
     found = list_checkpoints(output_dir)
     removed = found[: max(len(found) - total_limit, 0)]
     for path in removed:
-        shutil.rmtree(path)
+        remove_checkpoint(path)
     return removed
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete checkpoint folder `path`, first renamed to a hidden `.checkpoint-*.old` folder: deleting its files
+    one by one takes a while, and a kill meanwhile must not leave a `checkpoint-{step}` missing some of them
+    that `latest` could pick."""
+    path = Path(path)
+    shutil.rmtree(move_aside([path], path.parent, f".{path.name}."))
 
 
 def save_checkpoint(
@@ -237,6 +252,7 @@ def save_checkpoint(
                 save_file(_module_state(module), str(tmp / f"{name}.safetensors"))
         for name, state in states.items():
             save_state(tmp, name, state)
+        fault_point("checkpoint-save", step)
         _write_json(tmp / STATE_FILE, {**training_state, "step": step})
         fsync_tree(tmp)
     # The rename itself lives in the folder's entries: flushed too, it survives a power cut.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpointing import TrainerCheckpoints, remove_stale_temporaries
+from .checkpointing import TrainerCheckpoints, remove_checkpoint, remove_stale_temporaries
 from .config import TrainingConfig
 from .config_loading import config_to_dict, save_config
 from .datasets import build_datasets, collate_batch, collate_frames
@@ -420,7 +419,7 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
             remove_stale_temporaries(self.output_dir)
             if cfg.overwrite:
                 for checkpoint in self._other_runs_checkpoints(resume_path):
-                    shutil.rmtree(checkpoint)
+                    remove_checkpoint(checkpoint)
             save_config(cfg, self.output_dir / "training_config.yaml")
         acc.wait_for_everyone()
 

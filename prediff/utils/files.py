@@ -15,7 +15,10 @@ import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
+from .faults import fault_point
+
 __all__ = [
+    "aside_folder",
     "atomic_output",
     "check_outputs_spare_inputs",
     "file_read_error",
@@ -130,16 +133,20 @@ def check_outputs_spare_inputs(
                 )
 
 
-def move_aside(targets: Iterable[Path], folder: Path, prefix: str) -> Path:
+def move_aside(targets: Iterable[Path], folder: Path, prefix: str, aside: Path | None = None) -> Path:
     """Rename every existing path of ``targets`` (by its name) into one new hidden folder ``{prefix}*.old`` in
-    ``folder`` and return that folder, for the caller to delete once the new entries are in place.
+    ``folder`` (or into ``aside``, created if needed) and return that folder, for the caller to delete once the
+    new entries are in place.
 
     ``os.replace`` cannot replace a non-empty folder, and a publication of several entries must not leave a
     mix of old and new ones: what is replaced is first moved out of the way, by renames on the same file
     system (no copies), into a folder whose name says it may be removed (a run killed meanwhile leaves it for
     the next run to clean up).
     """
-    aside = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=folder))
+    if aside is None:
+        aside = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=folder))
+    else:
+        aside.mkdir(exist_ok=True)
     for target in targets:
         if target.exists() or target.is_symlink():
             os.replace(target, aside / target.name)
@@ -193,22 +200,39 @@ def atomic_output(
         raise
 
 
+def aside_folder(src: Path, dst: Path) -> Path:
+    """Where [`move_into`] moves what ``src`` replaces in ``dst``: ``dst/NAME.old`` for ``src`` = ``NAME.tmp``
+    (``src.name + ".old"`` otherwise). Named after ``src`` so that a publication interrupted by a kill can be
+    recognised, and finished, by the next run (the pair ``NAME.tmp`` + ``NAME.old``)."""
+    stem = src.name[: -len(".tmp")] if src.name.endswith(".tmp") else src.name
+    return dst / f"{stem}.old"
+
+
 def move_into(src: Path, dst: Path, aside_prefix: str, last: Collection[str] = ()) -> None:
     """Publish the finished folder ``src`` (made next to ``dst``, on the same file system) in ``dst``, then
     remove it.
 
     ``src`` is flushed to the disk first. What its entries replace is moved aside into one
-    ``{aside_prefix}*.old`` folder in ``dst`` (see [`move_aside`]), the entries named in ``last`` first, then
-    every entry of ``src`` is renamed into ``dst``, those of ``last`` at the end: with the configuration files
-    of a saved pipeline as ``last`` (``model_index.json``, ``config.json``), a reader finds either none or the
-    new ones with the new weights, never a mix of two exports. The old entries are deleted at the end.
+    ``{aside_prefix}*.old`` folder in ``dst`` ([`aside_folder`]; see [`move_aside`]), the entries named in
+    ``last`` first, then every entry of ``src`` is renamed into ``dst``, those of ``last`` at the end: with the
+    configuration files of a saved pipeline as ``last`` (``model_index.json``, ``config.json``), a reader finds
+    either none or the new ones with the new weights, never a mix of two exports. The old entries are deleted at
+    the end.
+
+    Calling it again on the same ``src`` after a kill part-way finishes the publication: the entries still in
+    ``src`` are the ones not published yet, and what they replace is either still in ``dst`` (moved aside now)
+    or already in the aside folder.
     """
+    if not aside_folder(src, dst).name.startswith(aside_prefix):
+        raise ValueError(f"{src.name!r} must start with {aside_prefix!r}, the prefix of its leftovers")
     fsync_tree(src)
     dst.mkdir(parents=True, exist_ok=True)
     entries = sorted(src.iterdir(), key=lambda p: (p.name in last, p.name))
-    aside = move_aside([dst / entry.name for entry in reversed(entries)], dst, aside_prefix)
-    for entry in entries:
+    aside = move_aside([dst / entry.name for entry in reversed(entries)], dst, aside_prefix, aside_folder(src, dst))
+    for i, entry in enumerate(entries):
         os.replace(entry, dst / entry.name)
+        if i == 0:
+            fault_point("publish")
     fsync_tree(dst, recursive=False)
     shutil.rmtree(aside)
     src.rmdir()
