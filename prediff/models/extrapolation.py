@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,10 @@ class MotionExtrapolator(ModelMixin, ConfigMixin):
         smoothness (`float`, defaults to 10.0): weight of the smoothness penalty (relative to the warping error
             of [0, 1] frames, times 1e-4).
     """
+
+    #: No weights file is saved (the state dict is empty); the check of a saved pipeline folder reads this
+    #: (`prediff.pipelines.loading.carries_weights`) and wants only its config.json.
+    has_weights: ClassVar[bool] = False
 
     @register_to_config
     def __init__(
