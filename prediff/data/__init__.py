@@ -1,7 +1,9 @@
-"""Datasets: synthetic storms (the default, no download), N-body digits, SEVIR / SEVIR-LR, ICAR-ENSO, arrays.
+"""Datasets: synthetic storms (the default, no download), N-body digits, SEVIR / SEVIR-LR, ICAR-ENSO, arrays, radar
+archives (pysteps data sources).
 
 Every data set is a ``torch.utils.data.Dataset`` whose items are dicts with ``"frames"``, a float32 tensor
-(T, H, W, C) scaled to [0, 1], plus data-set specific keys. All are picklable and work with
+(T, H, W, C) scaled to [0, 1], plus data-set specific keys; radar archives ([`RadarArchiveDataset`]) give rain rate
+in mm/h instead, with NaN or a mask outside the radar domain. All are picklable and work with
 ``DataLoader(num_workers>0)``; HDF5 files are opened once per worker. Optional packages (h5py, pandas, xarray,
 zarr, Pillow) are imported only when needed: ``pip install "prediff[data]"``.
 """
@@ -16,6 +18,15 @@ if TYPE_CHECKING:
     from .enso import ENSO_SST_RANGE, ENSODataset
     from .io import SequenceFile, inspect_path, write_sequences
     from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
+    from .radar import (
+        RadarArchiveDataset,
+        RadarFrames,
+        RadarSource,
+        block_mean,
+        parse_radar_time,
+        read_radar_events,
+        scan_radar,
+    )
     from .sevir import (
         SEVIR_DTYPES,
         SEVIR_VALUE_RANGES,
@@ -37,6 +48,15 @@ __getattr__, __dir__ = lazy_exports(
         ".enso": ["ENSO_SST_RANGE", "ENSODataset"],
         ".io": ["SequenceFile", "inspect_path", "write_sequences"],
         ".nbody": ["NBodyDataset", "nbody_acceleration", "nbody_energy", "simulate_nbody"],
+        ".radar": [
+            "RadarArchiveDataset",
+            "RadarFrames",
+            "RadarSource",
+            "block_mean",
+            "parse_radar_time",
+            "read_radar_events",
+            "scan_radar",
+        ],
         ".sevir": [
             "SEVIR_DTYPES",
             "SEVIR_VALUE_RANGES",
@@ -60,10 +80,14 @@ __all__ = [
     "ENSODataset",
     "IntensityStats",
     "NBodyDataset",
+    "RadarArchiveDataset",
+    "RadarFrames",
+    "RadarSource",
     "RandomFlipRotate",
     "SEVIRDataset",
     "SequenceFile",
     "SyntheticStormDataset",
+    "block_mean",
     "downsample_sevir",
     "earthformer_sevir_splits",
     "flip_rotate",
@@ -72,8 +96,11 @@ __all__ = [
     "inspect_path",
     "nbody_acceleration",
     "nbody_energy",
+    "parse_radar_time",
     "prediff_sevir_splits",
     "read_catalog",
+    "read_radar_events",
+    "scan_radar",
     "simulate_nbody",
     "write_sequences",
 ]

@@ -1,4 +1,5 @@
-"""``prediff data ...``: generate the built-in data sets, inspect data files, write SEVIR-LR from SEVIR."""
+"""``prediff data ...``: generate the built-in data sets, inspect data files, write SEVIR-LR from SEVIR, and read
+radar archives (pysteps data sources) into sequence files of rain rate."""
 
 from __future__ import annotations
 
@@ -57,6 +58,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     downsample.add_argument("--overwrite", action="store_true")
     downsample.add_argument("--quiet", action="store_true", help="no progress bar")
     downsample.set_defaults(func=_downsample)
+
+    radar = commands.add_parser(
+        "radar",
+        help="read events of a radar archive (a pysteps data source) into a sequence file of rain rate (mm/h)",
+        description=(
+            "Read the files of a radar archive with pysteps (find_by_date, the source's importer, to_rainrate), "
+            "average blocks of pixels, cut windows and crops, keep the wet ones and write them in mm/h to an HDF5 "
+            "(.h5) or zarr (.zarr) sequence file that records the source, valid times, pixel size, frame interval, "
+            "projection and accumulation."
+        ),
+    )
+    where = radar.add_argument_group("archive")
+    where.add_argument("--source", default=None, help="data source of pysteps' pystepsrc (fmi, knmi, bom, opera, ...)")
+    where.add_argument(
+        "--source-config",
+        type=Path,
+        default=None,
+        help="YAML/JSON file with the pystepsrc fields (root_path, path_fmt, fn_pattern, fn_ext, importer, timestep, "
+        "importer_kwargs), or a pystepsrc whose data source --source names",
+    )
+    where.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="archive folder: the one holding radar/ for a pystepsrc source; for --source-config, what a relative "
+        "root_path is relative to (default: the file's folder)",
+    )
+    when = radar.add_argument_group("events (times YYYYmmddHHMM or ISO 8601, UTC, ends included)")
+    when.add_argument("--start", action="append", default=None, help="start of an event (repeat for several)")
+    when.add_argument("--end", action="append", default=None, help="end of an event (one per --start)")
+    when.add_argument("--events", type=Path, default=None, help="text file of events, one 'START END' a line")
+    shape = radar.add_argument_group("frames")
+    shape.add_argument(
+        "--pixel-size-km",
+        type=float,
+        default=None,
+        help="output pixel size, a whole multiple of the native one (k x k block mean; a block with any NaN is NaN)",
+    )
+    shape.add_argument(
+        "--interval-minutes", type=int, default=None, help="minutes between frames, a multiple of the time step"
+    )
+    shape.add_argument("--window", type=int, default=8, help="frames per sequence (default 8)")
+    shape.add_argument("--window-stride", type=int, default=None, help="frames between windows (default --window)")
+    shape.add_argument("--crop", type=int, default=None, help="side of square crops in pixels (default: whole frame)")
+    shape.add_argument("--stride", type=int, default=None, help="pixels between crops (default --crop)")
+    shape.add_argument(
+        "--min-wet-fraction",
+        type=float,
+        default=0.0,
+        help="keep crops where at least this fraction of the valid pixels is wet (default 0: all)",
+    )
+    shape.add_argument(
+        "--wet-threshold", type=float, default=0.1, help="rain rate (mm/h) of a wet pixel (default 0.1)"
+    )
+    shape.add_argument(
+        "--nan",
+        choices=("drop", "fill", "keep"),
+        default="drop",
+        help="pixels outside the radar domain: drop crops holding any (default), fill with 0 mm/h and store a "
+        "validity mask, or keep NaN",
+    )
+    radar.add_argument("--out", type=Path, required=True, help="output .h5/.hdf5 file or .zarr store")
+    radar.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    radar.add_argument("--quiet", action="store_true", help="no progress bars")
+    radar.set_defaults(func=_radar)
 
 
 def _output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,4 +219,89 @@ def _downsample(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     print(f"wrote {len(written)} SEVIR-LR file(s) and CATALOG.csv to {args.dst}")
+    return 0
+
+
+def _radar_source(args: argparse.Namespace):
+    from .radar import RadarSource
+
+    if args.root is not None and not args.root.is_dir():
+        raise FileNotFoundError(f"archive root {args.root} does not exist")
+    if args.source_config is not None:
+        return RadarSource.from_file(args.source_config, name=args.source, root=args.root)
+    if args.source is None:
+        raise ValueError("name the archive with --source NAME (a pystepsrc data source) or --source-config FILE")
+    if args.root is None:
+        raise ValueError(f"--source {args.source} needs --root, the archive folder that holds radar/")
+    return RadarSource.from_pystepsrc(args.source, root=args.root)
+
+
+def _radar_events(args: argparse.Namespace) -> list:
+    from .radar import read_radar_events
+
+    starts, ends = args.start or [], args.end or []
+    if len(starts) != len(ends):
+        raise ValueError(f"give one --end per --start: got {len(starts)} --start and {len(ends)} --end")
+    events = list(zip(starts, ends))
+    if args.events is not None:
+        events += read_radar_events(args.events)
+    if not events:
+        raise ValueError("give the events to read: --start and --end, or --events FILE")
+    return events
+
+
+def _radar(args: argparse.Namespace) -> int:
+    from .io import storage_format, write_sequences
+    from .radar import RadarArchiveDataset
+
+    storage_format(args.out)
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    source = _radar_source(args)
+    dataset = RadarArchiveDataset(
+        source,
+        _radar_events(args),
+        window=args.window,
+        pixel_size_km=args.pixel_size_km,
+        interval_minutes=args.interval_minutes,
+        crop=args.crop,
+        stride=args.stride,
+        window_stride=args.window_stride,
+        min_wet_fraction=args.min_wet_fraction,
+        wet_threshold=args.wet_threshold,
+        nan_policy=args.nan,
+        progress=not args.quiet,
+    )
+    t, h, w = dataset.window, dataset.height, dataset.width
+    fields = {
+        "valid_time": ((t,), np.int64),
+        "bounds": ((4,), np.float64),
+        "crop_offset": ((2,), np.int64),
+        "event": ((), np.int64),
+    }
+    if dataset.nan_policy == "fill":
+        fields["mask"] = ((t, h, w, 1), np.uint8)
+
+    def items():
+        for arrays in dataset.iter_sequences():
+            if dataset.nan_policy != "fill":
+                arrays.pop("mask")
+            yield arrays
+
+    metadata = dataset.metadata()
+    write_sequences(
+        args.out,
+        items(),
+        num_sequences=len(dataset),
+        frame_shape=(t, h, w, 1),
+        dtype=np.float32,
+        metadata=metadata,
+        fields=fields,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {len(dataset)} sequences of {t} frames of {h}x{w} pixels ({metadata['pixel_size_km']} km, every "
+        f"{dataset.interval_minutes} min, mm/h) from {len(dataset.events)} event(s) of {source.name} to {args.out}"
+    )
     return 0
