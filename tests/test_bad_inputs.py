@@ -545,7 +545,7 @@ def test_every_process_stops_when_the_main_one_cannot_save(tmp_path):
     (out / "checkpoint-1").write_text("in the way")
     command = [
         accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29549",
         str(script), str(out), str(TINY / "earthformer.yaml"),
     ]  # fmt: skip
     env = {**ENV, "ACCELERATE_USE_CPU": "true"}
