@@ -35,6 +35,7 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
         frame_interval_minutes (`float`, *optional*): the time between frames the model was trained for.
     """
 
+    output_class = EarthformerPipelineOutput
     model_cpu_offload_seq = "model"
 
     def __init__(

@@ -116,6 +116,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         frame_interval_minutes (`float`, *optional*): the time between frames they were trained for.
     """
 
+    output_class = PreDiffPipelineOutput
     model_cpu_offload_seq = "vae->knowledge_model->unet->vae"
     _optional_components = ["knowledge_model", "extrapolator"]
     _callback_tensor_inputs = ["latents", "context_latents"]

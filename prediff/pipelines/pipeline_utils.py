@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import json
 import math
 import os
@@ -31,6 +32,8 @@ __all__ = [
     "ForecastPipelineMixin",
     "count_parameters",
     "forecast_call",
+    "forecast_whole_domain",
+    "larger_than_tile",
     "range_outside",
     "to_context_tensor",
 ]
@@ -56,6 +59,8 @@ def forecast_call(call: Callable) -> Callable:
 
     @functools.wraps(call)
     def wrapper(self, context: Any, *args: Any, **kwargs: Any) -> Any:
+        if larger_than_tile(context, self.context_shape):
+            return forecast_whole_domain(self, call, context, *args, **kwargs)
         # Anything but a non-empty array of finite real numbers is refused by the pipeline's own checks.
         real = holds_real_numbers(context) and math.prod(context.shape) > 0
         found = range_outside(context, self.physical_range) if real else None
@@ -71,6 +76,39 @@ def forecast_call(call: Callable) -> Callable:
             return call(self, context, *args, **kwargs)
 
     return wrapper
+
+
+def larger_than_tile(context: Any, context_shape: tuple[int, ...]) -> bool:
+    """Whether `context` is a `(B, T, H, W, C)` array whose frames exceed the pipeline's tile (and so are
+    forecast as overlapping tiles, see [`~prediff.pipelines.tiling.forecast_tiled`])."""
+    shape = getattr(context, "shape", None)
+    if shape is None or len(shape) != 5:
+        return False
+    (H, W), (tile_h, tile_w) = shape[2:4], context_shape[1:3]
+    return (H, W) != (tile_h, tile_w) and H >= tile_h and W >= tile_w
+
+
+def forecast_whole_domain(pipe: Any, call: Callable, context: Any, *args: Any, **kwargs: Any) -> Any:
+    """A pipeline call on frames larger than its tile: the same arguments, through
+    [`~prediff.pipelines.tiling.forecast_tiled`]; NaN marks pixels outside the domain and stays NaN."""
+    from .tiling import forecast_tiled
+
+    arguments = inspect.signature(call).bind(pipe, context, *args, **kwargs).arguments
+    arguments = {name: value for name, value in arguments.items() if name not in ("self", "context")}
+    output_type = arguments.pop("output_type", "np")
+    return_dict = arguments.pop("return_dict", True)
+    generator = arguments.pop("generator", None)
+    if output_type not in ("np", "pt"):
+        raise ValueError(f"frames larger than the pipeline's tile are forecast as 'np' or 'pt', not {output_type!r}")
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        raise ValueError("frames larger than the pipeline's tile take one torch.Generator (or None), not a list")
+    for name in ("latents", "callback_on_step_end", "callback_on_step_end_tensor_inputs"):
+        if arguments.get(name) is not None:
+            raise ValueError(f"{name} is not supported for frames larger than the pipeline's tile")
+        arguments.pop(name, None)
+    frames = forecast_tiled(pipe, context, generator=generator, progress=not pipe._progress_disabled(), **arguments)
+    frames = torch.from_numpy(frames) if output_type == "pt" else frames
+    return pipe.output_class(frames=frames) if return_dict else (frames,)
 
 
 def to_context_tensor(context: Any, expected: tuple[int | None, ...], name: str = "context") -> torch.Tensor:
@@ -89,6 +127,9 @@ class ForecastPipelineMixin:
     forecasting, and a model card written with every save."""
 
     _card_tags: tuple[str, ...] = ("prediff", "weather-forecasting", "nowcasting")
+
+    def _progress_disabled(self) -> bool:
+        return bool(getattr(self, "_progress_bar_config", {}).get("disable", False))
 
     def register_units(
         self,

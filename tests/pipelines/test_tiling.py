@@ -1,0 +1,125 @@
+"""Whole-domain forecasts (prediff.pipelines.tiling): frames larger than the tile, blended without visible
+edges, NaN outside the radar domain kept, memory bounded by chunks of tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prediff.pipelines import EarthformerPipeline
+from prediff.pipelines.tiling import blend_weights, forecast_tiled, tile_starts
+
+
+@pytest.fixture(scope="module")
+def earthformer():
+    from prediff.models.earthformer import EarthformerModel
+
+    torch.manual_seed(0)
+    model = EarthformerModel(
+        input_shape=(3, 32, 32, 1), target_shape=(2, 32, 32, 1), base_units=16, num_heads=2, enc_depth=(1, 1),
+        dec_depth=(1, 1), initial_downsample_scale=2, initial_downsample_conv_layers=1, final_upsample_conv_layers=1,
+    ).eval()  # fmt: skip
+    return EarthformerPipeline(model)
+
+
+def wave_context(height=80, width=112) -> np.ndarray:
+    """A smooth field that crosses every tile border, `(1, 3, H, W, 1)`, VIL levels."""
+    y, x = np.mgrid[0:height, 0:width] / 40.0
+    field = 100 + 80 * np.sin(2 * y + 1.3 * x)
+    return np.repeat(field[None, None, :, :, None], 3, axis=1).astype(np.float32)
+
+
+def test_tiles_cover_the_domain_and_weights_sum_to_one():
+    assert tile_starts(80, 32, 24) == [0, 24, 48]
+    assert tile_starts(90, 32, 24) == [0, 24, 48, 58]
+    with pytest.raises(ValueError, match="smaller than the tile"):
+        tile_starts(20, 32, 24)
+    for size in (80, 90, 32):
+        starts = tile_starts(size, 32, 24)
+        total = np.zeros(size)
+        for start in starts:
+            total[start : start + 32] += blend_weights(start, 32, size, 8)
+        assert (total > 0).all()
+        if (size - 32) % 24 == 0:  # overlaps of exactly `overlap` pixels: a partition of unity
+            np.testing.assert_allclose(total, 1.0, rtol=1e-12)
+
+
+def edge_jumps(frame: np.ndarray, columns: list[int]) -> float:
+    """Mean |difference| across the given column borders over that of all columns."""
+    jumps = np.abs(np.diff(frame, axis=1)).mean(axis=0)
+    return float(jumps[columns].max() / np.median(jumps))
+
+
+def test_no_tile_edge_is_visible_where_hard_tiling_shows_one(earthformer):
+    context = wave_context()
+    hard = forecast_tiled(earthformer, context, overlap=0, progress=False)
+    blended = forecast_tiled(earthformer, context, progress=False)  # overlap 8
+    assert hard.shape == blended.shape == (1, 2, 80, 112, 1)
+    # Hard tiles of 32 start at 0, 32, 64, 80: the network's own border effects show as jumps there.
+    assert edge_jumps(hard[0, -1, :, :, 0], [31, 63, 79]) > 1.8
+    # Blended tiles start at 0, 24, 48, 72, 80: no column near a tile's edge jumps more than elsewhere.
+    edges = sorted({c for start in tile_starts(112, 32, 24) for c in (start - 1, start + 31) if 0 <= c < 111})
+    assert edge_jumps(blended[0, -1, :, :, 0], edges) < 1.5
+
+
+def test_pipelines_accept_larger_frames_and_keep_nan_outside_the_domain(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    context = np.random.default_rng(0).uniform(0, 255, (2, 3, 40, 56, 1)).astype(np.float32)
+    context[0, :, :10, :12] = np.nan  # outside the radar domain in every frame
+    context[1, 1, 30:, 50:] = np.nan  # missing in one context frame
+    frames = pipe(context, num_inference_steps=2, num_ensemble_members=2, generator=torch.Generator().manual_seed(0))
+    frames = frames.frames
+    assert frames.shape == (2, 2, 2, 40, 56, 1)
+    outside = np.isnan(context).any(axis=(1, 4))
+    np.testing.assert_array_equal(np.isnan(frames), np.broadcast_to(outside[:, None, None, :, :, None], frames.shape))
+    assert not np.allclose(frames[:, 0], frames[:, 1], equal_nan=True)  # members differ
+    again = pipe(context, num_inference_steps=2, num_ensemble_members=2, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(again.frames, frames)  # the same generator, the same forecast
+
+
+def test_one_tile_is_the_plain_forecast_and_chunks_do_not_change_the_result(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    context = np.random.default_rng(1).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
+    tiled = forecast_tiled(pipe, context, num_inference_steps=2, num_ensemble_members=2,
+                           generator=torch.Generator().manual_seed(3), progress=False)  # fmt: skip
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn((1, 2, *pipe.unet.target_shape), generator=generator)
+    base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    members = [torch.Generator().manual_seed(base_seed + m) for m in range(2)]
+    plain = pipe(context, num_inference_steps=2, num_ensemble_members=2, latents=noise, generator=members).frames
+    np.testing.assert_array_equal(tiled, plain)
+
+    large = np.random.default_rng(2).uniform(0, 255, (1, 3, 48, 48, 1)).astype(np.float32)
+    kwargs = dict(num_inference_steps=2, num_ensemble_members=1, progress=False)
+    one = forecast_tiled(pipe, large, tile_batch_size=1, generator=torch.Generator().manual_seed(0), **kwargs)
+    four = forecast_tiled(pipe, large, tile_batch_size=4, generator=torch.Generator().manual_seed(0), **kwargs)
+    # Batches of 1 and 4 tiles reduce in another float32 order (see tests/evaluation/test_distributed.py).
+    np.testing.assert_allclose(one, four, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overlap": 3}, "overlap must be a multiple of 4"),
+        ({"overlap": 32}, "overlap must be a multiple of 4 in \\[0, 32\\)"),
+        ({"tile_batch_size": 0}, "tile_batch_size must be a positive integer"),
+    ],
+)
+def test_bad_tiling_arguments_are_refused(pipe, kwargs, message):
+    context = np.zeros((1, 3, 40, 40, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match=message):
+        forecast_tiled(pipe, context, **kwargs)
+
+
+def test_bad_whole_domain_calls_are_refused(pipe):
+    context = np.zeros((1, 3, 40, 40, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="'np' or 'pt', not 'latent'"):
+        pipe(context, output_type="latent")
+    with pytest.raises(ValueError, match="one torch.Generator"):
+        pipe(context, num_ensemble_members=2, generator=[torch.Generator(), torch.Generator()])
+    context[0, 0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite values"):
+        pipe(context)
+    with pytest.raises(ValueError, match="shape \\(B, 3, H, W, 1\\)"):
+        forecast_tiled(pipe, np.zeros((1, 2, 40, 40, 1), dtype=np.float32))
