@@ -11,7 +11,9 @@ pysteps layout (members, time, y, x); and, unless `--no-plots`, `ens_panel.png` 
 
 `--input` may also be a folder or a quoted glob pattern of context files; `--out` is then a folder receiving
 `<input name>.nc` per input. Under `accelerate launch -m prediff forecast ...` the processes split the inputs
-(or the contexts of one file) and every output is written once, atomically.
+(or the contexts of one file) and every output is written once, atomically. A run holds the lock of its `--out`
+(the hidden file `.NAME.lock` next to it) from before it looks for existing outputs until it has written them: a
+second run aimed at the same `--out` meanwhile stops at once with a one-line error (exit status 2).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import argparse
 import glob
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +184,36 @@ def _output_paths(out: Path, pysteps_out: Path | None, no_pysteps: bool, no_plot
     return paths
 
 
+@contextmanager
+def _output_lock(path: Path, label: str, processes: Any, shared: bool) -> Iterator[None]:
+    """Hold the exclusive lock of output `path` ([`~prediff.utils.files.exclusive_lock`]) for the block.
+
+    `shared`: every process of an `accelerate launch` runs the block for this one output, which the main
+    process writes. The main process alone takes the lock and every process learns whether it got it, so that
+    all of them stop with the same one-line error, rather than the others waiting forever for a main process
+    that stopped.
+    """
+    from ..utils.files import OutputLockedError, exclusive_lock
+
+    if not shared:
+        with exclusive_lock(path, label):
+            yield
+        return
+    from accelerate.utils import broadcast_object_list
+
+    with ExitStack() as held:
+        refusal = None
+        if processes.is_main_process:
+            try:
+                held.enter_context(exclusive_lock(path, label))
+            except OutputLockedError as error:
+                refusal = str(error)
+        refusal = broadcast_object_list([refusal])[0]
+        if refusal is not None:
+            raise OutputLockedError(refusal)
+        yield
+
+
 def run_forecast(
     pipeline: str | Any,
     input: str | Path,
@@ -227,6 +260,7 @@ def run_forecast(
         kind ("forecast", "pysteps", "panel", "gif") -> path written; empty on the processes that do not write.
 
     Raises:
+        OutputLockedError: another run is writing `out` (see [`~prediff.utils.files.exclusive_lock`]).
         FileExistsError: an output exists and `overwrite` is False (checked before any work).
         FileNotFoundError, ValueError: unreadable or unsuitable input, incomplete pipeline, bad arguments, an
             output that would replace the input (even with `overwrite`).
@@ -234,6 +268,7 @@ def run_forecast(
     from accelerate.utils import gather_object
 
     from ..utils.checks import check_positive_int, check_seed
+    from ..utils.faults import fault_point
     from ..utils.files import check_outputs_spare_inputs
     from .context_io import check_context_values, read_context
     from .forecast_writing import FORECAST_SUFFIXES, forecast_dataset, write_forecast, write_pysteps_array
@@ -254,123 +289,127 @@ def run_forecast(
     paths = _output_paths(out, None if pysteps_out is None else Path(pysteps_out), not write_pysteps, not plots)
     # The default pysteps output of `--out ctx.nc` is ctx.npy: it may well be the input.
     check_outputs_spare_inputs({OUTPUT_NAMES[kind]: path for kind, path in paths.items()}, {"--input": input})
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     for path in paths.values():
         if not path.parent.is_dir():
             raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
 
     processes = launched_processes()
-    # Launched on several GPUs, each process forecasts on its own one.
-    device = device or processes.device
-    pipe = pipeline if not isinstance(pipeline, (str, Path)) else load_forecast_pipeline(pipeline, device=device)
-    is_prediff = isinstance(pipe, PreDiffPipeline)
-    if not is_prediff and knowledge_controls:
-        raise ValueError("knowledge control needs a PreDiff pipeline; this one is deterministic (Earthformer)")
-    context = read_context(input, key=variable, dims=dims)
-    frames = context.frames
-    T_in, H, W, C = pipe.context_shape
-    if frames.shape[1] != T_in:
-        if use_last_frames and frames.shape[1] > T_in:
-            frames = frames[:, -T_in:]
-            if context.time is not None:
-                context.time = context.time[-T_in:]
-        else:
-            hint = " (or pass --use-last-frames to use the last ones)" if frames.shape[1] > T_in else ""
-            raise ValueError(
-                f"the pipeline needs {T_in} context frames, the input {context.source} has "
-                f"{frames.shape[1]} (shape {tuple(frames.shape)} as (B, T, H, W, C)){hint}"
-            )
-    if tuple(frames.shape[2:]) != (H, W, C):
-        raise ValueError(
-            f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, the input {context.source} has "
-            f"{tuple(frames.shape[2:])} (shape {tuple(frames.shape)} as (B, T, H, W, C))"
-        )
-    frames = check_context_values(frames, pipe.value_range, clip=clip, name=f"context in {context.source}")
-    context.frames = frames
-    if not 0 <= plot_sample < frames.shape[0]:
-        raise ValueError(f"plot_sample must be in [0, {frames.shape[0]}), got {plot_sample}")
-
     split = split_across_processes and processes.num_processes > 1
-    if split and any(np.ndim(getattr(control, "target", 0)) > 0 for control in knowledge_controls or ()):
-        raise ValueError("a knowledge-control target per context cannot be split across processes; give one value")
-    pipe.set_progress_bar_config(disable=not (progress and processes.is_main_process))
-    if is_prediff:
-        from ..schedulers import default_inference_steps
+    # Held from before the check for existing outputs until the last one is written: a second run on the same
+    # --out refuses at once, instead of forecasting and then replacing, or mixing with, what this one writes.
+    with _output_lock(out, "--out", processes, shared=split):
+        existing = [str(p) for p in paths.values() if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+        # Launched on several GPUs, each process forecasts on its own one.
+        device = device or processes.device
+        pipe = pipeline if not isinstance(pipeline, (str, Path)) else load_forecast_pipeline(pipeline, device=device)
+        is_prediff = isinstance(pipe, PreDiffPipeline)
+        if not is_prediff and knowledge_controls:
+            raise ValueError("knowledge control needs a PreDiff pipeline; this one is deterministic (Earthformer)")
+        context = read_context(input, key=variable, dims=dims)
+        frames = context.frames
+        T_in, H, W, C = pipe.context_shape
+        if frames.shape[1] != T_in:
+            if use_last_frames and frames.shape[1] > T_in:
+                frames = frames[:, -T_in:]
+                if context.time is not None:
+                    context.time = context.time[-T_in:]
+            else:
+                hint = " (or pass --use-last-frames to use the last ones)" if frames.shape[1] > T_in else ""
+                raise ValueError(
+                    f"the pipeline needs {T_in} context frames, the input {context.source} has "
+                    f"{frames.shape[1]} (shape {tuple(frames.shape)} as (B, T, H, W, C)){hint}"
+                )
+        if tuple(frames.shape[2:]) != (H, W, C):
+            raise ValueError(
+                f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, the input {context.source} has "
+                f"{tuple(frames.shape[2:])} (shape {tuple(frames.shape)} as (B, T, H, W, C))"
+            )
+        frames = check_context_values(frames, pipe.value_range, clip=clip, name=f"context in {context.source}")
+        context.frames = frames
+        if not 0 <= plot_sample < frames.shape[0]:
+            raise ValueError(f"plot_sample must be in [0, {frames.shape[0]}), got {plot_sample}")
 
-        steps = steps if steps is not None else default_inference_steps(pipe.scheduler)
-    else:
-        # Earthformer is deterministic: one "member".
-        members, steps = 1, None
-    contexts = list(range(frames.shape[0]))
-    with processes.split_between_processes(contexts) if split else nullcontext(contexts) as share:
-        if not share:
-            ensemble = np.zeros((0, members, *pipe.forecast_shape), dtype=np.float32)
-        elif is_prediff:
-            pipe.check_forecast_memory(len(share), members, "--members")
-            ensemble = pipe(
-                frames[share],
-                num_inference_steps=steps,
-                num_ensemble_members=members,
-                generator=member_generators(seed, share, members),
-                knowledge_controls=knowledge_controls,
-            ).frames
+        if split and any(np.ndim(getattr(control, "target", 0)) > 0 for control in knowledge_controls or ()):
+            raise ValueError("a knowledge-control target per context cannot be split across processes; give one value")
+        pipe.set_progress_bar_config(disable=not (progress and processes.is_main_process))
+        if is_prediff:
+            from ..schedulers import default_inference_steps
+
+            steps = steps if steps is not None else default_inference_steps(pipe.scheduler)
         else:
-            ensemble = pipe(frames[share]).frames[:, None]
-    ensemble = np.asarray(ensemble, dtype=np.float32)
-    if split:
-        # Shares are contiguous and gathered in process order: the contexts' order.
-        ensemble = np.concatenate(gather_object([ensemble]))
-        if not processes.is_main_process:
-            return {}
+            # Earthformer is deterministic: one "member".
+            members, steps = 1, None
+        contexts = list(range(frames.shape[0]))
+        with processes.split_between_processes(contexts) if split else nullcontext(contexts) as share:
+            if not share:
+                ensemble = np.zeros((0, members, *pipe.forecast_shape), dtype=np.float32)
+            elif is_prediff:
+                pipe.check_forecast_memory(len(share), members, "--members")
+                ensemble = pipe(
+                    frames[share],
+                    num_inference_steps=steps,
+                    num_ensemble_members=members,
+                    generator=member_generators(seed, share, members),
+                    knowledge_controls=knowledge_controls,
+                ).frames
+            else:
+                ensemble = pipe(frames[share]).frames[:, None]
+        ensemble = np.asarray(ensemble, dtype=np.float32)
+        if split:
+            # Shares are contiguous and gathered in process order: the contexts' order.
+            ensemble = np.concatenate(gather_object([ensemble]))
+            if not processes.is_main_process:
+                return {}
 
-    lo, hi = pipe.value_range
-    units = pipe.config.get("units") or context.attrs.get("units")
-    model_id = pipe.config.get("_name_or_path") or type(pipe).__name__
-    from .. import __version__
+        lo, hi = pipe.value_range
+        units = pipe.config.get("units") or context.attrs.get("units")
+        model_id = pipe.config.get("_name_or_path") or type(pipe).__name__
+        from .. import __version__
 
-    attrs = {
-        "title": "prediff ensemble forecast",
-        "source": f"prediff {__version__}, {type(pipe).__name__}",
-        "model_id": str(model_id),
-        "pipeline_class": type(pipe).__name__,
-        "scheduler": type(pipe.scheduler).__name__ if is_prediff else None,
-        "units": units or "physical units of the pipeline",
-        "value_range": [lo, hi],
-        "scaling": f"the model sees (x - {lo:g}) / ({hi:g} - {lo:g}); values are physical and not clipped",
-        "lead_times": list(range(1, ensemble.shape[2] + 1)),
-        "lead_time_units": "frames",
-        "members": members,
-        "num_inference_steps": steps,
-        "seed": seed,
-        "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
-        "knowledge_control": knowledge_control_info or "none",
-        "context_file": str(context.source),
-        "context_variable": context.variable,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if interval_minutes is not None:
-        attrs["interval_minutes"] = float(interval_minutes)
-    dataset = forecast_dataset(ensemble, context, attrs=attrs, interval_minutes=interval_minutes, units=units)
-    written = {"forecast": write_forecast(dataset, paths["forecast"], overwrite=overwrite)}
-    if "pysteps" in paths:
-        written["pysteps"] = write_pysteps_array(ensemble, paths["pysteps"], overwrite=overwrite)
-    if plots:
-        from ..visualization import plot_forecast_panel, save_forecast_gif
+        attrs = {
+            "title": "prediff ensemble forecast",
+            "source": f"prediff {__version__}, {type(pipe).__name__}",
+            "model_id": str(model_id),
+            "pipeline_class": type(pipe).__name__,
+            "scheduler": type(pipe.scheduler).__name__ if is_prediff else None,
+            "units": units or "physical units of the pipeline",
+            "value_range": [lo, hi],
+            "scaling": f"the model sees (x - {lo:g}) / ({hi:g} - {lo:g}); values are physical and not clipped",
+            "lead_times": list(range(1, ensemble.shape[2] + 1)),
+            "lead_time_units": "frames",
+            "members": members,
+            "num_inference_steps": steps,
+            "seed": seed,
+            "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
+            "knowledge_control": knowledge_control_info or "none",
+            "context_file": str(context.source),
+            "context_variable": context.variable,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if interval_minutes is not None:
+            attrs["interval_minutes"] = float(interval_minutes)
+        dataset = forecast_dataset(ensemble, context, attrs=attrs, interval_minutes=interval_minutes, units=units)
+        written = {"forecast": write_forecast(dataset, paths["forecast"], overwrite=overwrite)}
+        fault_point("forecast-write")
+        if "pysteps" in paths:
+            written["pysteps"] = write_pysteps_array(ensemble, paths["pysteps"], overwrite=overwrite)
+        if plots:
+            from ..visualization import plot_forecast_panel, save_forecast_gif
 
-        step = context.time_step
-        minutes = interval_minutes or (float(step / np.timedelta64(1, "s")) / 60 if step is not None else 10.0)
-        title = f"{Path(str(model_id)).name}: {members} member(s) from {Path(context.source).name}"
-        sample = frames[plot_sample]
-        ens = ensemble[plot_sample]
-        plot_forecast_panel(sample, None, ens, interval_minutes=minutes, title=title, path=paths["panel"])
-        written["panel"] = paths["panel"]
-        written["gif"] = save_forecast_gif(paths["gif"], sample, None, ens, interval_minutes=minutes, title=title)
-    if progress:
-        seconds = time.perf_counter() - start
-        print(f"prediff forecast: {frames.shape[0]} context(s) x {members} member(s) in {seconds:.1f} s")
-    return written
+            step = context.time_step
+            minutes = interval_minutes or (float(step / np.timedelta64(1, "s")) / 60 if step is not None else 10.0)
+            title = f"{Path(str(model_id)).name}: {members} member(s) from {Path(context.source).name}"
+            sample = frames[plot_sample]
+            ens = ensemble[plot_sample]
+            plot_forecast_panel(sample, None, ens, interval_minutes=minutes, title=title, path=paths["panel"])
+            written["panel"] = paths["panel"]
+            written["gif"] = save_forecast_gif(paths["gif"], sample, None, ens, interval_minutes=minutes, title=title)
+        if progress:
+            seconds = time.perf_counter() - start
+            print(f"prediff forecast: {frames.shape[0]} context(s) x {members} member(s) in {seconds:.1f} s")
+        return written
 
 
 def context_inputs(input: str | Path) -> list[Path] | None:
@@ -428,26 +467,30 @@ def run_forecasts(
             raise ValueError(f"{stems[output]} and {path} would both be forecast into {output}; rename one")
         stems[output] = path
     write_pysteps, plots = kwargs.get("write_pysteps", True), kwargs.get("plots", True)
-    existing = [
-        str(p)
-        for output in outputs
-        for p in _output_paths(output, None, not write_pysteps, not plots).values()
-        if p.exists()
-    ]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} (and {len(existing) - 1} more) already exist(s); pass --overwrite")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     processes = launched_processes()
-    written = []
-    with processes.split_between_processes(list(zip(inputs, outputs))) as share:
-        for path, output in tqdm(
-            share, desc="forecast", unit="file", disable=not (progress and processes.is_main_process)
-        ):
-            run_forecast(
-                pipeline, path, output, overwrite=overwrite, progress=False, split_across_processes=False, **kwargs
-            )
-            written.append(output)
-    return list(gather_object(written)) if processes.num_processes > 1 else written
+    # The folder is locked as a whole (and each file by the process writing it): a second run on the same
+    # --out refuses at once rather than mixing its files with this run's.
+    with _output_lock(out_dir, "--out", processes, shared=processes.num_processes > 1):
+        existing = [
+            str(p)
+            for output in outputs
+            for p in _output_paths(output, None, not write_pysteps, not plots).values()
+            if p.exists()
+        ]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} (and {len(existing) - 1} more) already exist(s); pass --overwrite")
+        out_dir.mkdir(exist_ok=True)
+        written = []
+        with processes.split_between_processes(list(zip(inputs, outputs))) as share:
+            for path, output in tqdm(
+                share, desc="forecast", unit="file", disable=not (progress and processes.is_main_process)
+            ):
+                run_forecast(
+                    pipeline, path, output, overwrite=overwrite, progress=False, split_across_processes=False, **kwargs
+                )
+                written.append(output)
+        return list(gather_object(written)) if processes.num_processes > 1 else written
 
 
 def _forecast_command(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@ permissions, outputs that never overwrite inputs, and the error for a file that 
 
 Data sets, pipelines, checkpoints, exports, forecasts, reports and pictures are all written the same way, so
 that a reader never finds half an output and a crash never loses the previous one; one implementation here keeps
-them from drifting apart. Nothing here imports torch.
+them from drifting apart. [`exclusive_lock`] keeps two runs from writing the same output at once. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from .faults import fault_point
 __all__ = [
     "aside_folder",
     "atomic_output",
+    "OutputLockedError",
     "check_outputs_spare_inputs",
+    "exclusive_lock",
     "file_read_error",
     "fsync_tree",
     "give_plain_permissions",
+    "lock_file",
     "move_aside",
     "move_into",
     "plain_permissions_for_writes",
@@ -236,3 +240,74 @@ def move_into(src: Path, dst: Path, aside_prefix: str, last: Collection[str] = (
     fsync_tree(dst, recursive=False)
     shutil.rmtree(aside)
     src.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+
+class OutputLockedError(OSError):
+    """Another process holds the lock of an output ([`exclusive_lock`])."""
+
+
+def lock_file(path: str | os.PathLike) -> Path:
+    """The hidden lock file of output ``path``: ``.{name}.lock`` next to it."""
+    target = Path(path)
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, label: str = "the output") -> Iterator[Path]:
+    """Hold the exclusive lock of output ``path`` for the block, or refuse at once if another process holds it.
+
+    The lock is an advisory ``flock`` on the hidden file [`lock_file`] next to ``path`` (whose folder must
+    exist), holding the process id of its holder. The kernel releases it when the process ends however it
+    ends, so a run killed with SIGKILL never blocks the next one; the file itself is deleted when the block
+    ends, on success or error (a killed run leaves it behind, unlocked, for the next one to reuse).
+
+    Args:
+        path: the output (file or folder) the block writes.
+        label: how the error names it (``"--out"``).
+
+    Yields:
+        The lock file.
+
+    Raises:
+        OutputLockedError: another process holds the lock; the message names the output, the other process
+            and the lock file.
+    """
+    import fcntl
+
+    lock = lock_file(path)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f"process {holder}" if holder.isdigit() else "another process"
+            raise OutputLockedError(
+                f"{label} {os.fspath(path)} is being written by {who} (it holds {lock}); wait for it to finish or "
+                "choose another output"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder deletes the file before it unlocks it: a lock taken on the file it opened just
+        # before is a lock on a file nobody else will open again. Only a lock on the file at `lock` counts.
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield lock
+    finally:
+        # Deleted while still held (see above), then unlocked by closing it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
