@@ -1,4 +1,5 @@
-"""Windows over any array of sequences (NumPy, HDF5, zarr, xarray), scaled to [0, 1] from a declared range."""
+"""Windows over any array of sequences (NumPy, HDF5, zarr, xarray), scaled to [0, 1] from a declared range
+(through an optional value transform, e.g. rain rate in dB)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..utils.checks import check_index, check_positive_int, check_value_range
+from ..utils.units import check_value_transform
 from .readers import check_array_metadata, open_hdf5, scale_to_unit
 
 
@@ -57,13 +59,16 @@ class ArraySequenceDataset(Dataset):
     Args:
         array: the (N, T, H, W, C) data.
         seq_len (`int`): frames per window.
-        value_range (`tuple[float, float]`): the physical range mapped to [0, 1] (e.g. (0, 255) for VIL).
+        value_range (`tuple[float, float]`): the range mapped to [0, 1] (e.g. (0, 255) for VIL), of the
+            transformed values when there is a `value_transform` (e.g. (-15, 25) dB for rain rate).
         stride (`int`, defaults to ``seq_len``): step between window starts; each sequence gives
             ``1 + (T - seq_len) // stride`` windows.
         clip (`bool`, defaults to False): clip values outside ``value_range`` instead of raising
             ``ValueError``.
         dims (`Sequence[str]`, *optional*): for a DataArray, its dimension names in (N, T, H, W, C) order.
         transform (`Callable`, *optional*): applied to every item dict.
+        value_transform (`dict`, *optional*): applied to the physical values before `value_range`, e.g.
+            `{"kind": "db", "threshold": 0.1, "zerovalue": -15.0}` (see [`~prediff.utils.units`]).
     """
 
     def __init__(
@@ -75,7 +80,9 @@ class ArraySequenceDataset(Dataset):
         clip: bool = False,
         dims: Sequence[str] | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        value_transform: dict[str, Any] | None = None,
     ) -> None:
+        self.value_transform = check_value_transform(value_transform)
         self.seq_len = check_positive_int("seq_len", seq_len)
         self.stride = check_positive_int("stride", self.seq_len if stride is None else stride)
         self.value_range = check_value_range(value_range)
@@ -119,8 +126,8 @@ class ArraySequenceDataset(Dataset):
     ) -> ArraySequenceDataset:
         """Open the array ``key`` of an HDF5 file or zarr store (e.g. written by ``prediff data generate``).
 
-        ``seq_len`` defaults to the stored sequence length and ``value_range`` to the one recorded in the
-        file's metadata.
+        ``seq_len`` defaults to the stored sequence length, ``value_range`` and ``value_transform`` to those
+        recorded in the file's metadata (a file of rain rate in mm/h records none: give both).
         """
         from .io import SequenceFile
 
@@ -131,6 +138,8 @@ class ArraySequenceDataset(Dataset):
             if "value_range" not in stored.metadata:
                 raise ValueError(f"{path} records no value_range; pass value_range=(low, high)")
             kwargs["value_range"] = tuple(stored.metadata["value_range"])
+        if kwargs.get("value_transform") is None:
+            kwargs["value_transform"] = stored.metadata.get("value_transform")
         array = stored.array(key)
         return cls(array, seq_len=seq_len or int(array.shape[1]), **kwargs)
 
@@ -150,7 +159,8 @@ class ArraySequenceDataset(Dataset):
         sequence, start = self.locate(index)
         window = self._array()[sequence, start : start + self.seq_len]
         values = np.asarray(getattr(window, "values", window))
-        frames = scale_to_unit(values, self.value_range, self.clip, f"window {index} (sequence {sequence})")
+        where = f"window {index} (sequence {sequence})"
+        frames = scale_to_unit(values, self.value_range, self.clip, where, self.value_transform)
         item = {
             "frames": torch.from_numpy(np.ascontiguousarray(frames)),
             "sequence": sequence,
@@ -161,5 +171,5 @@ class ArraySequenceDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(shape={self.shape}, seq_len={self.seq_len}, stride={self.stride}, "
-            f"value_range={self.value_range})"
+            f"value_range={self.value_range}, value_transform={self.value_transform})"
         )

@@ -34,6 +34,8 @@ def build_sequence_dataset(
     start_date: str | None = None,
     end_date: str | None = None,
     key: str = "frames",
+    value_range: tuple[float, float] | None = None,
+    value_transform: dict | None = None,
 ) -> Dataset:
     """The data set of windows of `seq_len` frames from `source` (one of `SEQUENCE_SOURCES`).
 
@@ -49,6 +51,8 @@ def build_sequence_dataset(
             its data set's default).
         img_type, start_date, end_date: the SEVIR image type and event time range.
         key: the array of a file.
+        value_range, value_transform: a file's scaling to [0, 1], instead of what the file records (a file of
+            rain rate in mm/h records neither).
 
     Raises:
         ValueError: an unknown `source`; the data sets' own errors for unusable arguments or files.
@@ -79,7 +83,10 @@ def build_sequence_dataset(
     if source == "file":
         from .arrays import ArraySequenceDataset
 
-        return ArraySequenceDataset.from_file(path, seq_len=seq_len, key=key, stride=stride)
+        scaling = {"value_range": tuple(value_range)} if value_range is not None else {}
+        return ArraySequenceDataset.from_file(
+            path, seq_len=seq_len, key=key, stride=stride, value_transform=value_transform, **scaling
+        )
     raise ValueError(f"source must be one of {SEQUENCE_SOURCES}, got {source!r}")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..utils.files import file_read_error
 from ..utils.memory import check_fits_in_memory, format_bytes
-from ..utils.units import to_unit
+from ..utils.units import to_transformed, to_unit
 
 _EXTRA_OF = {
     "h5py": "data",
@@ -279,24 +279,33 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-def scale_to_unit(values: np.ndarray, value_range: tuple[float, float], clip: bool, where: str) -> np.ndarray:
-    """Map ``values`` from the declared ``value_range`` to [0, 1] as float32.
+def scale_to_unit(
+    values: np.ndarray,
+    value_range: tuple[float, float],
+    clip: bool,
+    where: str,
+    value_transform: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Map ``values`` through the optional value transform (e.g. rain rate to dB) and from the declared
+    ``value_range`` of the transformed values to [0, 1], as float32.
 
     Values outside the declared range raise a ``ValueError`` naming ``where`` (the item, file or event),
     unless ``clip`` is set, in which case they are clipped: a silent out-of-range value would otherwise leak
     into training as an input outside [0, 1].
     """
     low, high = value_range
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(f"{where}: values contain NaN or infinity")
+    values = to_transformed(values.astype(np.float32), value_transform)
     if values.size:
         found_low, found_high = float(np.min(values)), float(np.max(values))
-        if not (np.isfinite(found_low) and np.isfinite(found_high)):
-            raise ValueError(f"{where}: values contain NaN or infinity")
         if (found_low < low or found_high > high) and not clip:
+            transformed = " (after the value transform)" if value_transform else ""
             raise ValueError(
-                f"{where}: values span [{found_low:g}, {found_high:g}], outside the declared value_range "
-                f"[{low:g}, {high:g}] (pass clip=True to clip them)"
+                f"{where}: values{transformed} span [{found_low:g}, {found_high:g}], outside the declared "
+                f"value_range [{low:g}, {high:g}] (pass clip=True to clip them)"
             )
-    out = to_unit(values.astype(np.float32), value_range)
+    out = to_unit(values, value_range)
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out

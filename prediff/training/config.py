@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils.checks import check_value_range
+from ..utils.units import check_value_transform
+
 __all__ = [
     "CONFIG_CLASSES",
     "AlignmentTrainingConfig",
@@ -63,6 +66,10 @@ class DataConfig:
             seed).
         img_type, start_date, end_date: SEVIR image type and event time range (`start < time <= end`).
         key: array name inside a "file" data set.
+        value_range, value_transform: how a "file" data set's physical values map to [0, 1], instead of what the
+            file records: the transform (e.g. `{kind: db, threshold: 0.1, zerovalue: -15}` for rain rate in
+            mm/h, see `prediff.utils.units`), then `value_range` of the transformed values (e.g. `[-15, 25]`).
+            Recorded in the exported pipeline.
         val_fraction: share of items held out for validation (the official split holds out 10 %).
         split_seed: seed of that split.
         augment: random flips and quarter turns of every training item (same on all its frames).
@@ -84,6 +91,8 @@ class DataConfig:
     start_date: str | None = None
     end_date: str | None = None
     key: str = "frames"
+    value_range: list[float] | None = None
+    value_transform: dict | None = None
     val_fraction: float = 0.1
     split_seed: int = 0
     augment: bool = False
@@ -251,6 +260,13 @@ class TrainingConfig:
                 raise ValueError(f"data.path is required for data.dataset={d.dataset!r}, got {d.path!r}")
             if not Path(d.path).exists():
                 raise FileNotFoundError(f"data.path {d.path!r} does not exist (data.dataset={d.dataset!r})")
+        if (d.value_range is not None or d.value_transform is not None) and d.dataset != "file":
+            raise ValueError(
+                f"data.value_range and data.value_transform apply to data.dataset='file', not {d.dataset!r}"
+            )
+        if d.value_range is not None:
+            check_value_range(d.value_range, "data.value_range")
+        check_value_transform(d.value_transform)
         _check(isinstance(self.model, dict), "model", "a mapping of constructor arguments", self.model)
 
 

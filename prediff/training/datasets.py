@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -43,9 +43,28 @@ def item_entry(item: dict[str, Any], key: str) -> Any:
     return item[key]
 
 
-def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tuple[float, float], str | None]:
-    """The training and validation splits described by `config.data`, the data's physical value range (the
-    values of 0 and 1) and its units when they are known."""
+class DataScaling(NamedTuple):
+    """How a data set's physical values map to the [0, 1] the networks see, and what grid and clock they are
+    on; trainers record it in what they export.
+
+    Attributes:
+        value_range: the (transformed) values mapped to 0 and 1.
+        units: what the physical values are, when known.
+        value_transform: applied before `value_range` (None: linear).
+        pixel_size_km, frame_interval_minutes: the grid spacing and time between frames, when a file records
+            them (`prediff data radar` does).
+    """
+
+    value_range: tuple[float, float] = (0.0, 255.0)
+    units: str | None = None
+    value_transform: dict[str, Any] | None = None
+    pixel_size_km: float | None = None
+    frame_interval_minutes: float | None = None
+
+
+def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, DataScaling]:
+    """The training and validation splits described by `config.data`, and how the data's values are scaled
+    (see [`DataScaling`])."""
     d = config.data
     seq_len = d.window_length
     full = build_sequence_dataset(
@@ -61,9 +80,21 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tup
         start_date=d.start_date,
         end_date=d.end_date,
         key=d.key,
+        value_range=d.value_range,
+        value_transform=d.value_transform,
     )
-    value_range = tuple(float(v) for v in full.value_range)
-    units = sequence_units(d.dataset, full, d.path, d.img_type)
+    grid: dict[str, Any] = {}
+    if d.dataset == "file":
+        from ..data.io import SequenceFile
+
+        recorded = SequenceFile(d.path).metadata
+        grid = {key: recorded.get(key) for key in ("pixel_size_km", "frame_interval_minutes")}
+    scaling = DataScaling(
+        value_range=tuple(float(v) for v in full.value_range),
+        units=sequence_units(d.dataset, full, d.path, d.img_type),
+        value_transform=getattr(full, "value_transform", None),
+        **grid,
+    )
     n = len(full)
     if n == 0:
         raise ValueError(f"data set {d.dataset!r} ({d.path or 'generated'}) holds no window of seq_len={seq_len}")
@@ -76,7 +107,7 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, tup
     if d.cache_in_memory:
         train = _InMemory(train, config.label_key)
         val = _InMemory(val, config.label_key) if val is not None else None
-    return train, val, value_range, units
+    return train, val, scaling
 
 
 def collate_frames(items: list[dict[str, Any]]) -> torch.Tensor:

@@ -54,6 +54,7 @@ class ValidationPictures:
         from ..visualization import plot_forecast_panel
 
         lo, hi = self.value_range
-        cmap = "vil" if (lo, hi) == (0.0, 255.0) else "viridis"
+        linear_vil = (lo, hi) == (0.0, 255.0) and self.scaling.value_transform is None
+        cmap = "vil" if linear_vil else "viridis"
         figure = plot_forecast_panel(context, cmap=cmap, title=title, path=self.picture_path(name, step), **panel)
         self.log_figure(f"val/{name}", figure, step)

@@ -22,7 +22,6 @@ from ..models.alignment import KnowledgeAlignmentModel
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..pipelines import PreDiffPipeline
 from ..schedulers import SCHEDULER_PRESETS, prediff_scheduler, prediff_training_scheduler
-from ..utils.units import to_physical
 from .config import DenoiserTrainingConfig
 from .latent import LatentTrainer, load_pretrained_component, load_vae
 from .losses import DiffusionLoss
@@ -124,8 +123,7 @@ class DenoiserTrainer(LatentTrainer):
             scheduler=prediff_scheduler(cfg.validation_scheduler),
             knowledge_model=self.knowledge_model,
             extrapolator=self.extrapolator,
-            value_range=self.value_range,
-            units=self.units,
+            **self.pipeline_scaling(),
             training_data=self.describe_training(),
         )
 
@@ -137,13 +135,13 @@ class DenoiserTrainer(LatentTrainer):
         generator = torch.Generator(self.device).manual_seed(cfg.seed)
         with self.autocast():
             forecast = pipe(
-                to_physical(context, self.value_range),
+                self.to_physical(context),
                 num_inference_steps=cfg.validation_inference_steps,
                 num_ensemble_members=cfg.num_ensemble_members,
                 generator=generator,
                 output_type="pt",
             ).frames.float()
-        target = to_physical(target, self.value_range)
+        target = self.to_physical(target)
         metrics = {
             "forecast_mae": (forecast.mean(1) - target).abs().mean().item(),
             "forecast_spread": forecast.std(1).mean().item() if forecast.shape[1] > 1 else 0.0,
@@ -152,7 +150,7 @@ class DenoiserTrainer(LatentTrainer):
             self.save_validation_panel(
                 "forecast",
                 step,
-                to_physical(context[0], self.value_range).cpu(),
+                self.to_physical(context[0]).cpu(),
                 title=f"validation forecast, step {step}",
                 target=target[0].cpu(),
                 ensemble=forecast[0].cpu(),

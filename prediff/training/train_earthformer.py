@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from ..models.earthformer import EarthformerModel
 from ..pipelines import EarthformerPipeline
-from ..utils.units import to_physical
 from .config import EarthformerTrainingConfig
 from .trainer import Trainer
 
@@ -68,18 +67,17 @@ class EarthformerTrainer(Trainer):
         self.save_validation_panel(
             "forecast",
             step,
-            to_physical(context[0], self.value_range).cpu(),
+            self.to_physical(context[0]).cpu(),
             title=f"validation forecast, step {step}",
-            target=to_physical(target[0], self.value_range).cpu(),
-            ensemble=to_physical(prediction[:1], self.value_range).cpu(),
+            target=self.to_physical(target[0]).cpu(),
+            ensemble=self.to_physical(prediction[:1]).cpu(),
         )
         return None
 
     def export(self, folder: Path) -> Any:
         pipe = EarthformerPipeline(
             self.unwrap("earthformer"),
-            value_range=self.value_range,
-            units=self.units,
+            **self.pipeline_scaling(),
             training_data=self.describe_training(),
         )
         pipe.save_pretrained(folder)

@@ -16,7 +16,6 @@ from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 from torch import nn
 
 from ..models.autoencoder import AUTOENCODER_PRESETS, autoencoder_from_preset, latent_frame_shape
-from ..utils.units import to_physical
 from .config import VAETrainingConfig
 from .losses import PatchGANDiscriminator, hinge_discriminator_loss, vae_generator_loss
 from .trainer import Trainer
@@ -151,8 +150,8 @@ class VAETrainer(Trainer):
         with self.autocast():
             _, reconstruction, _, _ = self._forward(frames, module)
         # At most 8 frames side by side.
-        originals = to_physical(frames.reshape(B * T, H, W, C).float().cpu(), self.value_range)[:8]
-        recon = to_physical(reconstruction.permute(0, 2, 3, 1).float().cpu(), self.value_range)[:8]
+        originals = self.to_physical(frames.reshape(B * T, H, W, C).float().cpu())[:8]
+        recon = self.to_physical(reconstruction.permute(0, 2, 3, 1).float().cpu())[:8]
         self.save_validation_panel(
             "reconstruction",
             step,

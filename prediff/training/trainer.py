@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..utils.units import to_physical
 from .checkpointing import TrainerCheckpoints, remove_checkpoint, remove_stale_temporaries
 from .config import TrainingConfig
 from .config_loading import config_to_dict, save_config
-from .datasets import build_datasets, collate_batch, collate_frames
+from .datasets import DataScaling, build_datasets, collate_batch, collate_frames
 from .exporting import export_into
 from .guards import check_finite_loss, clip_and_check_gradients
 from .pictures import ValidationPictures
@@ -63,8 +64,8 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         config: the validated configuration.
         train_dataset, val_dataset: data sets to use instead of those described by `config.data` (items are
             dicts with `"frames"` `(T, H, W, C)` in [0, 1]).
-        value_range: physical values of 0 and 1 (with explicit data sets; default `(0, 255)`).
-        units: what the physical values are (with explicit data sets; recorded in exported pipelines).
+        scaling: how the explicit data sets' values map to [0, 1] (default: VIL levels 0-255, linear), recorded
+            in exported pipelines (see [`~prediff.training.datasets.DataScaling`]).
 
     Subclasses set `kind` and implement `build`, `compute_losses`, `validation_losses`, `export` and
     optionally `samples_per_item`.
@@ -77,17 +78,17 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         config: TrainingConfig,
         train_dataset: Dataset | None = None,
         val_dataset: Dataset | None = None,
-        value_range: tuple[float, float] | None = None,
-        units: str | None = None,
+        scaling: DataScaling | None = None,
     ) -> None:
         config.validate()
         self.config = config
         if train_dataset is None:
-            self.train_dataset, self.val_dataset, self.value_range, self.units = build_datasets(config)
+            self.train_dataset, self.val_dataset, self.scaling = build_datasets(config)
         else:
             self.train_dataset, self.val_dataset = train_dataset, val_dataset
-            self.value_range = tuple(value_range) if value_range is not None else (0.0, 255.0)
-            self.units = units
+            self.scaling = scaling if scaling is not None else DataScaling()
+        self.value_range = tuple(float(v) for v in self.scaling.value_range)
+        self.units = self.scaling.units
         if len(self.train_dataset) == 0:
             raise ValueError("the training split is empty; lower data.val_fraction or add data")
         frames = self.train_dataset[0]["frames"]
@@ -119,6 +120,21 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         self.build()
 
     # ------------------------------------------------------------------ hooks for subclasses
+
+    def to_physical(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames in [0, 1] -> the data's physical units (the inverse of the data set's scaling)."""
+        return to_physical(frames, self.value_range, self.scaling.value_transform)
+
+    def pipeline_scaling(self) -> dict[str, Any]:
+        """The data's scaling, grid and clock as pipeline constructor arguments, so that an exported pipeline
+        takes and gives the data's physical units."""
+        return {
+            "value_range": self.value_range,
+            "value_transform": self.scaling.value_transform,
+            "units": self.units,
+            "pixel_size_km": self.scaling.pixel_size_km,
+            "frame_interval_minutes": self.scaling.frame_interval_minutes,
+        }
 
     def build(self) -> None:
         """Create the networks; set `self.train_modules` (name -> module trained through DDP),
