@@ -115,6 +115,9 @@ class TrainingConfig:
             dropout, augmentation, data order); a resumed run continues the same random sequence.
         data: see [`DataConfig`].
         model: constructor arguments of the trained network; `preset` names a published configuration.
+        init_weights: fine-tune instead of starting from random weights: a saved network, or a folder holding
+            it in the trained component's subfolder (`vae/`, `unet/`, e.g. a pipeline such as the shipped
+            `prediff-storms-tiny`); its configuration replaces `model` (`prediff train vae` and `denoiser`).
         train_batch_size: items per process and micro-batch.
         max_train_steps: optimizer steps; when null, `num_train_epochs` passes over the data.
         num_train_epochs: used only without `max_train_steps`.
@@ -153,6 +156,7 @@ class TrainingConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=dict)
+    init_weights: str | None = None
     train_batch_size: int = 2
     max_train_steps: int | None = None
     num_train_epochs: int = 1
@@ -260,6 +264,8 @@ class TrainingConfig:
                 raise ValueError(f"data.path is required for data.dataset={d.dataset!r}, got {d.path!r}")
             if not Path(d.path).exists():
                 raise FileNotFoundError(f"data.path {d.path!r} does not exist (data.dataset={d.dataset!r})")
+        if self.init_weights is not None and not Path(self.init_weights).exists():
+            raise FileNotFoundError(f"init_weights {self.init_weights!r} does not exist")
         if (d.value_range is not None or d.value_transform is not None) and d.dataset != "file":
             raise ValueError(
                 f"data.value_range and data.value_transform apply to data.dataset='file', not {d.dataset!r}"

@@ -62,7 +62,15 @@ class DenoiserTrainer(LatentTrainer):
         condition_length = d.context_length + (d.target_length if self.extrapolator is not None else 0)
         derived = {"input_shape": (condition_length, h, w, c), "target_shape": (d.target_length, h, w, c)}
         kwargs = self.check_model_kwargs(EarthformerUNetModel, cfg.model, derived)
-        unet = EarthformerUNetModel(**kwargs)
+        unet = self.initial_network(EarthformerUNetModel, "unet")
+        if unet is None:
+            unet = EarthformerUNetModel(**kwargs)
+        elif (tuple(unet.input_shape), tuple(unet.target_shape)) != (derived["input_shape"], derived["target_shape"]):
+            raise ValueError(
+                f"init_weights {cfg.init_weights!r} holds a denoiser of input_shape {tuple(unet.input_shape)} and "
+                f"target_shape {tuple(unet.target_shape)}; the data and autoencoder need {derived['input_shape']} "
+                f"and {derived['target_shape']}"
+            )
         self.configure_network(unet)
         self.knowledge_model = None
         if cfg.knowledge_model is not None:

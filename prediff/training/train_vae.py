@@ -57,7 +57,9 @@ class VAETrainer(Trainer):
         T, H, W, C = self.item_shape
         if "in_channels" not in kwargs and C != AUTOENCODER_PRESETS[preset]["in_channels"]:
             kwargs.update(in_channels=C, out_channels=C)
-        vae = autoencoder_from_preset(preset, temporal_decoder=cfg.temporal_decoder, **kwargs)
+        vae = self.initial_network(cls, "vae")
+        if vae is None:
+            vae = autoencoder_from_preset(preset, temporal_decoder=cfg.temporal_decoder, **kwargs)
         try:
             latent_frame_shape(vae, (H, W, C))
         except ValueError as error:

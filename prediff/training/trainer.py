@@ -81,6 +81,8 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         scaling: DataScaling | None = None,
     ) -> None:
         config.validate()
+        if config.init_weights is not None and self.kind not in ("vae", "denoiser"):
+            raise ValueError(f"init_weights is supported by `prediff train vae` and `denoiser`, not {self.kind!r}")
         self.config = config
         if train_dataset is None:
             self.train_dataset, self.val_dataset, self.scaling = build_datasets(config)
@@ -120,6 +122,14 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         self.build()
 
     # ------------------------------------------------------------------ hooks for subclasses
+
+    def initial_network(self, cls: type, subfolder: str) -> torch.nn.Module | None:
+        """The network of `config.init_weights` (fine-tuning), trainable; None without it."""
+        if self.config.init_weights is None:
+            return None
+        from .latent import load_pretrained_component
+
+        return load_pretrained_component(cls, self.config.init_weights, subfolder).requires_grad_(True).train()
 
     def to_physical(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames in [0, 1] -> the data's physical units (the inverse of the data set's scaling)."""

@@ -93,3 +93,29 @@ def test_values_outside_the_transformed_range_are_named(tmp_path, rain_file, vae
     with pytest.raises(ValueError, match="values \\(after the value transform\\) span"):
         for index in range(len(train)):
             train[index]
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path, rain_file, vae_dir):
+    from prediff.models.earthformer_unet import EarthformerUNetModel
+
+    first = config(tmp_path / "a", rain_file, vae_dir)
+    DenoiserTrainer(first).train()
+    tuned = config(tmp_path / "b", rain_file, vae_dir, init_weights=str(tmp_path / "a" / "denoiser"))
+    trainer = DenoiserTrainer(tuned)
+    trainer.build()
+    start = EarthformerUNetModel.from_pretrained(tmp_path / "a" / "denoiser" / "unet")
+    for name, value in trainer.unwrap("denoiser").unet.state_dict().items():
+        torch.testing.assert_close(value, start.state_dict()[name], rtol=0, atol=0, msg=name)
+    assert all(p.requires_grad for p in trainer.unwrap("denoiser").unet.parameters())
+
+
+def test_init_weights_of_another_shape_or_trainer_are_refused(tmp_path, rain_file, vae_dir):
+    other = tmp_path / "other"
+    from prediff.models.earthformer_unet import EarthformerUNetModel
+
+    EarthformerUNetModel(input_shape=(2, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1),
+                         num_heads=2).save_pretrained(other)  # fmt: skip
+    with pytest.raises(ValueError, match="holds a denoiser of input_shape \\(2, 8, 8, 4\\)"):
+        DenoiserTrainer(config(tmp_path, rain_file, vae_dir, init_weights=str(other))).build()
+    with pytest.raises(FileNotFoundError, match="init_weights 'nowhere' does not exist"):
+        config(tmp_path, rain_file, vae_dir, init_weights="nowhere").validate()
