@@ -116,8 +116,9 @@ class TrainingConfig:
         data: see [`DataConfig`].
         model: constructor arguments of the trained network; `preset` names a published configuration.
         init_weights: fine-tune instead of starting from random weights: a saved network, or a folder holding
-            it in the trained component's subfolder (`vae/`, `unet/`, e.g. a pipeline such as the shipped
-            `prediff-storms-tiny`); its configuration replaces `model` (`prediff train vae` and `denoiser`).
+            it in the trained component's subfolder (`vae/`, `unet/` of a pipeline), or the name of a shipped
+            pipeline (`prediff-storms-tiny`); its configuration replaces `model` (`prediff train vae` and
+            `denoiser`).
         train_batch_size: items per process and micro-batch.
         max_train_steps: optimizer steps; when null, `num_train_epochs` passes over the data.
         num_train_epochs: used only without `max_train_steps`.
@@ -264,8 +265,14 @@ class TrainingConfig:
                 raise ValueError(f"data.path is required for data.dataset={d.dataset!r}, got {d.path!r}")
             if not Path(d.path).exists():
                 raise FileNotFoundError(f"data.path {d.path!r} does not exist (data.dataset={d.dataset!r})")
-        if self.init_weights is not None and not Path(self.init_weights).exists():
-            raise FileNotFoundError(f"init_weights {self.init_weights!r} does not exist")
+        if self.init_weights is not None:
+            from ..pretrained import SHIPPED_PIPELINES
+
+            if self.init_weights not in SHIPPED_PIPELINES and not Path(self.init_weights).exists():
+                raise FileNotFoundError(
+                    f"init_weights {self.init_weights!r} is neither a folder nor a shipped pipeline "
+                    f"({', '.join(SHIPPED_PIPELINES)})"
+                )
         if (d.value_range is not None or d.value_transform is not None) and d.dataset != "file":
             raise ValueError(
                 f"data.value_range and data.value_transform apply to data.dataset='file', not {d.dataset!r}"

@@ -127,9 +127,13 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         """The network of `config.init_weights` (fine-tuning), trainable; None without it."""
         if self.config.init_weights is None:
             return None
+        from ..pretrained import SHIPPED_PIPELINES, shipped_pipeline_path
         from .latent import load_pretrained_component
 
-        return load_pretrained_component(cls, self.config.init_weights, subfolder).requires_grad_(True).train()
+        source = self.config.init_weights
+        if source in SHIPPED_PIPELINES and not Path(source).exists():
+            source = shipped_pipeline_path(source)
+        return load_pretrained_component(cls, source, subfolder).requires_grad_(True).train()
 
     def to_physical(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames in [0, 1] -> the data's physical units (the inverse of the data set's scaling)."""

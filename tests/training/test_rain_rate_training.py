@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from prediff.data import write_sequences
 from prediff.pipelines import PreDiffPipeline
@@ -109,6 +110,19 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path, rain_file, vae_dir)
     assert all(p.requires_grad for p in trainer.unwrap("denoiser").unet.parameters())
 
 
+def test_fine_tuning_from_a_shipped_pipeline_by_name(tmp_path):
+    from prediff.pretrained import shipped_pipeline_path
+    from prediff.training import VAETrainer
+
+    values = {"output_dir": str(tmp_path / "vae"), "report_to": "none", "init_weights": "prediff-storms-tiny",
+              "data.height": 64, "data.width": 64}  # fmt: skip
+    trainer = VAETrainer(load_config("vae", TINY / "vae.yaml", values))
+    trainer.build()
+    shipped = load_file(shipped_pipeline_path("prediff-storms-tiny") / "vae" / "diffusion_pytorch_model.safetensors")
+    for name, value in trainer.vae.state_dict().items():
+        torch.testing.assert_close(value, shipped[name], rtol=0, atol=0, msg=name)
+
+
 def test_init_weights_of_another_shape_or_trainer_are_refused(tmp_path, rain_file, vae_dir):
     other = tmp_path / "other"
     from prediff.models.earthformer_unet import EarthformerUNetModel
@@ -117,5 +131,5 @@ def test_init_weights_of_another_shape_or_trainer_are_refused(tmp_path, rain_fil
                          num_heads=2).save_pretrained(other)  # fmt: skip
     with pytest.raises(ValueError, match="holds a denoiser of input_shape \\(2, 8, 8, 4\\)"):
         DenoiserTrainer(config(tmp_path, rain_file, vae_dir, init_weights=str(other))).build()
-    with pytest.raises(FileNotFoundError, match="init_weights 'nowhere' does not exist"):
+    with pytest.raises(FileNotFoundError, match="init_weights 'nowhere' is neither a folder nor a shipped pipeline"):
         config(tmp_path, rain_file, vae_dir, init_weights="nowhere").validate()
