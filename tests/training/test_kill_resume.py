@@ -26,7 +26,7 @@ TINY = REPO / "examples" / "configs" / "synthetic-tiny"
 # One thread per process: the reference run and the killed ones share two cores without oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("PREDIFF_FAULT_INJECT", None)
-STEPS = 8
+STEPS = 10
 #: What every checkpoint of the denoiser holds; one that lacks a file is partial.
 CHECKPOINT_FILES = {
     "denoiser.lr_scheduler.json",
@@ -103,15 +103,29 @@ def _check_after_kill(out: Path) -> int:
     return _latest_step(out)
 
 
-def _kill_when(process: subprocess.Popen, ready, delay: float, what: str) -> None:
-    """SIGKILL `process` `delay` seconds after `ready()` first holds; it must still be running then."""
+def _wait(process: subprocess.Popen, condition) -> float:
+    """Poll until `condition()` holds or the process ends; returns the time it first held."""
     deadline = time.monotonic() + 240
-    while not ready() and process.poll() is None and time.monotonic() < deadline:
+    while not condition() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    time.sleep(delay)
+    return time.monotonic()
+
+
+def _kill(process: subprocess.Popen, what: str) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, f"the run ended ({process.returncode}) before {what}"
+
+
+def _kill_in_the_loop(process: subprocess.Popen, out: Path, target: int, fraction: float) -> None:
+    """SIGKILL `process` `fraction` of a step after checkpoint-`target` appeared (a step: the time from
+    checkpoint-`target - 1` to it, so `target - 1` must be saved by this run): while it trains the next step,
+    saves it or rotates the oldest checkpoint away. At least two steps remain after `target`, so the kill always
+    comes before the end, however fast the machine."""
+    before = _wait(process, lambda: _latest_step(out) >= target - 1)
+    at = _wait(process, lambda: _latest_step(out) >= target)
+    time.sleep(fraction * (at - before))
+    _kill(process, f"the kill after checkpoint-{target}")
 
 
 def _killed_by_itself(process: subprocess.Popen, log: Path) -> None:
@@ -126,28 +140,34 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     reference = _start(tmp_path / "straight", vae_dir, tmp_path / "straight.log")
     out = tmp_path / "killed"
     logs = iter(tmp_path / f"run-{i}.log" for i in range(100))
-    kills = 0
+    kills, resumed = 0, []
+
+    def checked(step: int) -> int:
+        resumed.append(step)
+        return step
 
     def resumes_from(log: Path, step: int) -> None:
         text = log.read_text()
         said = f"resumed from {out / f'checkpoint-{step}'} at step {step}" if step > 0 else "starting a new run"
         assert said in text, text[-3000:]
 
-    # 1. Anywhere in the start-up: imports, data, networks, the first steps.
+    # 1. Anywhere in the start-up (imports, data, networks, the first step): a random delay, cut short by the
+    # first checkpoint.
     log = next(logs)
-    _kill_when(_start(out, vae_dir, log), lambda: True, rng.uniform(0.5, 2.0), "the random kill")
+    process, launched, delay = _start(out, vae_dir, log), time.monotonic(), rng.uniform(0.5, 2.0)
+    _wait(process, lambda: time.monotonic() - launched >= delay or _latest_step(out) >= 1)
+    _kill(process, "the kill in the start-up")
     kills += 1
-    latest = _check_after_kill(out)
+    latest = checked(_check_after_kill(out))
 
-    # 2. At a random moment of the training loop: some time after checkpoint-s appeared (training the next
-    # step, saving it, or deleting the oldest checkpoint).
+    # 2. At a random moment of the training loop.
     log = next(logs)
     process = _start(out, vae_dir, log)
-    target = min(max(latest, 0) + rng.randint(1, 3), STEPS - 2)
-    _kill_when(process, lambda: _latest_step(out) >= target, rng.uniform(0, 0.25), f"checkpoint-{target}")
+    target = max(latest, 0) + rng.randint(2, 3)
+    _kill_in_the_loop(process, out, target, rng.random())
     kills += 1
     resumes_from(log, latest)
-    latest = _check_after_kill(out)
+    latest = checked(_check_after_kill(out))
     assert latest >= target
 
     # 3. In the middle of a checkpoint save: its weights are written, its training state is not.
@@ -157,17 +177,16 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     kills += 1
     resumes_from(log, latest)
     assert list(out.glob(f".checkpoint-{save}.*.tmp")), "the kill did not interrupt the save"
-    latest = _check_after_kill(out)
+    latest = checked(_check_after_kill(out))
     assert latest == save - 1
 
     # 4. At a random moment again.
     log = next(logs)
     process = _start(out, vae_dir, log)
-    target = rng.randint(latest + 1, STEPS - 2)
-    _kill_when(process, lambda: _latest_step(out) >= target, rng.uniform(0, 0.25), f"checkpoint-{target}")
+    _kill_in_the_loop(process, out, rng.randint(latest + 2, STEPS - 2), rng.random())
     kills += 1
     resumes_from(log, latest)
-    latest = _check_after_kill(out)
+    latest = checked(_check_after_kill(out))
 
     # 5. During the export: the pipeline is written in its temporary folder, nothing is published.
     log = next(logs)
@@ -175,7 +194,7 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     kills += 1
     resumes_from(log, latest)
     assert list(out.glob(".export.*.tmp")) and not (out / "model_index.json").exists()
-    latest = _check_after_kill(out)
+    latest = checked(_check_after_kill(out))
     assert latest == STEPS
 
     # 6. During its publication: some entries are in place, not `model_index.json` (no pipeline).
@@ -184,7 +203,7 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     kills += 1
     resumes_from(log, STEPS)
     assert (out / "README.md").exists() and not (out / "model_index.json").exists()
-    assert _check_after_kill(out) == STEPS
+    assert checked(_check_after_kill(out)) == STEPS
 
     # 7. Uninterrupted to the end: the weights of the run never killed, bit for bit (the exported pipeline and
     # the last checkpoint with its optimizer and EMA states).
@@ -212,7 +231,7 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     PreDiffPipeline.from_pretrained(aside)
     _assert_equal(_weights(aside), expected)
     remove_stale_temporaries(out)  # what the next run does first
-    assert _check_after_kill(out) == STEPS + 2
+    assert checked(_check_after_kill(out)) == STEPS + 2
     pipe = PreDiffPipeline.from_pretrained(out)
     ema = load_file(str(out / f"checkpoint-{STEPS + 2}" / "ema.safetensors"))
     new = dict(pipe.unet.named_parameters())
@@ -222,4 +241,5 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     assert not all(torch.equal(value.detach(), old[name]) for name, value in new.items())
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     total = time.monotonic() - started
-    print(f"{kills} kills; back to the uninterrupted weights after {resumed_at:.0f} s; {total:.0f} s in all")
+    print(f"{kills} kills (latest checkpoint after each: {resumed}); back to the uninterrupted weights after "
+          f"{resumed_at:.0f} s; {total:.0f} s in all")
