@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .arrays import ArraySequenceDataset
     from .augment import RandomFlipRotate, flip_rotate
     from .enso import ENSO_SST_RANGE, ENSODataset
-    from .io import SequenceFile, inspect_path, write_sequences
+    from .io import SequenceFile, inspect_path, merge_sequence_files, write_sequences
     from .nbody import NBodyDataset, nbody_acceleration, nbody_energy, simulate_nbody
     from .radar import (
         RadarArchiveDataset,
@@ -46,7 +46,7 @@ __getattr__, __dir__ = lazy_exports(
         ".arrays": ["ArraySequenceDataset"],
         ".augment": ["RandomFlipRotate", "flip_rotate"],
         ".enso": ["ENSO_SST_RANGE", "ENSODataset"],
-        ".io": ["SequenceFile", "inspect_path", "write_sequences"],
+        ".io": ["SequenceFile", "inspect_path", "merge_sequence_files", "write_sequences"],
         ".nbody": ["NBodyDataset", "nbody_acceleration", "nbody_energy", "simulate_nbody"],
         ".radar": [
             "RadarArchiveDataset",
@@ -102,5 +102,6 @@ __all__ = [
     "read_radar_events",
     "scan_radar",
     "simulate_nbody",
+    "merge_sequence_files",
     "write_sequences",
 ]

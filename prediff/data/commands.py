@@ -37,6 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("path", type=Path)
     inspect.set_defaults(func=_inspect)
 
+    merge = commands.add_parser(
+        "merge",
+        help="write the sequences of several files (same arrays, units, grid and clock) into one",
+    )
+    merge.add_argument("inputs", type=Path, nargs="+", help="sequence files (.h5 or .zarr), in order")
+    merge.add_argument("--out", type=Path, required=True, help="output .h5/.hdf5 file or .zarr store")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge.set_defaults(func=_merge)
+
     downsample = commands.add_parser(
         "downsample-sevir", help="write SEVIR-LR (every 2nd frame, 3x3 block max) from a SEVIR folder"
     )
@@ -201,6 +211,17 @@ def _inspect(args: argparse.Namespace) -> int:
     from .io import inspect_path
 
     print(inspect_path(args.path))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .io import merge_sequence_files
+
+    _check_output(args)
+    if any(path.resolve() == args.out.resolve() for path in args.inputs):
+        raise ValueError(f"--out {args.out} is one of the inputs")
+    merge_sequence_files(args.inputs, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"merged {len(args.inputs)} files into {args.out}")
     return 0
 
 

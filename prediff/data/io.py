@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +313,57 @@ def _describe_attrs(attrs: Mapping[str, Any]) -> list[str]:
             value = value.tolist()
         out.append(f"  {key}: {value}")
     return out
+
+
+#: Metadata that sequence files merged into one must agree on: what their values and grids mean.
+MERGE_MUST_AGREE = ("units", "value_range", "value_transform", "pixel_size_km", "frame_interval_minutes")
+
+
+def merge_sequence_files(
+    paths: Sequence[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False, progress: bool = True
+) -> Path:
+    """Write the sequences of several files (e.g. radar events of several sources from `prediff data radar`) into
+    one, in order, atomically.
+
+    The files must hold the same arrays with the same item shapes and dtypes, and agree on
+    [`MERGE_MUST_AGREE`] (a mix of units or grids would train a model on nonsense). The merged metadata keeps
+    those entries and records each input's own metadata under `"merged_from"`.
+
+    Raises:
+        ValueError: fewer than two inputs, or inputs that disagree (each difference named).
+    """
+    if len(paths) < 2:
+        raise ValueError(f"merging needs at least two sequence files, got {len(paths)}")
+    files = [SequenceFile(path) for path in paths]
+    first = files[0]
+    layout = {name: (tuple(first.array(name).shape[1:]), first.array(name).dtype) for name in first.fields}
+    for other in files[1:]:
+        found = {name: (tuple(other.array(name).shape[1:]), other.array(name).dtype) for name in other.fields}
+        if found != layout:
+            raise ValueError(f"{other.path} holds arrays {found}, but {first.path} holds {layout}")
+        for key in MERGE_MUST_AGREE:
+            if other.metadata.get(key) != first.metadata.get(key):
+                raise ValueError(
+                    f"{other.path} records {key}={other.metadata.get(key)!r}, but {first.path} records "
+                    f"{first.metadata.get(key)!r}"
+                )
+    metadata = {key: first.metadata[key] for key in MERGE_MUST_AGREE if key in first.metadata}
+    metadata["merged_from"] = [{"path": os.fspath(f.path), **f.metadata} for f in files]
+
+    def items():
+        for file in files:
+            for index in range(len(file)):
+                yield {name: file.read(index, name) for name in file.fields}
+
+    frame_shape, frame_dtype = layout.pop("frames")
+    return write_sequences(
+        out,
+        items(),
+        num_sequences=sum(len(f) for f in files),
+        frame_shape=frame_shape,
+        dtype=frame_dtype,
+        metadata=metadata,
+        fields=layout,
+        overwrite=overwrite,
+        progress=progress,
+    )

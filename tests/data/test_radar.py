@@ -20,6 +20,7 @@ import pytest
 
 from prediff.cli import main
 from prediff.data import RadarArchiveDataset, RadarSource, SequenceFile, block_mean, scan_radar
+from tests.conftest import run_cli
 
 pytest.importorskip("pysteps")
 h5py = pytest.importorskip("h5py")
@@ -557,3 +558,35 @@ def test_real_archive_meteoswiss_is_readable():
     scan = scan_radar(source, "201505151545", "201505151545")
     assert scan.present.all() and scan.frames.shape == (1, 640, 710)
     assert scan.metadata["native_pixel_size_km"] == [1.0, 1.0] and scan.metadata["source_unit"] == "mm"
+
+
+def test_merge_keeps_every_sequence_and_refuses_files_that_disagree(tmp_path, capsys):
+    from prediff.data import write_sequences
+
+    rng = np.random.default_rng(0)
+    parts = [rng.random((n, 2, 8, 8, 1)).astype(np.float32) for n in (3, 2)]
+    grid = {"units": "mm/h", "pixel_size_km": 2.0, "frame_interval_minutes": 10.0}
+    for i, part in enumerate(parts):
+        write_sequences(tmp_path / f"{i}.h5", ({"frames": f, "event": np.int64(i)} for f in part), len(part),
+                        part.shape[1:], np.float32, metadata={**grid, "source": f"s{i}"},
+                        fields={"event": ((), np.int64)}, progress=False)  # fmt: skip
+    assert run_cli(["data", "merge", tmp_path / "0.h5", tmp_path / "1.h5", "--out", tmp_path / "all.h5"]) == 0
+    merged = SequenceFile(tmp_path / "all.h5")
+    np.testing.assert_array_equal(np.asarray(merged.array("frames")), np.concatenate(parts))
+    np.testing.assert_array_equal(np.asarray(merged.array("event")), [0, 0, 0, 1, 1])
+    assert {k: merged.metadata[k] for k in grid} == grid
+    assert [m["source"] for m in merged.metadata["merged_from"]] == ["s0", "s1"]
+
+    write_sequences(tmp_path / "5min.h5", parts[1], len(parts[1]), parts[1].shape[1:], np.float32,
+                    metadata={**grid, "frame_interval_minutes": 5.0}, progress=False)  # fmt: skip
+    capsys.readouterr()
+    assert run_cli(["data", "merge", tmp_path / "0.h5", tmp_path / "5min.h5", "--out", tmp_path / "bad.h5"]) == 2
+    assert "holds arrays" in capsys.readouterr().err  # no 'event' array
+    write_sequences(tmp_path / "5min.h5", ({"frames": f, "event": np.int64(2)} for f in parts[1]), len(parts[1]),
+                    parts[1].shape[1:], np.float32, metadata={**grid, "frame_interval_minutes": 5.0},
+                    fields={"event": ((), np.int64)}, overwrite=True, progress=False)  # fmt: skip
+    capsys.readouterr()
+    assert run_cli(["data", "merge", tmp_path / "0.h5", tmp_path / "5min.h5", "--out", tmp_path / "bad.h5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "records frame_interval_minutes=5.0" in err and "\n" not in err
+    assert not (tmp_path / "bad.h5").exists()
