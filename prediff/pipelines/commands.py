@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -270,11 +271,12 @@ def run_forecast(
     from ..utils.checks import check_positive_int, check_seed
     from ..utils.faults import fault_point
     from ..utils.files import check_outputs_spare_inputs
-    from .context_io import check_context_values, read_context
+    from .context_io import check_context_values, check_grid_and_clock, read_context
     from .forecast_writing import FORECAST_SUFFIXES, forecast_dataset, write_forecast, write_pysteps_array
     from .loading import load_forecast_pipeline
     from .pipeline_prediff import PreDiffPipeline
     from .processes import launched_processes, member_generators
+    from .tiling import forecast_tiled
 
     start = time.perf_counter()
     members = check_positive_int("members", members)
@@ -321,12 +323,14 @@ def run_forecast(
                     f"the pipeline needs {T_in} context frames, the input {context.source} has "
                     f"{frames.shape[1]} (shape {tuple(frames.shape)} as (B, T, H, W, C)){hint}"
                 )
-        if tuple(frames.shape[2:]) != (H, W, C):
+        if frames.shape[4] != C or frames.shape[2] < H or frames.shape[3] < W:
             raise ValueError(
-                f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, the input {context.source} has "
-                f"{tuple(frames.shape[2:])} (shape {tuple(frames.shape)} as (B, T, H, W, C))"
+                f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, or larger (forecast as overlapping "
+                f"tiles), the input {context.source} has {tuple(frames.shape[2:])} (shape {tuple(frames.shape)} "
+                "as (B, T, H, W, C))"
             )
-        frames = check_context_values(frames, pipe.value_range, clip=clip, name=f"context in {context.source}")
+        check_grid_and_clock(context, pipe.pixel_size_km, pipe.frame_interval_minutes, interval_minutes)
+        frames = check_context_values(frames, pipe.physical_range, clip=clip, name=f"context in {context.source}")
         context.frames = frames
         if not 0 <= plot_sample < frames.shape[0]:
             raise ValueError(f"plot_sample must be in [0, {frames.shape[0]}), got {plot_sample}")
@@ -341,21 +345,30 @@ def run_forecast(
         else:
             # Earthformer is deterministic: one "member".
             members, steps = 1, None
+        # NaN marks pixels outside the radar domain: such contexts, and frames larger than the pipeline's tile,
+        # are forecast as blended tiles, NaN kept outside the domain.
+        whole_domain = bool(np.isnan(frames).any()) or frames.shape[2:4] != (H, W)
+
+        def forecast(contexts: np.ndarray, **kwargs: Any) -> np.ndarray:
+            if whole_domain:
+                return forecast_tiled(pipe, contexts, progress=progress and processes.is_main_process, **kwargs)
+            return pipe(contexts, **kwargs).frames
+
         contexts = list(range(frames.shape[0]))
         with processes.split_between_processes(contexts) if split else nullcontext(contexts) as share:
             if not share:
                 ensemble = np.zeros((0, members, *pipe.forecast_shape), dtype=np.float32)
             elif is_prediff:
                 pipe.check_forecast_memory(len(share), members, "--members")
-                ensemble = pipe(
+                ensemble = forecast(
                     frames[share],
                     num_inference_steps=steps,
                     num_ensemble_members=members,
                     generator=member_generators(seed, share, members),
                     knowledge_controls=knowledge_controls,
-                ).frames
+                )
             else:
-                ensemble = pipe(frames[share]).frames[:, None]
+                ensemble = forecast(frames[share])[:, None]
         ensemble = np.asarray(ensemble, dtype=np.float32)
         if split:
             # Shares are contiguous and gathered in process order: the contexts' order.
@@ -376,7 +389,9 @@ def run_forecast(
             "scheduler": type(pipe.scheduler).__name__ if is_prediff else None,
             "units": units or "physical units of the pipeline",
             "value_range": [lo, hi],
-            "scaling": f"the model sees (x - {lo:g}) / ({hi:g} - {lo:g}); values are physical and not clipped",
+            "value_transform": json.dumps(pipe.value_transform) if pipe.value_transform else "none",
+            "scaling": f"the model sees ({'T(x)' if pipe.value_transform else 'x'} - {lo:g}) / ({hi:g} - {lo:g})"
+            f"{' with T the value_transform' if pipe.value_transform else ''}; values are physical and not clipped",
             "lead_times": list(range(1, ensemble.shape[2] + 1)),
             "lead_time_units": "frames",
             "members": members,

@@ -15,6 +15,8 @@ axis and any remaining one the sample axis. `dims` names them explicitly when th
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import warnings
@@ -245,8 +247,15 @@ def read_context(
     if context.frames.size == 0:
         raise ValueError(f"context in {source} is empty, shape {tuple(context.frames.shape)}")
     context.frames = np.ascontiguousarray(context.frames, dtype=np.float32)
-    if not np.isfinite(context.frames).all():
-        raise ValueError(f"context in {source} contains NaN or infinite values (missing data must be filled)")
+    if np.isinf(context.frames).any():
+        raise ValueError(f"context in {source} contains infinite values")
+    # NaN marks pixels outside a radar's domain; a sample without any pixel inside has nothing to forecast from.
+    empty = np.isnan(context.frames).all(axis=(1, 2, 3, 4))
+    if empty.any():
+        raise ValueError(
+            f"context in {source} is NaN everywhere in sample(s) {np.flatnonzero(empty).tolist()}: NaN marks pixels "
+            "outside the radar domain, and these have none inside"
+        )
     return context
 
 
@@ -272,7 +281,21 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
         key = _choose_array(sorted(names), key, source, "dataset")
         check_array_metadata(f"{source}:{key}", f[key].dtype, f[key].shape)
         array = f[key][()]
-    return ContextInput(frames=_to_five_dims(array, f"{source}:{key}"), source=path, variable=key)
+        attrs = _sequence_file_metadata(f)
+    return ContextInput(frames=_to_five_dims(array, f"{source}:{key}"), source=path, variable=key, attrs=attrs)
+
+
+def _sequence_file_metadata(root: Any) -> dict[str, Any]:
+    """What a sequence file written by `write_sequences` (e.g. `prediff data radar`) records: units, pixel size,
+    frame interval, ...; empty for other files."""
+    from ..data.io import METADATA_ATTR
+
+    raw = root.attrs.get(METADATA_ATTR)
+    try:
+        metadata = json.loads(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else {}
+    except (TypeError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> ContextInput:
@@ -299,12 +322,14 @@ def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> Con
         ]
         if named and (key is None or key in named):
             return _xarray_context(data, source, key, dims)
+    attrs: dict[str, Any] = {}
     if hasattr(node, "array_keys"):
         key = _choose_array(sorted(node.array_keys()), key, source, "array")
+        attrs = _sequence_file_metadata(node)
         node = node[key]
     where = source if key is None else f"{source}:{key}"
     check_array_metadata(where, node.dtype, node.shape)
-    return ContextInput(frames=_to_five_dims(node[...], where), source=path, variable=key)
+    return ContextInput(frames=_to_five_dims(node[...], where), source=path, variable=key, attrs=attrs)
 
 
 def check_context_values(
@@ -327,3 +352,36 @@ def check_context_values(
             "to clip it"
         )
     return np.clip(frames, lo, hi) if clip else frames
+
+
+def check_grid_and_clock(
+    context: ContextInput,
+    pixel_size_km: float | None,
+    frame_interval_minutes: float | None,
+    interval_minutes: float | None = None,
+) -> None:
+    """Refuse a context recorded on another grid or clock than the pipeline was trained for.
+
+    The context's pixel size is the one its file records (`pixel_size_km`, as `prediff data radar` writes);
+    its frame interval is `interval_minutes` (the `--interval-minutes` given), else the one its file records,
+    else the step of its time coordinate. What either side does not record is not checked.
+    """
+    recorded = context.attrs.get("pixel_size_km")
+    if pixel_size_km is not None and recorded is not None:
+        if not math.isclose(float(recorded), float(pixel_size_km), rel_tol=0.01):
+            raise ValueError(
+                f"{context.source} records {float(recorded):g} km pixels, the pipeline was trained on "
+                f"{float(pixel_size_km):g} km pixels; average blocks of pixels first (e.g. prediff data radar "
+                f"--pixel-size-km {float(pixel_size_km):g})"
+            )
+    minutes = interval_minutes if interval_minutes is not None else context.attrs.get("frame_interval_minutes")
+    step = context.time_step
+    if minutes is None and step is not None:
+        minutes = float(step / np.timedelta64(1, "s")) / 60.0
+    if frame_interval_minutes is not None and minutes is not None:
+        if not math.isclose(float(minutes), float(frame_interval_minutes), rel_tol=0.01):
+            raise ValueError(
+                f"the frames of {context.source} are {float(minutes):g} minutes apart, the pipeline was trained on "
+                f"{float(frame_interval_minutes):g} minutes; take every k-th frame first (e.g. prediff data radar "
+                f"--interval-minutes {float(frame_interval_minutes):g})"
+            )

@@ -100,8 +100,6 @@ def forecast_whole_domain(pipe: Any, call: Callable, context: Any, *args: Any, *
     generator = arguments.pop("generator", None)
     if output_type not in ("np", "pt"):
         raise ValueError(f"frames larger than the pipeline's tile are forecast as 'np' or 'pt', not {output_type!r}")
-    if not (generator is None or isinstance(generator, torch.Generator)):
-        raise ValueError("frames larger than the pipeline's tile take one torch.Generator (or None), not a list")
     for name in ("latents", "callback_on_step_end", "callback_on_step_end_tensor_inputs"):
         if arguments.get(name) is not None:
             raise ValueError(f"{name} is not supported for frames larger than the pipeline's tile")

@@ -47,12 +47,16 @@ def blend_weights(start: int, tile: int, size: int, overlap: int) -> np.ndarray:
     return weights
 
 
+def _tile_seed(member_seed: int, y: int, x: int) -> int:
+    return (member_seed * 1_000_003 + y * 65_537 + x) % 2**63
+
+
 def forecast_tiled(
     pipe: Any,
     context: np.ndarray | torch.Tensor,
     overlap: int | None = None,
     tile_batch_size: int = 4,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = True,
     **call_kwargs: Any,
 ) -> np.ndarray:
@@ -65,7 +69,8 @@ def forecast_tiled(
         overlap: pixels shared by neighbouring tiles (default: a quarter of the tile, rounded down to the
             autoencoder's downsampling factor).
         tile_batch_size: tiles forecast per pipeline call; bounds memory.
-        generator: randomness of a PreDiff pipeline's noise field (the same generator gives the same forecast).
+        generator: randomness of a PreDiff pipeline's noise: one generator, or one per context and member ordered
+            (context, member) as in the pipelines (the same generators give the same forecast).
         progress: show a progress bar over the chunks of tiles.
         call_kwargs: passed to every pipeline call (`num_inference_steps`, `num_ensemble_members`,
             `knowledge_controls`); a control's target applies to each tile.
@@ -113,23 +118,34 @@ def forecast_tiled(
     if ensemble:
         # One noise field of the whole (padded) domain per context and member: tiles crop it.
         T_out, h, w, c = pipe.unet.target_shape
-        shape = (B, members, T_out, H_pad // factor, W_pad // factor, c)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        # Each tile and member draws its sampler noise from its own generator, so that how the tiles are
-        # chunked does not change the forecast.
-        base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        field_shape = (T_out, H_pad // factor, W_pad // factor, c)
+        if isinstance(generator, list):
+            if len(generator) != B * members:
+                raise ValueError(
+                    f"a list of generators needs one per context and member, {B} * {members}, got {len(generator)}"
+                )
+            noise = torch.stack([torch.randn(field_shape, generator=g) for g in generator]).reshape(
+                B, members, *field_shape
+            )
+            seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generator]
+        else:
+            noise = torch.randn((B, members, *field_shape), generator=generator, dtype=torch.float32)
+            base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            seeds = [base_seed + row for row in range(B * members)]
     T_out = pipe.forecast_shape[0]
     total = np.zeros((B, members, T_out, H_pad, W_pad, C), dtype=np.float32)
     weight = np.zeros((B, H_pad, W_pad), dtype=np.float32)
 
     chunks = [tiles[i : i + tile_batch_size] for i in range(0, len(tiles), tile_batch_size)]
-    for first, chunk in zip(range(0, len(tiles), tile_batch_size), tqdm(chunks, desc="tiles", disable=not progress)):
+    for chunk in tqdm(chunks, desc="tiles", disable=not progress):
         batch = np.stack([filled[b, :, y : y + tile_h, x : x + tile_w] for b, y, x in chunk])
         kwargs = dict(call_kwargs)
         if ensemble:
+            # Each tile of each member draws its sampler noise from its own generator, seeded by the member's
+            # seed and the tile's place, so that how the tiles are chunked does not change the forecast.
             kwargs["generator"] = [
-                torch.Generator().manual_seed((base_seed + members * (first + i) + m) % 2**63)
-                for i in range(len(chunk))
+                torch.Generator().manual_seed(_tile_seed(seeds[b * members + m], y, x))
+                for b, y, x in chunk
                 for m in range(members)
             ]
             kwargs["latents"] = torch.stack(

@@ -196,7 +196,7 @@ def broken_pipelines(pipe_dir, tmp_path_factory):
         ("size", r"\(H, W, C\) = \(32, 32, 1\)"),
         ("ndim", r"must have shape \(T, H, W\), \(T, H, W, C\) or \(B, T, H, W, C\)"),
         ("range", r"outside the pipeline's value_range \[0, 255\].*--clip"),
-        ("nan", "NaN or infinite"),
+        ("nan", "is NaN everywhere in sample\\(s\\) \\[0\\]: NaN marks pixels outside the radar domain"),
         ("garbage", r"ctx\.npy is not a NumPy \.npy file"),
         ("pickled", r"cannot read .*ctx\.npy as a NumPy \.npy array \(pickled object arrays are refused\)"),
         ("garbage_h5", r"cannot read .*ctx\.h5 as HDF5"),

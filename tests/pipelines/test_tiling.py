@@ -86,7 +86,7 @@ def test_one_tile_is_the_plain_forecast_and_chunks_do_not_change_the_result(pipe
     generator = torch.Generator().manual_seed(3)
     noise = torch.randn((1, 2, *pipe.unet.target_shape), generator=generator)
     base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    members = [torch.Generator().manual_seed(base_seed + m) for m in range(2)]
+    members = [torch.Generator().manual_seed((base_seed + m) * 1_000_003 % 2**63) for m in range(2)]
     plain = pipe(context, num_inference_steps=2, num_ensemble_members=2, latents=noise, generator=members).frames
     np.testing.assert_array_equal(tiled, plain)
 
@@ -96,6 +96,20 @@ def test_one_tile_is_the_plain_forecast_and_chunks_do_not_change_the_result(pipe
     four = forecast_tiled(pipe, large, tile_batch_size=4, generator=torch.Generator().manual_seed(0), **kwargs)
     # Batches of 1 and 4 tiles reduce in another float32 order (see tests/evaluation/test_distributed.py).
     np.testing.assert_allclose(one, four, rtol=1e-5, atol=1e-3)
+
+
+def test_generators_per_member_give_each_member_its_own_forecast(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    context = np.random.default_rng(4).uniform(0, 255, (2, 3, 40, 40, 1)).astype(np.float32)
+    kwargs = dict(num_inference_steps=2, progress=False)
+
+    def generators(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    both = forecast_tiled(pipe, context, num_ensemble_members=2, generator=generators([0, 1, 2, 3]), **kwargs)
+    # Context 1, member 0 alone with its own generator (seed 2) gives the same forecast as in the batch.
+    alone = forecast_tiled(pipe, context[1:], num_ensemble_members=1, generator=generators([2]), **kwargs)
+    np.testing.assert_allclose(alone[0, 0], both[1, 0], rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -116,8 +130,8 @@ def test_bad_whole_domain_calls_are_refused(pipe):
     context = np.zeros((1, 3, 40, 40, 1), dtype=np.float32)
     with pytest.raises(ValueError, match="'np' or 'pt', not 'latent'"):
         pipe(context, output_type="latent")
-    with pytest.raises(ValueError, match="one torch.Generator"):
-        pipe(context, num_ensemble_members=2, generator=[torch.Generator(), torch.Generator()])
+    with pytest.raises(ValueError, match="one per context and member, 1 \\* 2, got 3"):
+        pipe(context, num_ensemble_members=2, generator=[torch.Generator() for _ in range(3)])
     context[0, 0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="infinite values"):
         pipe(context)

@@ -102,3 +102,27 @@ def test_old_configs_keep_the_linear_map(pipe_dir):
 def test_bad_settings_are_refused_by_name(pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         PreDiffPipeline(**pipe.components, **kwargs)
+
+
+def test_forecast_command_takes_a_whole_domain_of_rain_rate_and_checks_grid_and_clock(rain_pipe_dir, tmp_path, capsys):
+    from prediff.data import write_sequences
+    from tests.conftest import run_cli
+
+    rates = rain_context((1, 3, 40, 48, 1), seed=3)
+    rates[:, :, :8, :10] = np.nan  # outside the radar domain
+    options = ["--pipeline", rain_pipe_dir, "--members", 2, "--steps", 2, "--no-plots", "--no-progress"]
+    for name, grid in (("ok", (2.0, 10.0)), ("1km", (1.0, 10.0)), ("5min", (2.0, 5.0))):
+        metadata = {"units": "mm/h", "pixel_size_km": grid[0], "frame_interval_minutes": grid[1]}
+        write_sequences(tmp_path / f"{name}.h5", rates, 1, rates.shape[1:], np.float32, metadata=metadata,
+                        progress=False)  # fmt: skip
+    assert run_cli(["forecast", "--input", tmp_path / "ok.h5", "--out", tmp_path / "ok.nc", *options]) == 0
+    ensemble = np.load(tmp_path / "ok.npy")
+    assert ensemble.shape == (2, 2, 40, 48)  # pysteps layout (members, time, y, x) of the one context
+    assert np.isnan(ensemble[..., :8, :10]).all() and np.isfinite(ensemble[..., 8:, :]).all()
+    assert (ensemble[..., 8:, :] >= 0).all()
+    capsys.readouterr()
+    assert run_cli(["forecast", "--input", tmp_path / "1km.h5", "--out", tmp_path / "1km.nc", *options]) == 2
+    assert "records 1 km pixels, the pipeline was trained on 2 km pixels" in capsys.readouterr().err
+    assert run_cli(["forecast", "--input", tmp_path / "5min.h5", "--out", tmp_path / "5min.nc", *options]) == 2
+    assert "are 5 minutes apart, the pipeline was trained on 10 minutes" in capsys.readouterr().err
+    assert not (tmp_path / "1km.nc").exists() and not (tmp_path / "5min.nc").exists()
