@@ -171,6 +171,7 @@ OUTPUT_NAMES = {
     "pysteps": "the pysteps output (--pysteps-out)",
     "panel": "the panel picture",
     "gif": "the GIF",
+    "exceedance": "the exceedance-probability picture",
 }
 
 
@@ -182,6 +183,7 @@ def _output_paths(out: Path, pysteps_out: Path | None, no_pysteps: bool, no_plot
     if not no_plots:
         paths["panel"] = base.parent / f"{base.name}_panel.png"
         paths["gif"] = base.with_suffix(".gif")
+        paths["exceedance"] = base.parent / f"{base.name}_exceedance.png"
     return paths
 
 
@@ -411,16 +413,23 @@ def run_forecast(
         if "pysteps" in paths:
             written["pysteps"] = write_pysteps_array(ensemble, paths["pysteps"], overwrite=overwrite)
         if plots:
-            from ..visualization import plot_forecast_panel, save_forecast_gif
+            from ..visualization import plot_exceedance, plot_forecast_panel, save_forecast_gif
 
             step = context.time_step
             minutes = interval_minutes or (float(step / np.timedelta64(1, "s")) / 60 if step is not None else 10.0)
             title = f"{Path(str(model_id)).name}: {members} member(s) from {Path(context.source).name}"
             sample = frames[plot_sample]
             ens = ensemble[plot_sample]
-            plot_forecast_panel(sample, None, ens, interval_minutes=minutes, title=title, path=paths["panel"])
+            # Rain rate in pysteps' colours and levels, with P(R >= 1 mm/h); VIL levels in SEVIR's colours.
+            rain = "mm/h" in str(units)
+            cmap = "rainrate" if rain else ("vil" if (lo, hi) == (0.0, 255.0) else "viridis")
+            style = {"interval_minutes": minutes, "title": title, "cmap": cmap}
+            plot_forecast_panel(sample, None, ens, path=paths["panel"], **style)
             written["panel"] = paths["panel"]
-            written["gif"] = save_forecast_gif(paths["gif"], sample, None, ens, interval_minutes=minutes, title=title)
+            written["gif"] = save_forecast_gif(paths["gif"], sample, None, ens, **style)
+            if rain and members > 1:
+                plot_exceedance(ens, 1.0, "mm/h", minutes, path=paths["exceedance"])
+                written["exceedance"] = paths["exceedance"]
         if progress:
             seconds = time.perf_counter() - start
             print(f"prediff forecast: {frames.shape[0]} context(s) x {members} member(s) in {seconds:.1f} s")

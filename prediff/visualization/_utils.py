@@ -71,9 +71,14 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     return Path(path)
 
 
-def add_vil_colorbar(fig: Any, image: Any, axes: Any) -> None:
-    """Colour bar with the VIL levels as ticks."""
-    from .colormaps import VIL_LEVELS
+def add_colorbar(fig: Any, image: Any, axes: Any, cmap: str) -> None:
+    """Colour bar of an image drawn with ``cmap``: the levels as ticks for a fixed-level map (VIL, rain rate)."""
+    from .colormaps import LEVEL_MAPS
 
-    bar = fig.colorbar(image, ax=axes, ticks=VIL_LEVELS, shrink=0.9, pad=0.01, extend="neither")
-    bar.set_label("VIL (0-255)")
+    if cmap not in LEVEL_MAPS:
+        fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01)
+        return
+    levels, label = LEVEL_MAPS[cmap]
+    bar = fig.colorbar(image, ax=axes, ticks=levels, shrink=0.9, pad=0.01, extend="neither")
+    bar.ax.set_yticklabels([f"{level:g}" for level in levels])
+    bar.set_label(label)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..utils.files import atomic_output
-from ._utils import add_vil_colorbar, as_frames, lead_time_labels, new_figure
-from .colormaps import imshow_kwargs
+from ._utils import add_colorbar, as_frames, lead_time_labels, new_figure
+from .colormaps import LEVEL_MAPS, imshow_kwargs
 
 
 def _render(fig: Any) -> np.ndarray:
@@ -78,9 +78,9 @@ def save_forecast_gif(
             panels.append((f"Member {m + 1}" if len(ens) > 1 else "Forecast", ens[m]))
         if show_mean and len(ens) > 1:
             panels.append((f"Mean of {len(ens)}", ens.mean(axis=0)))
-    if cmap != "vil" and vmin is None and vmax is None:
-        vmin = min(float(ctx.min()), *(float(p.min()) for _, p in panels))
-        vmax = max(float(ctx.max()), *(float(p.max()) for _, p in panels))
+    if cmap not in LEVEL_MAPS and vmin is None and vmax is None:
+        vmin = min(float(np.nanmin(ctx)), *(float(np.nanmin(p)) for _, p in panels))
+        vmax = max(float(np.nanmax(ctx)), *(float(np.nanmax(p)) for _, p in panels))
     style = imshow_kwargs(cmap, vmin, vmax)
     context_titles, forecast_titles = lead_time_labels(len(ctx), num_forecast, interval_minutes)
 
@@ -93,10 +93,7 @@ def save_forecast_gif(
         ax.set_title(label, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if cmap == "vil":
-        add_vil_colorbar(fig, images[0], axes)
-    else:
-        fig.colorbar(images[0], ax=axes, shrink=0.9, pad=0.01)
+    add_colorbar(fig, images[0], axes, cmap)
     heading = fig.suptitle("")
 
     frames = []

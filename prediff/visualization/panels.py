@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._utils import add_vil_colorbar, as_frames, lead_time_labels, new_figure, save_figure
-from .colormaps import imshow_kwargs
+from ._utils import add_colorbar, as_frames, lead_time_labels, new_figure, save_figure
+from .colormaps import LEVEL_MAPS, imshow_kwargs
 
 
 def _draw_row(axes_row: Any, frames: np.ndarray | None, titles: list[str], label: str, style: dict) -> Any:
@@ -55,7 +55,8 @@ def plot_forecast_panel(
         max_members: members to draw (the mean uses all of them).
         show_mean: add the ensemble-mean row when there are several members.
         channel: channel drawn when inputs have a channel axis.
-        cmap: ``"vil"`` (SEVIR VIL levels, 0-255 data) or a matplotlib colour map name.
+        cmap: ``"vil"`` (SEVIR VIL levels, 0-255 data), ``"rainrate"`` (mm/h, pysteps' levels) or a matplotlib
+            colour map name.
         vmin, vmax: colour range for a named map (default: the range over all drawn frames).
         title: figure title.
         path: if given, the figure is also written there (``.png``, ``.pdf`` or ``.svg``), atomically.
@@ -90,9 +91,9 @@ def plot_forecast_panel(
     num_forecast = max((len(f) for _, f, future in rows if future), default=0)
     context_titles, forecast_titles = lead_time_labels(len(ctx), num_forecast, interval_minutes)
 
-    if cmap != "vil" and vmin is None and vmax is None:
-        vmin = min(float(f.min()) for _, f, _ in rows)
-        vmax = max(float(f.max()) for _, f, _ in rows)
+    if cmap not in LEVEL_MAPS and vmin is None and vmax is None:
+        vmin = min(float(np.nanmin(f)) for _, f, _ in rows)
+        vmax = max(float(np.nanmax(f)) for _, f, _ in rows)
     style = imshow_kwargs(cmap, vmin, vmax)
     num_cols = max(len(f) for _, f, _ in rows)
     fig = new_figure(1.45 * num_cols + 1.2, 1.5 * len(rows) + (0.4 if title else 0.1))
@@ -101,10 +102,7 @@ def plot_forecast_panel(
     for (label, frames, future), axes_row in zip(rows, axes):
         drawn = _draw_row(axes_row, frames, forecast_titles if future else context_titles, label, style)
         image = drawn if drawn is not None else image
-    if cmap == "vil":
-        add_vil_colorbar(fig, image, axes)
-    else:
-        fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01)
+    add_colorbar(fig, image, axes, cmap)
     if title:
         fig.suptitle(title)
     if path is not None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ._utils import add_vil_colorbar, as_frames, lead_time_labels, new_figure, save_figure
-from .colormaps import imshow_kwargs
+from ._utils import add_colorbar, as_frames, lead_time_labels, new_figure, save_figure
+from .colormaps import LEVEL_MAPS, imshow_kwargs
 
 #: Anticipated intensities of PreDiff's what-if study, in standard deviations from the mean.
 DEFAULT_N_SIGMAS: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
@@ -105,9 +105,9 @@ def plot_what_if(
             label += f" = {mu + n * sigma:.1f}"
         rows.append((f"{label}\nmean {seq.mean():.1f}", seq, True))
 
-    if cmap != "vil" and vmin is None and vmax is None:
-        vmin = min(float(f.min()) for _, f, _ in rows)
-        vmax = max(float(f.max()) for _, f, _ in rows)
+    if cmap not in LEVEL_MAPS and vmin is None and vmax is None:
+        vmin = min(float(np.nanmin(f)) for _, f, _ in rows)
+        vmax = max(float(np.nanmax(f)) for _, f, _ in rows)
     style = imshow_kwargs(cmap, vmin, vmax)
     context_titles, forecast_titles = lead_time_labels(len(ctx), num_forecast, interval_minutes)
     num_cols = max(len(ctx), num_forecast)
@@ -126,10 +126,7 @@ def plot_what_if(
             ax.set_title(titles[col], fontsize=8)
             if col == 0:
                 ax.set_ylabel(label, fontsize=9)
-    if cmap == "vil":
-        add_vil_colorbar(fig, image, axes)
-    else:
-        fig.colorbar(image, ax=axes, shrink=0.9, pad=0.01)
+    add_colorbar(fig, image, axes, cmap)
     fig.suptitle(title or "Knowledge control: forecasts for an anticipated mean intensity μ + nσ")
     if path is not None:
         save_figure(fig, path, dpi=dpi)

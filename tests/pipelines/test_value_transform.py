@@ -115,7 +115,10 @@ def test_forecast_command_takes_a_whole_domain_of_rain_rate_and_checks_grid_and_
         metadata = {"units": "mm/h", "pixel_size_km": grid[0], "frame_interval_minutes": grid[1]}
         write_sequences(tmp_path / f"{name}.h5", rates, 1, rates.shape[1:], np.float32, metadata=metadata,
                         progress=False)  # fmt: skip
-    assert run_cli(["forecast", "--input", tmp_path / "ok.h5", "--out", tmp_path / "ok.nc", *options]) == 0
+    with_plots = [option for option in options if option != "--no-plots"]
+    assert run_cli(["forecast", "--input", tmp_path / "ok.h5", "--out", tmp_path / "ok.nc", *with_plots]) == 0
+    # Rain rate gets the exceedance-probability picture P(R >= 1 mm/h) next to the panel and the GIF.
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("ok_panel.png", "ok.gif", "ok_exceedance.png"))
     ensemble = np.load(tmp_path / "ok.npy")
     assert ensemble.shape == (2, 2, 40, 48)  # pysteps layout (members, time, y, x) of the one context
     assert np.isnan(ensemble[..., :8, :10]).all() and np.isfinite(ensemble[..., 8:, :]).all()

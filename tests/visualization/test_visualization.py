@@ -162,3 +162,32 @@ def test_what_if_figure(tmp_path):
     with pytest.raises(ValueError, match="expected"):
         plot_what_if(context, [target, target[:2]], n_sigmas=(0, 1))
     assert sigma_label(0) == "μ" and sigma_label(-4) == "μ − 4σ" and sigma_label(2.5) == "μ + 2.5σ"
+
+
+def test_rain_rate_pictures_and_exceedance_probability(tmp_path):
+    from prediff.visualization import (
+        RAINRATE_LEVELS,
+        exceedance_probability,
+        imshow_kwargs,
+        plot_exceedance,
+        plot_forecast_panel,
+    )
+
+    rng = np.random.default_rng(0)
+    ensemble = np.exp(rng.normal(0, 1.5, (4, 3, 16, 16, 1))).astype(np.float32)
+    ensemble[:, :, :3, :3] = np.nan  # outside the radar domain
+    probability = exceedance_probability(ensemble, 1.0)
+    # A plain count per pixel: the share of members at or above 1 mm/h.
+    expected = (ensemble[..., 0] >= 1.0).mean(axis=0)
+    np.testing.assert_allclose(probability[:, 3:, 3:], expected[:, 3:, 3:])
+    assert np.isnan(probability[:, :3, :3]).all() and probability.shape == (3, 16, 16)
+    style = imshow_kwargs("rainrate")
+    assert list(style["norm"].boundaries) == list(RAINRATE_LEVELS)
+    with pytest.raises(ValueError, match="'rainrate' colour map has fixed levels"):
+        imshow_kwargs("rainrate", vmin=0)
+    figure = plot_exceedance(ensemble, 1.0, path=tmp_path / "exceedance.png")
+    assert (tmp_path / "exceedance.png").stat().st_size > 0 and len(figure.axes) == 4  # 3 maps and a colour bar
+    plot_forecast_panel(ensemble[0], None, ensemble, cmap="rainrate", path=tmp_path / "panel.png")
+    assert (tmp_path / "panel.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="ensemble must have shape"):
+        exceedance_probability(np.zeros((3, 4, 4)), 1.0)
