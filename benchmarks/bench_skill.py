@@ -23,21 +23,17 @@ Noise is seeded per (sequence, member) with `--seed`, so results do not depend o
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import time
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from bench_common import Forecaster, baseline_forecasters, prediff_forecaster, sampler_label, timed
 
-from prediff.baselines import get_baseline
 from prediff.data import SyntheticStormDataset
 from prediff.evaluation.evaluate import evaluate_forecasts
 from prediff.pipelines import PreDiffPipeline
 from prediff.pipelines.loading import load_forecast_pipeline
-from prediff.pipelines.processes import member_generators
 from prediff.pretrained import shipped_pipeline_path
-from prediff.schedulers import default_inference_steps, prediff_scheduler
+from prediff.schedulers import default_inference_steps
 
 DEFAULT_SAMPLERS = (
     "ddpm:1000",
@@ -66,8 +62,6 @@ COLUMNS = (
     ("spread/skill", "spread_skill_ratio", None),
 )
 
-Forecaster = Callable[[np.ndarray, np.ndarray, Sequence[int]], np.ndarray]
-
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,57 +88,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="sequences forecast together")
     return parser.parse_args()
-
-
-def timed(forecast: Forecaster, seconds: dict[str, float], name: str) -> Forecaster:
-    def run(context: np.ndarray, target: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-        start = time.perf_counter()
-        result = forecast(context, target, indices)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
-        return result
-
-    return run
-
-
-def prediff_forecaster(
-    pipe: PreDiffPipeline, sampler: str | None, steps: int | None, members: int, seed: int
-) -> Forecaster:
-    """PreDiff with a scheduler preset (None: the pipeline's own) and per-(sequence, member) noise."""
-    scheduler = pipe.scheduler if sampler is None else prediff_scheduler(sampler)
-
-    def forecast(context: np.ndarray, target: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-        pipe.scheduler = scheduler
-        return pipe(
-            context,
-            num_inference_steps=steps,
-            num_ensemble_members=members,
-            generator=member_generators(seed, indices, members),
-        ).frames
-
-    return forecast
-
-
-def baseline_forecasters(num_frames: int, members: int, seed: int, frame_size: int) -> dict[str, Forecaster]:
-    forecasters: dict[str, Forecaster] = {}
-    persistence = get_baseline("persistence")
-    forecasters["persistence"] = lambda context, target, indices: persistence(context, num_frames)
-    if importlib.util.find_spec("pysteps") is None:
-        print(
-            'pysteps is not installed: the extrapolation and STEPS rows are left out (pip install "prediff[pysteps]")'
-        )
-        return forecasters
-    extrapolation, steps = get_baseline("extrapolation"), get_baseline("steps")
-    levels = int(max(1, min(6, np.log2(frame_size) - 2)))
-    forecasters["pysteps extrapolation"] = lambda context, target, indices: extrapolation(context, num_frames)
-    forecasters["pysteps STEPS"] = lambda context, target, indices: steps(
-        context,
-        num_frames,
-        num_members=members,
-        num_cascade_levels=levels,
-        seed=seed + int(indices[0]),
-        show_progress=False,
-    )
-    return forecasters
 
 
 def score(
@@ -205,10 +148,7 @@ def main() -> None:
     T_out = pipe.forecast_shape[0]
     total = max(args.num_sequences, args.sampler_sequences)
     dataset = SyntheticStormDataset(total, T_in + T_out, H, W, seed=args.data_seed)
-    # DPM-Solver++ and its SDE variant share a class: name the algorithm too.
-    default = type(pipe.scheduler).__name__ + (
-        f" ({pipe.scheduler.config.algorithm_type})" if "algorithm_type" in pipe.scheduler.config else ""
-    )
+    default = sampler_label(pipe)
     steps = default_inference_steps(pipe.scheduler)
     print(
         f"held-out storms: data seed {args.data_seed}, {args.num_sequences} sequences of {T_in} + {T_out} frames of "

@@ -76,6 +76,20 @@ def estimate_motion(
     return np.nan_to_num(np.asarray(velocity, dtype=np.float64))
 
 
+def _motion_input(frames: np.ndarray, db_threshold: float | None) -> np.ndarray:
+    """The frames the motion is estimated on: as they are, or, with ``db_threshold``, pysteps' dB transform of them
+    (``10 log10(x)`` from the threshold on, 5 dB below the threshold's value under it), as pysteps' examples
+    estimate the motion of rain rate."""
+    if db_threshold is None:
+        return frames
+    if not db_threshold > 0:
+        raise ValueError(f"motion_db_threshold must be > 0 (the dB transform needs it), got {db_threshold}")
+    from pysteps.utils import transformation
+
+    metadata = {"transform": None, "unit": "", "threshold": db_threshold, "zerovalue": 0.0}
+    return transformation.dB_transform(frames, metadata, threshold=db_threshold)[0]
+
+
 def _check_range(value_range: tuple[float, float] | None) -> None:
     if value_range is not None and not value_range[0] < value_range[1]:
         raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
@@ -92,6 +106,7 @@ def extrapolation(
     motion_method: str = "proesmans",
     motion_frames: int | None = None,
     value_range: tuple[float, float] | None = (0.0, 255.0),
+    motion_db_threshold: float | None = None,
 ) -> ArrayLike:
     """Advect the last context frame along the optical flow of the last few.
 
@@ -102,6 +117,8 @@ def extrapolation(
             "lucaskanade" or "farneback" (need OpenCV), "vet", "darts".
         motion_frames: how many of the last frames the motion estimate uses (method default if None).
         value_range: clip the forecast to it (None: no clipping).
+        motion_db_threshold: estimate the motion on the dB transform of the context with this threshold (data
+            units, e.g. 0.1 mm/h for rain rate, as pysteps' examples do) instead of on the values as they are.
 
     Returns:
         ``(B, num_frames, H, W, C)`` of the type and device of ``context``.
@@ -116,7 +133,7 @@ def extrapolation(
     for i in range(b):
         for k in range(c):
             frames = data[i, :, :, :, k]
-            velocity = estimate_motion(frames, motion_method, motion_frames)
+            velocity = estimate_motion(_motion_input(frames, motion_db_threshold), motion_method, motion_frames)
             with contextlib.redirect_stdout(io.StringIO()):
                 result = forecast(frames[-1], velocity, num_frames, extrap_kwargs={"outval": 0.0})
             out[i, :, :, :, k] = _finish(result, value_range)
@@ -136,6 +153,7 @@ def steps(
     value_range: tuple[float, float] | None = (0.0, 255.0),
     seed: int = 0,
     show_progress: bool = True,
+    motion_db_threshold: float | None = None,
 ) -> ArrayLike:
     """STEPS ensemble nowcast.
 
@@ -151,6 +169,7 @@ def steps(
         value_range: clip the forecast to it (None: no clipping).
         seed: seed of the random numbers; sample ``i``, channel ``k`` uses ``seed + i * C + k``.
         show_progress: show a progress bar over samples.
+        motion_db_threshold: estimate the motion on the dB transform of the context, as in :func:`extrapolation`.
 
     Returns:
         ``(B, num_members, num_frames, H, W, C)`` of the type and device of ``context``.
@@ -173,7 +192,7 @@ def steps(
     jobs = [(i, k) for i in range(b) for k in range(c)]
     for i, k in tqdm(jobs, desc="STEPS", disable=not show_progress or len(jobs) < 2):
         frames = data[i, :, :, :, k]
-        velocity = estimate_motion(frames, motion_method, motion_frames)
+        velocity = estimate_motion(_motion_input(frames, motion_db_threshold), motion_method, motion_frames)
         metadata = {"transform": None, "unit": "", "threshold": wet_threshold, "zerovalue": 0.0}
         log_frames, log_meta = transformation.dB_transform(frames[-3:], metadata, threshold=wet_threshold)
         with contextlib.redirect_stdout(io.StringIO()):

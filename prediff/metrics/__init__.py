@@ -1,7 +1,8 @@
 """Forecast verification: categorical, continuous, probabilistic, spatial, ENSO and knowledge-control scores.
 
 Every score exists as an accumulating object (``update(pred, target)`` per batch, ``compute()`` at the end,
-``compute(per_lead_time=True)`` for one value per lead time) and as a function of one batch. Forecasts and
+``compute(per_lead_time=True)`` for one value per lead time) and as a function of one batch; ``SequenceScores``
+keeps the sums of every sequence apart, over a validity mask, for bootstrap intervals over sequences. Forecasts and
 observations are channels-last ``(B, T, H, W, C)``, ensembles ``(B, M, T, H, W, C)``, numpy arrays or torch
 tensors, in the units of the data (0-255 for SEVIR VIL). ``get_metric(name, **kwargs)`` builds a metric
 by name, as pysteps' ``get_method`` does.
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
         categorical_scores,
         contingency_counts,
         csi,
+        false_alarm_ratio,
+        far,
         frequency_bias,
         max_pool_frames,
         pod,
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
         spread_skill_ratio,
     )
     from .registry import get_metric
+    from .sequences import SequenceScores, bootstrap_weights, percentile_interval
     from .spatial import FractionsSkillScore, fss
 
 __getattr__, __dir__ = lazy_exports(
@@ -55,6 +59,8 @@ __getattr__, __dir__ = lazy_exports(
             "categorical_scores",
             "contingency_counts",
             "csi",
+            "false_alarm_ratio",
+            "far",
             "frequency_bias",
             "max_pool_frames",
             "pod",
@@ -81,6 +87,7 @@ __getattr__, __dir__ = lazy_exports(
             "spread_skill_ratio",
         ],
         ".registry": ["get_metric"],
+        ".sequences": ["SequenceScores", "bootstrap_weights", "percentile_interval"],
         ".spatial": ["FractionsSkillScore", "fss"],
     },
 )
@@ -97,13 +104,17 @@ __all__ = [
     "Metric",
     "Nino34Score",
     "RankHistogram",
+    "SequenceScores",
     "SpreadSkill",
+    "bootstrap_weights",
     "categorical_scores",
     "contingency_counts",
     "crps_ensemble",
     "crps_ensemble_elementwise",
     "csi",
     "ensemble_ranks",
+    "false_alarm_ratio",
+    "far",
     "frequency_bias",
     "fss",
     "get_metric",
@@ -116,6 +127,7 @@ __all__ = [
     "nino34_index",
     "nino34_lead_weights",
     "nino34_skill",
+    "percentile_interval",
     "pod",
     "rank_histogram",
     "spread_skill_ratio",

@@ -14,6 +14,7 @@ than NaN):
 - SUCR = H / (H + F + eps)                success ratio, 1 - false alarm ratio
 - CSI  = H / (H + M + F + eps)            critical success index
 - BIAS = (H + F) / (H + M + eps)          frequency bias (1 = as many forecast events as observed)
+- FAR  = F / (H + F + eps)                false alarm ratio (:func:`far`; not among CategoricalScore's names)
 
 ``bias_formula="earthformer"`` reproduces the released code's ``((H + F) / (H + M + eps) / ln 2) ** 2``
 instead, for comparison with published tables; it is not a frequency bias.
@@ -225,6 +226,9 @@ def _single(score: str):
         eps: float = 1e-4,
         per_lead_time: bool = False,
     ) -> Any:
+        if score == "far":  # not among CategoricalScore's names: from the counts
+            counts = contingency_counts(pred, target, (float(threshold),), pool_size)[:, 0]
+            return finalize(false_alarm_ratio(counts if per_lead_time else counts.sum(dim=0), eps), per_lead_time)
         scores = categorical_scores(pred, target, (threshold,), (pool_size,), eps, per_lead_time=per_lead_time)
         return scores[score_key(score, float(threshold), pool_size)]
 
@@ -242,3 +246,14 @@ pod = _single("pod")
 sucr = _single("sucr")
 csi = _single("csi")
 frequency_bias = _single("bias")
+
+
+def false_alarm_ratio(counts: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """FAR = F / (H + F + eps) from ``counts`` ``(..., 3)`` (hits, misses, false alarms, as
+    :func:`contingency_counts` gives): the share of forecast events that did not happen, 0 when no event was
+    forecast. Not 1 - SUCR, which is ``(F + eps) / (H + F + eps)`` and so 1, not 0, without forecast events."""
+    hits, _, false_alarms = counts.unbind(-1)
+    return false_alarms / (hits + false_alarms + eps)
+
+
+far = _single("far")
