@@ -192,6 +192,11 @@ def steps(
     jobs = [(i, k) for i in range(b) for k in range(c)]
     for i, k in tqdm(jobs, desc="STEPS", disable=not show_progress or len(jobs) < 2):
         frames = data[i, :, :, :, k]
+        if not (frames[-3:] >= wet_threshold).any():
+            # Nothing to advect or perturb: the forecast stays dry. (pysteps' cascade of a constant field divides
+            # by its zero spread, and its result is then not even reproducible.)
+            out[i, :, :, :, :, k] = _finish(np.zeros((num_members, num_frames, h, w)), value_range)
+            continue
         velocity = estimate_motion(_motion_input(frames, motion_db_threshold), motion_method, motion_frames)
         metadata = {"transform": None, "unit": "", "threshold": wet_threshold, "zerovalue": 0.0}
         log_frames, log_meta = transformation.dB_transform(frames[-3:], metadata, threshold=wet_threshold)
