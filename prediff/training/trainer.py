@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -535,8 +536,26 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         self.samples_per_second = speed.value
         self._validate_and_log()
         self._on_main_process(self._export, "exporting the trained result")
+        del modules, prepared
+        self._release_wrappers()
         acc.end_training()
         return self.output_dir
+
+    def _release_wrappers(self) -> None:
+        """Drop the DDP wrappers (the trained modules stay, unwrapped) before the process group is destroyed.
+
+        A DDP reducer holds the process group. If a reducer is the last holder, the group is destroyed when the
+        reducer is freed at interpreter exit, with the GIL held; a gloo worker thread still freeing a finished
+        collective's tensors then waits for the GIL while holding the lock the destructor waits for, and the
+        process hangs (pytorch/pytorch#56297; one 2-process CPU run in 8 here). Freed first, the group dies in
+        `end_training`'s `destroy_process_group`, which releases the GIL.
+        """
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        self.train_modules = {name: self.unwrap(name) for name in self.train_modules}
+        acc.free_memory()
+        gc.collect()  # the wrappers may sit in reference cycles
 
     def _validate_and_log(self) -> None:
         self._on_main_process(self._validate_and_log_on_main, f"validating at step {self.global_step}")
