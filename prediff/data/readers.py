@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -141,19 +142,31 @@ def open_zarr(path: str | os.PathLike) -> Any:
             )
         if any("pickle" in name.lower() for name in codec_names):
             raise ValueError(f"{where} is encoded with pickle ({codec_names}), whose decoding can run code; refused")
-    try:
-        node = zarr.open(str(store), mode="r")
-    except Exception as error:  # zarr raises several kinds for a folder that is not a store
-        raise file_read_error(store, "a zarr store", error) from None
-    for name in sorted(node.array_keys()) if hasattr(node, "array_keys") else [None]:
-        where = str(store) if name is None else f"{store}:{name}"
+    with zarr_warnings_silenced():
         try:
-            array = node if name is None else node[name]
-        except Exception as error:  # zarr refuses metadata it cannot use with several kinds
-            raise file_read_error(where, "a zarr array", error) from None
-        if len(array.shape) == 1:
-            check_fits_in_memory(where, array.shape, array.dtype)
+            node = zarr.open(str(store), mode="r")
+        except Exception as error:  # zarr raises several kinds for a folder that is not a store
+            raise file_read_error(store, "a zarr store", error) from None
+        for name in sorted(node.array_keys()) if hasattr(node, "array_keys") else [None]:
+            where = str(store) if name is None else f"{store}:{name}"
+            try:
+                array = node if name is None else node[name]
+            except Exception as error:  # zarr refuses metadata it cannot use with several kinds
+                raise file_read_error(where, "a zarr array", error) from None
+            if len(array.shape) == 1:
+                check_fits_in_memory(where, array.shape, array.dtype)
     return node
+
+
+@contextlib.contextmanager
+def zarr_warnings_silenced() -> Iterator[None]:
+    """Silence zarr's warnings while a store is read. In a damaged store zarr warns about every object it does
+    not recognise, a line each on the user's terminal, before the reader refuses the store with one error that
+    names it; a sound store gives none."""
+    zarr_errors = import_optional("zarr.errors", "reading zarr stores")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", getattr(zarr_errors, "ZarrUserWarning", UserWarning))
+        yield
 
 
 def _zarr_array_metadata(store: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -214,7 +227,9 @@ def _check_npy_header(stream: IO[bytes], where: str, stored_bytes: int, into_mem
         # Version 3.0 differs from 2.0 only in the encoding of field names, which does not change sizes.
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(stream)
-    except (ValueError, SyntaxError, EOFError) as error:
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged header: numpy's parser raises ValueError, SyntaxError, TokenError, ...
         raise file_read_error(where, "a NumPy .npy array", error) from None
     if dtype.hasobject:
         raise ValueError(

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,7 @@ def _xarray_context(data: Any, source: str, variable: str | None, dims: tuple[st
         sample = rest[0] if rest else None
     order = [d for d in (sample, time, y, x, channel) if d is not None]
     check_array_metadata(f"{source}:{variable}", var.dtype, var.shape)
-    values = var.transpose(*order).values
+    values = _read_values(lambda: var.transpose(*order).values, f"{source}:{variable}")
     if sample is None:
         values = values[None]
     if channel is None:
@@ -246,9 +247,10 @@ def read_context(
         context = _read_zarr(path, key, dims)
     if context.frames.size == 0:
         raise ValueError(f"context in {source} is empty, shape {tuple(context.frames.shape)}")
-    context.frames = np.ascontiguousarray(context.frames, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32's range become infinite, refused below
+        context.frames = np.ascontiguousarray(context.frames, dtype=np.float32)
     if np.isinf(context.frames).any():
-        raise ValueError(f"context in {source} contains infinite values")
+        raise ValueError(f"context in {source} contains infinite values (or values beyond float32's, 3.4e38)")
     # NaN marks pixels outside a radar's domain; a sample without any pixel inside has nothing to forecast from.
     empty = np.isnan(context.frames).all(axis=(1, 2, 3, 4))
     if empty.any():
@@ -256,7 +258,37 @@ def read_context(
             f"context in {source} is NaN everywhere in sample(s) {np.flatnonzero(empty).tolist()}: NaN marks pixels "
             "outside the radar domain, and these have none inside"
         )
+    _check_recorded(context.attrs, source)
     return context
+
+
+def _check_recorded(attrs: dict[str, Any], source: str) -> None:
+    """Refuse what a file records about its frames, where the forecast uses it, when it is of the wrong kind:
+    units that are not text (they become an attribute of the forecast file), a pixel size or frame interval that
+    is not a positive number (checked against the pipeline's)."""
+    units = attrs.get("units")
+    if units is not None and not isinstance(units, str):
+        raise ValueError(f"{source} records units {units!r}, which are not text")
+    for key, unit in (("pixel_size_km", "km"), ("frame_interval_minutes", "minutes")):
+        value = attrs.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+        if not (number and math.isfinite(value) and value > 0):
+            raise ValueError(f"{source} records {key} = {value!r}, which is not a positive number of {unit}")
+
+
+def _read_values(read: Callable[[], Any], where: str) -> np.ndarray:
+    """`read()`, the values of an array whose metadata have been checked, with the error of damaged data (a
+    chunk cut short, a changed byte) naming the array: decompressors and storage libraries raise many kinds."""
+    from ..utils.files import file_read_error
+
+    try:
+        return np.asarray(read())
+    except MemoryError:
+        raise
+    except Exception as error:
+        raise file_read_error(where, "an array (damaged or unreadable data)", error) from None
 
 
 def _choose_array(names: list[str], key: str | None, source: str, kind: str) -> str:
@@ -280,7 +312,7 @@ def _read_hdf5(path: Path, key: str | None) -> ContextInput:
         f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
         key = _choose_array(sorted(names), key, source, "dataset")
         check_array_metadata(f"{source}:{key}", f[key].dtype, f[key].shape)
-        array = f[key][()]
+        array = _read_values(lambda: f[key][()], f"{source}:{key}")
         attrs = _sequence_file_metadata(f)
     return ContextInput(frames=_to_five_dims(array, f"{source}:{key}"), source=path, variable=key, attrs=attrs)
 
@@ -299,6 +331,14 @@ def _sequence_file_metadata(root: Any) -> dict[str, Any]:
 
 
 def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> ContextInput:
+    from ..data.readers import zarr_warnings_silenced
+
+    # The reader refuses a damaged store with one error; zarr's warnings about it would come first.
+    with zarr_warnings_silenced():
+        return _read_zarr_store(path, key, dims)
+
+
+def _read_zarr_store(path: Path, key: str | None, dims: tuple[str, ...] | None) -> ContextInput:
     from ..data.readers import check_array_metadata, import_optional, open_zarr
 
     source = str(path)
@@ -329,7 +369,8 @@ def _read_zarr(path: Path, key: str | None, dims: tuple[str, ...] | None) -> Con
         node = node[key]
     where = source if key is None else f"{source}:{key}"
     check_array_metadata(where, node.dtype, node.shape)
-    return ContextInput(frames=_to_five_dims(node[...], where), source=path, variable=key, attrs=attrs)
+    frames = _read_values(lambda: node[...], where)
+    return ContextInput(frames=_to_five_dims(frames, where), source=path, variable=key, attrs=attrs)
 
 
 def check_context_values(

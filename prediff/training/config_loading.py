@@ -120,6 +120,18 @@ def _check_alias_expansion(root: Any, alias_events: list[tuple[Any, Any]], sourc
         )
 
 
+def _yaml_problem(error: Exception) -> str:
+    """A YAML parser error in one line: what is wrong and where (`line L, column C`), without the text of the
+    `<unicode string>` that PyYAML names as its source."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{context + ', ' if context else ''}{problem}{where}"
+
+
 def parse_value(text: str, source: str = "an override value") -> Any:
     """Read one override value as YAML (`4` -> 4, `1e-4` -> 0.0001, `true`, `[1, 1]`, `null`, plain text);
     `source` names it in errors."""
@@ -282,7 +294,14 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
-        loaded = _yaml().load(path.read_text(), Loader=_loader(f"configuration file {str(path)!r}"))
+        yaml = _yaml()
+        source = f"configuration file {str(path)!r}"
+        try:
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_loader(source))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{source} is not UTF-8 text: {error}") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"{source} is not valid YAML: {_yaml_problem(error)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"configuration file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
         values = loaded or {}

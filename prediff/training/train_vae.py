@@ -59,7 +59,14 @@ class VAETrainer(Trainer):
             kwargs.update(in_channels=C, out_channels=C)
         vae = self.initial_network(cls, "vae")
         if vae is None:
-            vae = autoencoder_from_preset(preset, temporal_decoder=cfg.temporal_decoder, **kwargs)
+            try:
+                vae = autoencoder_from_preset(preset, temporal_decoder=cfg.temporal_decoder, **kwargs)
+            except (TypeError, KeyError, IndexError, AttributeError) as error:
+                # Diffusers does not check the types of its arguments: a mapping or text where it wants numbers
+                # fails somewhere inside the constructor.
+                raise ValueError(
+                    f"the model section {cfg.model} does not build {cls.__name__}: {type(error).__name__}: {error}"
+                ) from None
         try:
             latent_frame_shape(vae, (H, W, C))
         except ValueError as error:
