@@ -70,6 +70,10 @@ class KnowledgeControlState:
             models a residual), else None. `decode` already adds it; alignment networks see `latents + offset`.
         value_transform (`dict`, *optional*): the pipeline's value transform applied before `value_range` (None:
             linear).
+        row_start (`int`, defaults to 0), all_rows (`int`, *optional*), all_contexts (`int`, *optional*): when the
+            state holds a chunk of the forecast's rows (see [`KnowledgeControl`]'s `rowwise`), where the chunk
+            starts and how many rows and contexts the whole forecast has; None: these rows are all of them.
+            [`per_sample_values`] uses them to pick a chunk's share of per-row and per-context values.
     """
 
     latents: torch.Tensor
@@ -83,13 +87,20 @@ class KnowledgeControlState:
     knowledge_model: nn.Module | None = None
     latent_offset: torch.Tensor | None = None
     value_transform: dict[str, Any] | None = None
+    row_start: int = 0
+    all_rows: int | None = None
+    all_contexts: int | None = None
 
     @property
     def num_rows(self) -> int:
+        """Rows of this state (of the chunk, when the pipeline differentiates the rows in chunks)."""
         return self.latents.shape[0]
 
     @property
     def num_contexts(self) -> int:
+        """Contexts of the whole forecast."""
+        if self.all_contexts is not None:
+            return self.all_contexts
         return int(self.batch_index.max().item()) + 1
 
     def offset_latents(self, latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,18 +124,19 @@ class KnowledgeControlState:
 
 def per_sample_values(value: Any, state: KnowledgeControlState, name: str) -> torch.Tensor:
     """A control argument given as a number, one value per context `(B,)` or one per row `(B * M,)`, as
-    `(N,)`."""
+    `(N,)` for the state's rows (a chunk's share when the state holds a chunk)."""
     device, dtype = state.latents.device, state.latents.dtype
     tensor = torch.as_tensor(value, dtype=torch.float64).to(device=device, dtype=dtype)
+    all_rows = state.num_rows if state.all_rows is None else state.all_rows
     if tensor.ndim == 0:
         return tensor.expand(state.num_rows)
-    if tensor.ndim == 1 and tensor.shape[0] == state.num_rows:
-        return tensor
+    if tensor.ndim == 1 and tensor.shape[0] == all_rows:
+        return tensor[state.row_start : state.row_start + state.num_rows]
     if tensor.ndim == 1 and tensor.shape[0] == state.num_contexts:
         return tensor[state.batch_index]
     raise ValueError(
         f"{name} must be a number, one value per context ({state.num_contexts},) or one per ensemble member "
-        f"({state.num_rows},), got shape {tuple(tensor.shape)}"
+        f"({all_rows},), got shape {tuple(tensor.shape)}"
     )
 
 
@@ -144,7 +156,16 @@ class KnowledgeControl:
             step, as a root mean square over the (scaled) latents (see [`newton_step_size`]); None (default): no
             bound. A bound of about 1 keeps a learned statistic with weak gradients from throwing the sample
             out of the data, at the price of not reaching far targets.
+
+    A subclass whose violation of any chunk of rows equals those rows of the whole forecast's violation (per-row
+    values picked with [`per_sample_values`], nothing computed across rows) sets the class attribute `rowwise`
+    to True: the pipeline then differentiates the rows in chunks, so that a control that decodes holds the
+    autoencoder's graph of one chunk rather than of the whole ensemble. The built-in controls are rowwise;
+    [`FunctionControl`] is not, since its function may combine rows.
     """
+
+    #: Whether the violation may be computed on chunks of rows (see the class docstring).
+    rowwise: bool = False
 
     def __init__(
         self,

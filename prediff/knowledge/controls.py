@@ -98,6 +98,9 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
     the target are both divided by the pipeline's value range).
     """
 
+    # Per-row values through per_sample_values, nothing across rows: the pipeline may take the rows in chunks.
+    rowwise = True
+
     def __init__(
         self,
         target: Any = None,
@@ -174,6 +177,9 @@ class EnergyConservationControl(LearnedStatisticControl):
 
     The violation is the L2 norm over the future frames of `E_pred(frame) - initial_energy`.
     """
+
+    # Per-row values through per_sample_values, nothing across rows: the pipeline may take the rows in chunks.
+    rowwise = True
 
     def __init__(
         self,

@@ -84,6 +84,10 @@ class Extrapolation(NamedTuple):
         """Every row repeated `repeats` times in place (rows ordered (context, member))."""
         return Extrapolation(*(field.repeat_interleave(repeats, dim=0) for field in self))
 
+    def rows(self, index: slice) -> Extrapolation:
+        """The rows `index` of every field."""
+        return Extrapolation(*(field[index] for field in self))
+
 
 class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     r"""
@@ -160,6 +164,15 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
         self.vae_chunk_size: int | None = 64
+        #: Forecast frames whose knowledge-control gradient is computed together (rows of `T_out` frames, at least
+        #: one row; None: all rows). A control that decodes holds the autoencoder's graph of every frame it
+        #: differentiates, about 10 MB per 64x64 frame of the shipped pipeline; chunks bound that. Only controls
+        #: that are `rowwise` are chunked, and not with `differentiate_through_unet`.
+        self.control_chunk_size: int | None = 32
+        #: Rows (context x member) per denoiser call (None: all rows at once). The denoiser's activations grow with
+        #: the rows of a call, about 10 MB a row of the shipped pipeline; chunks bound that for large ensembles.
+        #: A call of at most this many rows is unchanged bit for bit (float32 results depend on the batch size).
+        self.unet_chunk_size: int | None = 32
         self._interrupt = False
         self._num_timesteps = 0
 
@@ -453,6 +466,20 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         # The official code clips the log-variance at log(1e-20), so sigma_0 is 1e-10 rather than 0.
         return variance.clamp(min=1e-20).sqrt().to(device=self._execution_device, dtype=torch.float32)
 
+    def _denoise(self, model_input: torch.Tensor, t: torch.Tensor, context_latents: torch.Tensor) -> torch.Tensor:
+        """The denoiser's noise estimate `(N, T_out, h, w, c)` in float32, `unet_chunk_size` rows per call."""
+        dtype = self.unet.dtype
+        num_rows = model_input.shape[0]
+        chunk = self.unet_chunk_size or num_rows
+        if num_rows <= chunk:
+            return self.unet(model_input.to(dtype), t, context_latents).sample.float()
+        return torch.cat(
+            [
+                self.unet(model_input[i : i + chunk].to(dtype), t, context_latents[i : i + chunk]).sample.float()
+                for i in range(0, num_rows, chunk)
+            ]
+        )
+
     def _noise_pred(
         self,
         model_input: torch.Tensor,
@@ -462,34 +489,56 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         batch_index: torch.Tensor,
         decode: Callable[[torch.Tensor], torch.Tensor],
         extrapolation: Extrapolation | None,
+        num_contexts: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (score-guided) noise estimate in float32 and the summed official-form gradient, if any."""
-        dtype = self.unet.dtype
         if not controls:
-            return self.unet(model_input.to(dtype), t, context_latents).sample.float(), None
+            return self._denoise(model_input, t, context_latents), None
         through_unet = any(c.differentiate_through_unet for c in controls)
+        num_rows = model_input.shape[0]
+        alpha_prod_t = self._alpha_prod(t)
         with torch.enable_grad():
-            z = model_input.detach().requires_grad_(True)
             if through_unet:
-                noise_pred = self.unet(z.to(dtype), t, context_latents).sample.float()
+                z = model_input.detach().requires_grad_(True)
+                noise_pred = self.unet(z.to(self.unet.dtype), t, context_latents).sample.float()
             else:
                 with torch.no_grad():
-                    noise_pred = self.unet(model_input.to(dtype), t, context_latents).sample.float()
-            alpha_prod_t = self._alpha_prod(t)
-            state = KnowledgeControlState(
-                latents=z,
-                timestep=torch.as_tensor(t, device=z.device),
-                noise_pred=noise_pred,
-                context_latents=context_latents,
-                alpha_prod_t=alpha_prod_t,
-                batch_index=batch_index,
-                decode=decode,
-                value_range=self.value_range,
-                value_transform=self.value_transform,
-                knowledge_model=self.knowledge_model,
-                latent_offset=extrapolation.latents if extrapolation is not None else None,
-            )
-            score_grad, official_grad = knowledge_gradients(controls, state)
+                    noise_pred = self._denoise(model_input, t, context_latents)
+            # Rows are independent, so each chunk's gradient is its rows' share of the whole one; a chunk's
+            # graph is freed before the next is built. The denoiser's graph, when differentiated, spans all rows.
+            chunk = num_rows
+            if not through_unet and self.control_chunk_size is not None and all(c.rowwise for c in controls):
+                chunk = max(1, self.control_chunk_size // model_input.shape[1])
+            score_parts, official_parts = [], []
+            for start in range(0, num_rows, chunk):
+                rows = slice(start, start + chunk)
+                if through_unet:
+                    rows_decode = decode
+                else:
+                    z = model_input[rows].detach().requires_grad_(True)
+                    part = extrapolation.rows(rows) if extrapolation is not None else None
+                    rows_decode = partial(self.decode_forecast, extrapolation=part) if chunk < num_rows else decode
+                state = KnowledgeControlState(
+                    latents=z,
+                    timestep=torch.as_tensor(t, device=z.device),
+                    noise_pred=noise_pred[rows],
+                    context_latents=context_latents[rows],
+                    alpha_prod_t=alpha_prod_t,
+                    batch_index=batch_index[rows],
+                    decode=rows_decode,
+                    value_range=self.value_range,
+                    value_transform=self.value_transform,
+                    knowledge_model=self.knowledge_model,
+                    latent_offset=extrapolation.latents[rows] if extrapolation is not None else None,
+                    row_start=start,
+                    all_rows=num_rows,
+                    all_contexts=num_contexts,
+                )
+                score_part, official_part = knowledge_gradients(controls, state)
+                score_parts.append(score_part)
+                official_parts.append(official_part)
+        score_grad = None if score_parts[0] is None else torch.cat(score_parts)
+        official_grad = None if official_parts[0] is None else torch.cat(official_parts)
         noise_pred = noise_pred.detach()
         if score_grad is not None:
             # Classifier-guidance form: eps <- eps + scale * sqrt(1 - alpha_bar_t) * dL/dz_t.
@@ -610,7 +659,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                     continue
                 model_input = self.scheduler.scale_model_input(latents, t)
                 noise_pred, official_grad = self._noise_pred(
-                    model_input, t, context_latents, controls, batch_index, decode, extrapolation
+                    model_input, t, context_latents, controls, batch_index, decode, extrapolation, batch_size
                 )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if official_grad is not None:
