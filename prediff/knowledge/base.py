@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils.units import to_unit
+from ..utils.units import to_intensity_unit
 from .defaults import DEFAULT_CONTROL_SCALE
 
 __all__ = [
@@ -117,9 +117,10 @@ class KnowledgeControlState:
         a = self.alpha_prod_t.to(self.latents.dtype)
         return (self.latents - (1 - a).sqrt() * self.noise_pred) / a.sqrt()
 
-    def to_unit(self, value: torch.Tensor | float) -> torch.Tensor | float:
-        """Physical units -> the [0, 1] scale the models work in (see [`~prediff.utils.units.to_unit`])."""
-        return to_unit(value, self.value_range, self.value_transform)
+    def to_intensity_unit(self, value: torch.Tensor | float) -> torch.Tensor | float:
+        """Physical units -> [0, 1] linearly between the physical ends of the value range, the scale of mean
+        intensities (see [`~prediff.utils.units.to_intensity_unit`]); `to_unit` for a linear pipeline."""
+        return to_intensity_unit(value, self.value_range, self.value_transform)
 
 
 def per_sample_values(value: Any, state: KnowledgeControlState, name: str) -> torch.Tensor:

@@ -94,8 +94,10 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         network_input (`str`, *optional*): what the learned network reads (see [`LearnedStatisticControl`]).
         form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
 
-    The violation is `|mean intensity - target|` in the [0, 1] scale of the models (the learned statistic and
-    the target are both divided by the pipeline's value range).
+    The violation is `|mean intensity - target|` on a [0, 1] scale linear in physical units: the mean and the
+    target are divided by the pipeline's physical range. With a value transform (rain rate in dB) the mean is
+    still taken in physical units, mm/h: an anticipated mean rain rate, not a mean of dB. The learned statistic
+    is trained on the same scale (`prediff train alignment`).
     """
 
     # Per-row values through per_sample_values, nothing across rows: the pipeline may take the rows in chunks.
@@ -148,14 +150,15 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
             )
 
     def statistic(self, state: KnowledgeControlState) -> torch.Tensor:
-        """The current mean intensity of every sample in the [0, 1] scale, `(N,)`."""
+        """The current mean intensity of every sample, `(N,)`, in the [0, 1] scale linear in physical units
+        (mm/h for rain rate, whatever the pipeline's value transform)."""
         if self.method == "learned":
             return self.predict(state).mean(dim=(1, 2))
         frames = state.decode(state.pred_original_sample())
-        return state.to_unit(frames).mean(dim=(1, 2, 3, 4))
+        return state.to_intensity_unit(frames).mean(dim=(1, 2, 3, 4))
 
     def violation(self, state: KnowledgeControlState) -> torch.Tensor:
-        target = state.to_unit(per_sample_values(self.target, state, "target"))
+        target = state.to_intensity_unit(per_sample_values(self.target, state, "target"))
         return (self.statistic(state) - target).abs()
 
     def __repr__(self) -> str:

@@ -2,7 +2,8 @@
 
 The target frames are encoded by the frozen autoencoder (posterior sample), noised at a uniform random
 timestep of the official DDPM schedule, and the network learns from `(z_t, t)` alone the statistic of the
-clean target: for `statistic: avg_intensity` the mean over (H, W, C) of every target frame, in [0, 1] units,
+clean target: for `statistic: avg_intensity` the mean over (H, W, C) of every target frame, in [0, 1] units
+(linear in physical units, mm/h with a rain-rate value transform),
 for `statistic: energy` every target frame's energy carried by the items (N-body), shape `(B, T_out, 1)`. Loss:
 MSE. The result is the network's folder (`KnowledgeAlignmentModel.from_pretrained(output_dir)`), which `prediff
 train denoiser --knowledge_model DIR` puts into the pipeline.
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from ..models.alignment import KnowledgeAlignmentModel
 from ..models.autoencoder import decode_sequence
 from ..schedulers import prediff_training_scheduler
+from ..utils.units import to_intensity_unit
 from .config import AlignmentTrainingConfig
 from .latent import LatentTrainer
 
@@ -116,7 +118,7 @@ class AlignmentTrainer(LatentTrainer):
             return labels[:, -latents.shape[1] :, None].float()
         if cfg.labels == "decoded":
             return self.decoded_statistic(latents)
-        return frame_statistic(self.split(frames)[1], cfg.statistic)
+        return self.statistic_of(self.split(frames)[1])
 
     def brighten(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames `(B, T, H, W, C)` in [0, 1] times a per-sequence gain, log-uniform in `intensity_gain`,
@@ -149,7 +151,7 @@ class AlignmentTrainer(LatentTrainer):
         with torch.enable_grad():
             probe = latents.detach().requires_grad_(True)
             frames = decode_sequence(self.vae, probe / self.scaling_factor).float()
-            (grad,) = torch.autograd.grad(frame_statistic(frames, self.config.statistic).sum(), probe)
+            (grad,) = torch.autograd.grad(self.statistic_of(frames).sum(), probe)
         return grad
 
     @torch.no_grad()
@@ -157,6 +159,13 @@ class AlignmentTrainer(LatentTrainer):
         """The statistic `(B, T_out, 1)` of the autoencoder's decoding of (scaled) latents `(B, T_out, h, w,
         c)`, offset included."""
         frames = decode_sequence(self.vae, latents / self.scaling_factor).float()
+        return self.statistic_of(frames)
+
+    def statistic_of(self, frames: torch.Tensor) -> torch.Tensor:
+        """[`frame_statistic`] of frames `(B, T, H, W, C)` in [0, 1], on the scale of the intensity control:
+        linear in physical units (with a value transform, frames go back to them first)."""
+        if self.scaling.value_transform is not None:
+            frames = to_intensity_unit(self.to_physical(frames), self.value_range, self.scaling.value_transform)
         return frame_statistic(frames, self.config.statistic)
 
     def compute_losses(

@@ -28,6 +28,7 @@ __all__ = [
     "check_value_transform",
     "from_transformed",
     "to_physical",
+    "to_intensity_unit",
     "to_transformed",
     "to_unit",
 ]
@@ -151,3 +152,14 @@ def to_unit(values: Values, value_range: Any, transform: Mapping[str, Any] | Non
     and device of ``values``. Not clamped: values outside the range land outside [0, 1]."""
     lo, hi = _bounds(value_range)
     return (to_transformed(values, transform) - lo) / (hi - lo)
+
+
+def to_intensity_unit(values: Values, value_range: Any, transform: Mapping[str, Any] | None = None) -> Values:
+    """Physical units -> [0, 1] linearly between the physical ends of the range (``to_physical`` of 0 and 1),
+    keeping the type of ``values``; equal to [`to_unit`] without a transform.
+
+    Mean intensities are taken on this scale: the mean of rain rate in dB is not the dB of the mean rain rate,
+    and an anticipated mean rain rate is a mean in mm/h.
+    """
+    low, high = (float(to_physical(end, value_range, transform)) for end in (0.0, 1.0))
+    return (values - low) / (high - low)

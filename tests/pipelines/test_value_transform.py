@@ -129,3 +129,21 @@ def test_forecast_command_takes_a_whole_domain_of_rain_rate_and_checks_grid_and_
     assert run_cli(["forecast", "--input", tmp_path / "5min.h5", "--out", tmp_path / "5min.nc", *options]) == 2
     assert "are 5 minutes apart, the pipeline was trained on 10 minutes" in capsys.readouterr().err
     assert not (tmp_path / "1km.nc").exists() and not (tmp_path / "5min.nc").exists()
+
+
+def test_anticipated_mean_rain_rate_is_reached_in_mm_per_hour(rain_pipe_dir):
+    """The analytic intensity control of a dB pipeline steers the mean rain rate in mm/h to its target, not the
+    mean of dB; two targets give two forecasts ordered as they are."""
+    from prediff.knowledge import AnticipatedIntensityControl
+
+    pipe = PreDiffPipeline.from_pretrained(rain_pipe_dir)
+    pipe.set_progress_bar_config(disable=True)
+    context = rain_context()
+    means = []
+    for target in (0.5, 3.0):
+        control = AnticipatedIntensityControl(target=target, method="analytic")
+        frames = pipe(context, num_inference_steps=4, num_ensemble_members=2, knowledge_controls=[control],
+                      generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+        means.append(frames.reshape(2, -1).mean(axis=1))
+        np.testing.assert_allclose(means[-1], target, rtol=0.15)
+    assert (means[1] > means[0]).all()

@@ -9,6 +9,7 @@ import torch
 from prediff.utils.units import (
     check_value_transform,
     from_transformed,
+    to_intensity_unit,
     to_physical,
     to_transformed,
     to_unit,
@@ -99,3 +100,18 @@ def test_defaults_are_filled_in():
     assert check_value_transform({"kind": "db"}) == DB
     assert check_value_transform({"kind": "log"}) == LOG
     assert check_value_transform({"kind": "linear"}) is None
+
+
+def test_intensity_scale_is_linear_in_rain_rate_between_the_physical_ends():
+    db = {"kind": "db", "threshold": 0.1, "zerovalue": -15.0}
+    top = 10**2.5  # 25 dB in mm/h
+    rates = torch.tensor([0.0, 1.0, 10.0, top])
+    np.testing.assert_allclose(to_intensity_unit(rates, (-15.0, 25.0), db), rates / top, rtol=1e-6)
+    # The mean of the scale is the scale of the mean rain rate, which the dB scale is not.
+    field = torch.tensor([0.0, 0.0, 1.0, 50.0])
+    mean = to_intensity_unit(field, (-15.0, 25.0), db).mean()
+    torch.testing.assert_close(mean, to_intensity_unit(field.mean(), (-15.0, 25.0), db))
+    assert not torch.isclose(to_unit(field, (-15.0, 25.0), db).mean(), to_unit(field.mean(), (-15.0, 25.0), db))
+    # Without a transform it is the models' own [0, 1] scale.
+    values = torch.linspace(0, 255, 7)
+    torch.testing.assert_close(to_intensity_unit(values, (0.0, 255.0)), to_unit(values, (0.0, 255.0)))
