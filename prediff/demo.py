@@ -45,6 +45,9 @@ __all__ = [
     "DEMO_N_SIGMAS",
     "DEMO_SEED",
     "DemoResult",
+    "achieved_intensity",
+    "baseline_forecasts",
+    "forecast_scores",
     "format_scores",
     "register",
     "run_demo",
@@ -84,8 +87,9 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """MSE, MAE, CSI of the ensemble mean and CRPS of the ensemble; `ensemble` `(B, M, T, H, W, C)`."""
+def forecast_scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """MSE, MAE, CSI (at [`DEMO_CSI_THRESHOLDS`]) of the ensemble mean and CRPS of the ensemble; `ensemble`
+    `(B, M, T, H, W, C)`, `target` `(B, T, H, W, C)`, physical units."""
     from .metrics import categorical_scores, crps_ensemble, mae, mse
 
     mean = ensemble.mean(axis=1)
@@ -97,6 +101,49 @@ def _scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return out
 
 
+def baseline_forecasts(
+    context: np.ndarray,
+    num_frames: int,
+    members: int,
+    value_range: tuple[float, float],
+    seed: int,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """The baselines the demo compares with, each `(B, M, T_out, H, W, C)` (`M = 1` for the deterministic
+    ones): persistence, and with pysteps its optical-flow extrapolation and a STEPS ensemble of `members`.
+
+    Args:
+        context: `(B, T_in, H, W, C)` in physical units.
+        value_range: physical range the pysteps forecasts are clipped to.
+    """
+    from .baselines import extrapolation, persistence
+    from .baselines import steps as steps_nowcast
+
+    baselines = {"persistence": persistence(context, num_frames)[:, None]}
+    if importlib.util.find_spec("pysteps") is None:
+        return baselines
+    baselines["extrapolation"] = extrapolation(context, num_frames, value_range=value_range)[:, None]
+    # STEPS' cascade needs a few pixels per level: 6 levels on 128 px, fewer on small frames.
+    height, width = context.shape[2:4]
+    levels = int(max(1, min(6, np.log2(min(height, width)) - 2)))
+    baselines["steps"] = steps_nowcast(
+        context,
+        num_frames,
+        num_members=members,
+        num_cascade_levels=levels,
+        value_range=value_range,
+        seed=seed,
+        show_progress=progress,
+    )
+    return baselines
+
+
+def achieved_intensity(forecast: np.ndarray) -> float:
+    """The mean intensity a forecast reached, over its members, lead times and pixels (physical units; NaN
+    outside a radar domain left out): what the what-if compares with the anticipated value."""
+    return float(np.nanmean(forecast))
+
+
 #: Column titles of the forecasters in the demo's score table.
 FORECASTER_TITLES = {
     "prediff": "PreDiff",
@@ -106,8 +153,9 @@ FORECASTER_TITLES = {
 }
 
 
-def format_scores(scores: dict[str, dict[str, float]]) -> str:
-    """The score table the demo prints: one row per score, one column per forecaster (PreDiff first)."""
+def format_scores(scores: dict[str, dict[str, float]], units: str = "VIL 0-255") -> str:
+    """The score table the demo prints: one row per score, one column per forecaster (PreDiff first); `units`
+    of the scores for the header."""
     labels = {
         "mse": "MSE (ensemble mean)",
         "mae": "MAE (ensemble mean)",
@@ -117,7 +165,7 @@ def format_scores(scores: dict[str, dict[str, float]]) -> str:
         "intensity_error_controlled": "intensity error, controlled",
     }
     names = [name for name in FORECASTER_TITLES if name in scores]
-    header = f"{'score (VIL 0-255)':<32}" + "".join(f"{FORECASTER_TITLES[name]:>14}" for name in names)
+    header = f"{f'score ({units})':<32}" + "".join(f"{FORECASTER_TITLES[name]:>14}" for name in names)
     lines = [header, "-" * len(header)]
     for key, label in labels.items():
         values = [scores[name].get(key) for name in names]
@@ -172,8 +220,6 @@ def run_demo(
 
     import torch
 
-    from .baselines import extrapolation, persistence
-    from .baselines import steps as steps_nowcast
     from .data import SyntheticStormDataset
     from .knowledge import AnticipatedIntensityControl
     from .metrics import knowledge_control_error
@@ -221,34 +267,22 @@ def run_demo(
     controlled, what_if = controlled_all[:num_sequences], controlled_all[num_sequences:]
 
     # 2. Scores next to the baselines.
-    baselines = {"persistence": persistence(context, T_out)[:, None]}
-    if importlib.util.find_spec("pysteps") is not None:
-        say("prediff demo: pysteps extrapolation and STEPS forecasts")
-        baselines["extrapolation"] = extrapolation(context, T_out, value_range=(lo, hi))[:, None]
-        # STEPS' cascade needs a few pixels per level: 6 levels on 128 px, fewer on small frames.
-        levels = int(max(1, min(6, np.log2(min(H, W)) - 2)))
-        baselines["steps"] = steps_nowcast(
-            context,
-            T_out,
-            num_members=members,
-            num_cascade_levels=levels,
-            value_range=(lo, hi),
-            seed=seed,
-            show_progress=progress,
-        )
+    baselines = baseline_forecasts(context, T_out, members, (lo, hi), seed, progress)
+    if "steps" in baselines:
+        say("prediff demo: scored next to pysteps extrapolation and STEPS")
     else:
         say(
             "prediff demo: pysteps is not installed, so the comparison leaves out optical-flow extrapolation and "
             'STEPS, the baselines a forecaster would pick; pip install "prediff[pysteps]" to add them'
         )
-    scores = {"prediff": _scores(plain, target)}
+    scores = {"prediff": forecast_scores(plain, target)}
     scores["prediff"]["intensity_error"] = knowledge_control_error(plain, observed_intensity)
     scores["prediff"]["intensity_error_controlled"] = knowledge_control_error(controlled, observed_intensity)
     for name, forecast in baselines.items():
-        scores[name] = _scores(forecast, target)
+        scores[name] = forecast_scores(forecast, target)
         scores[name]["intensity_error"] = knowledge_control_error(forecast, observed_intensity)
     what_if_record = {
-        float(n): {"anticipated": float(a), "achieved": float(f.mean())}
+        float(n): {"anticipated": float(a), "achieved": achieved_intensity(f)}
         for n, a, f in zip(DEMO_N_SIGMAS, what_if_targets, what_if)
     }
 

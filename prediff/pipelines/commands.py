@@ -33,7 +33,11 @@ from ..knowledge.defaults import CONTROL_METHODS, DEFAULT_CONTROL_SCALE, control
 
 __all__ = [
     "add_knowledge_control_arguments",
+    "check_context",
     "context_inputs",
+    "forecast_attributes",
+    "forecast_colour_map",
+    "forecast_units",
     "intensity_control_from_args",
     "register",
     "run_forecast",
@@ -217,6 +221,105 @@ def _output_lock(path: Path, label: str, processes: Any, shared: bool) -> Iterat
         yield
 
 
+def check_context(
+    pipe: Any,
+    context: Any,
+    use_last_frames: bool = False,
+    clip: bool = False,
+    interval_minutes: float | None = None,
+) -> Any:
+    """Check a [`ContextInput`] read from a file against `pipe` and return it ready to forecast: `T_in` frames
+    (the last ones of a longer input with `use_last_frames`), frames of the pipeline's `(H, W, C)` or larger
+    (forecast as tiles), the grid and clock the pipeline was trained for, values inside its physical range (or
+    clipped to it with `clip`). `prediff forecast` and `prediff app` check every context here.
+
+    Raises:
+        ValueError: naming what does not fit and the option that would fix it, where one would.
+    """
+    from .context_io import check_context_values, check_grid_and_clock
+
+    frames = context.frames
+    T_in, H, W, C = pipe.context_shape
+    if frames.shape[1] != T_in:
+        if use_last_frames and frames.shape[1] > T_in:
+            frames = frames[:, -T_in:]
+            if context.time is not None:
+                context.time = context.time[-T_in:]
+        else:
+            hint = " (or pass --use-last-frames to use the last ones)" if frames.shape[1] > T_in else ""
+            raise ValueError(
+                f"the pipeline needs {T_in} context frames, the input {context.source} has "
+                f"{frames.shape[1]} (shape {tuple(frames.shape)} as (B, T, H, W, C)){hint}"
+            )
+    if frames.shape[4] != C or frames.shape[2] < H or frames.shape[3] < W:
+        raise ValueError(
+            f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, or larger (forecast as overlapping "
+            f"tiles), the input {context.source} has {tuple(frames.shape[2:])} (shape {tuple(frames.shape)} "
+            "as (B, T, H, W, C))"
+        )
+    check_grid_and_clock(context, pipe.pixel_size_km, pipe.frame_interval_minutes, interval_minutes)
+    context.frames = check_context_values(frames, pipe.physical_range, clip=clip, name=f"context in {context.source}")
+    return context
+
+
+def forecast_units(pipe: Any, context: Any) -> str | None:
+    """The units of a forecast: the pipeline's, else those the context file records."""
+    return pipe.config.get("units") or context.attrs.get("units")
+
+
+def forecast_colour_map(pipe: Any, units: str | None) -> str:
+    """The colour map of a forecast's pictures: pysteps' rain-rate levels for mm/h, SEVIR's VIL levels for a
+    0-255 pipeline, else viridis."""
+    if "mm/h" in str(units):
+        return "rainrate"
+    return "vil" if pipe.value_range == (0.0, 255.0) else "viridis"
+
+
+def forecast_attributes(
+    pipe: Any,
+    context: Any,
+    num_lead_times: int,
+    members: int,
+    steps: int | None,
+    seed: int,
+    knowledge_control_info: str | None = None,
+    interval_minutes: float | None = None,
+) -> dict[str, Any]:
+    """The global attributes of a forecast file written by [`forecast_dataset`]: units, scaling, lead times,
+    model, sampler, seed and knowledge control."""
+    from .. import __version__
+    from .pipeline_prediff import PreDiffPipeline
+
+    lo, hi = pipe.value_range
+    units = forecast_units(pipe, context)
+    model_id = pipe.config.get("_name_or_path") or type(pipe).__name__
+    attrs = {
+        "title": "prediff ensemble forecast",
+        "source": f"prediff {__version__}, {type(pipe).__name__}",
+        "model_id": str(model_id),
+        "pipeline_class": type(pipe).__name__,
+        "scheduler": type(pipe.scheduler).__name__ if isinstance(pipe, PreDiffPipeline) else None,
+        "units": units or "physical units of the pipeline",
+        "value_range": [lo, hi],
+        "value_transform": json.dumps(pipe.value_transform) if pipe.value_transform else "none",
+        "scaling": f"the model sees ({'T(x)' if pipe.value_transform else 'x'} - {lo:g}) / ({hi:g} - {lo:g})"
+        f"{' with T the value_transform' if pipe.value_transform else ''}; values are physical and not clipped",
+        "lead_times": list(range(1, num_lead_times + 1)),
+        "lead_time_units": "frames",
+        "members": members,
+        "num_inference_steps": steps,
+        "seed": seed,
+        "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
+        "knowledge_control": knowledge_control_info or "none",
+        "context_file": str(context.source),
+        "context_variable": context.variable,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if interval_minutes is not None:
+        attrs["interval_minutes"] = float(interval_minutes)
+    return attrs
+
+
 def run_forecast(
     pipeline: str | Any,
     input: str | Path,
@@ -273,7 +376,7 @@ def run_forecast(
     from ..utils.checks import check_positive_int, check_seed
     from ..utils.faults import fault_point
     from ..utils.files import check_outputs_spare_inputs
-    from .context_io import check_context_values, check_grid_and_clock, read_context
+    from .context_io import read_context
     from .forecast_writing import FORECAST_SUFFIXES, forecast_dataset, write_forecast, write_pysteps_array
     from .loading import load_forecast_pipeline
     from .pipeline_prediff import PreDiffPipeline
@@ -312,28 +415,9 @@ def run_forecast(
         if not is_prediff and knowledge_controls:
             raise ValueError("knowledge control needs a PreDiff pipeline; this one is deterministic (Earthformer)")
         context = read_context(input, key=variable, dims=dims)
+        context = check_context(pipe, context, use_last_frames, clip, interval_minutes)
         frames = context.frames
         T_in, H, W, C = pipe.context_shape
-        if frames.shape[1] != T_in:
-            if use_last_frames and frames.shape[1] > T_in:
-                frames = frames[:, -T_in:]
-                if context.time is not None:
-                    context.time = context.time[-T_in:]
-            else:
-                hint = " (or pass --use-last-frames to use the last ones)" if frames.shape[1] > T_in else ""
-                raise ValueError(
-                    f"the pipeline needs {T_in} context frames, the input {context.source} has "
-                    f"{frames.shape[1]} (shape {tuple(frames.shape)} as (B, T, H, W, C)){hint}"
-                )
-        if frames.shape[4] != C or frames.shape[2] < H or frames.shape[3] < W:
-            raise ValueError(
-                f"the pipeline needs context frames of (H, W, C) = {(H, W, C)}, or larger (forecast as overlapping "
-                f"tiles), the input {context.source} has {tuple(frames.shape[2:])} (shape {tuple(frames.shape)} "
-                "as (B, T, H, W, C))"
-            )
-        check_grid_and_clock(context, pipe.pixel_size_km, pipe.frame_interval_minutes, interval_minutes)
-        frames = check_context_values(frames, pipe.physical_range, clip=clip, name=f"context in {context.source}")
-        context.frames = frames
         if not 0 <= plot_sample < frames.shape[0]:
             raise ValueError(f"plot_sample must be in [0, {frames.shape[0]}), got {plot_sample}")
 
@@ -378,35 +462,11 @@ def run_forecast(
             if not processes.is_main_process:
                 return {}
 
-        lo, hi = pipe.value_range
-        units = pipe.config.get("units") or context.attrs.get("units")
+        units = forecast_units(pipe, context)
         model_id = pipe.config.get("_name_or_path") or type(pipe).__name__
-        from .. import __version__
-
-        attrs = {
-            "title": "prediff ensemble forecast",
-            "source": f"prediff {__version__}, {type(pipe).__name__}",
-            "model_id": str(model_id),
-            "pipeline_class": type(pipe).__name__,
-            "scheduler": type(pipe.scheduler).__name__ if is_prediff else None,
-            "units": units or "physical units of the pipeline",
-            "value_range": [lo, hi],
-            "value_transform": json.dumps(pipe.value_transform) if pipe.value_transform else "none",
-            "scaling": f"the model sees ({'T(x)' if pipe.value_transform else 'x'} - {lo:g}) / ({hi:g} - {lo:g})"
-            f"{' with T the value_transform' if pipe.value_transform else ''}; values are physical and not clipped",
-            "lead_times": list(range(1, ensemble.shape[2] + 1)),
-            "lead_time_units": "frames",
-            "members": members,
-            "num_inference_steps": steps,
-            "seed": seed,
-            "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
-            "knowledge_control": knowledge_control_info or "none",
-            "context_file": str(context.source),
-            "context_variable": context.variable,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if interval_minutes is not None:
-            attrs["interval_minutes"] = float(interval_minutes)
+        attrs = forecast_attributes(
+            pipe, context, ensemble.shape[2], members, steps, seed, knowledge_control_info, interval_minutes
+        )
         dataset = forecast_dataset(ensemble, context, attrs=attrs, interval_minutes=interval_minutes, units=units)
         written = {"forecast": write_forecast(dataset, paths["forecast"], overwrite=overwrite)}
         fault_point("forecast-write")
@@ -422,7 +482,7 @@ def run_forecast(
             ens = ensemble[plot_sample]
             # Rain rate in pysteps' colours and levels, with P(R >= 1 mm/h); VIL levels in SEVIR's colours.
             rain = "mm/h" in str(units)
-            cmap = "rainrate" if rain else ("vil" if (lo, hi) == (0.0, 255.0) else "viridis")
+            cmap = forecast_colour_map(pipe, units)
             style = {"interval_minutes": minutes, "title": title, "cmap": cmap}
             plot_forecast_panel(sample, None, ens, path=paths["panel"], **style)
             written["panel"] = paths["panel"]
