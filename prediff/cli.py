@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "prediff.demo",
     "prediff.pipelines.commands",
     "prediff.evaluation.commands",
+    "prediff.app.commands",
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from prediff import cli
 
-COMMANDS = ("data", "train", "demo", "forecast", "evaluate")
+COMMANDS = ("data", "train", "demo", "forecast", "evaluate", "app")
 
 
 def _help_commands() -> list[list[str]]:

@@ -48,6 +48,7 @@ __all__ = [
     "block_mean",
     "parse_radar_time",
     "read_radar_events",
+    "read_radar_file",
     "scan_radar",
 ]
 
@@ -527,6 +528,35 @@ def _grid_metadata(metadata: Mapping[str, Any], shape: tuple[int, int], block: i
             bounds = [x1, y1, x1 + width * px, y1 + height * py]
         grid.update(xpixelsize=px, ypixelsize=py, x1=bounds[0], y1=bounds[1], x2=bounds[2], y2=bounds[3])
     return grid
+
+
+def read_radar_file(
+    filename: str | os.PathLike,
+    importer: str | Importer,
+    importer_kwargs: Mapping[str, Any] | None = None,
+    pixel_size_km: float | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One radar file read as [`scan_radar`] reads each file of an event, without an archive around it (a file a
+    user hands over, e.g. in `prediff app`).
+
+    Args:
+        filename: the file.
+        importer: a pysteps importer name (``"fmi_pgm"``, ``"knmi_hdf5"``, ``"odim_hdf5"``, ...), or in code a
+            callable behaving like one (see [`RadarSource`]).
+        importer_kwargs: keyword arguments of the importer.
+        pixel_size_km: average blocks of pixels to this size (a multiple of the native pixel size; None: native).
+
+    Returns:
+        `(H, W)` float32 rain rate in mm/h (NaN outside the radar domain) and its grid metadata, as
+        [`RadarFrames`] records it.
+    """
+    name = importer if isinstance(importer, str) else "custom"
+    # A source of one file: only its importer matters, the archive layout is never used.
+    source = RadarSource(name, "", "", "", "", importer, 1, importer_kwargs or {})
+    rate, metadata = _read_rainrate(source, source.load_importer(), os.fspath(filename))
+    block = _block_for(metadata, pixel_size_km, name)
+    frame = block_mean(rate, block) if block > 1 else rate
+    return frame, _grid_metadata(metadata, frame.shape, block)
 
 
 def scan_radar(
