@@ -91,6 +91,14 @@ def build_page(
             raise ValueError(f"unknown pipeline {label!r}; pick one of {list(choices)}")
         return load(choices[label])
 
+    # Every request writes its pictures and netCDF into its own folder under one that the handlers keep alive
+    # (removed when the process ends); Gradio serves copies from its cache, which it empties of files older than
+    # an hour.
+    outputs = tempfile.TemporaryDirectory(prefix="prediff-app-")
+
+    def request_folder() -> Path:
+        return Path(tempfile.mkdtemp(dir=outputs.name))
+
     importers = _pysteps_importers()
     sources = [s for s in CONTEXT_SOURCES if s != "radar files" or importers]
 
@@ -151,7 +159,7 @@ def build_page(
         *inputs, n_sigma, with_scores = args
         try:
             pipe, context, result, units = forecast(*inputs[:11], [n_sigma], inputs[11], progress)
-            folder = Path(tempfile.mkdtemp(prefix="prediff-app-"))
+            folder = request_folder()
             pictures = render_forecast(result, pipe, folder, units)
             scores = score_forecast(result, pipe, units) if with_scores else ""
             netcdf = write_forecast_netcdf(result, pipe, context, folder / "ensemble.nc")
@@ -179,13 +187,13 @@ def build_page(
             inputs[10] = "n sigma"
             ns = sorted(float(n) for n in n_values)
             pipe, _, result, units = forecast(*inputs[:11], ns, None, progress)
-            path = render_what_if(result, pipe, Path(tempfile.mkdtemp(prefix="prediff-app-")) / "what_if.png", units)
+            path = render_what_if(result, pipe, request_folder() / "what_if.png", units)
         except (ValueError, OSError, ImportError, MemoryError) as error:
             raise gr.Error(_error_message(error)) from None
         return _markdown_lines(result.summary(units)), str(path)
 
     samplers = [OWN_SAMPLER, *sorted(SCHEDULER_PRESETS)]
-    with gr.Blocks(title="prediff app", analytics_enabled=False) as page:
+    with gr.Blocks(title="prediff app", analytics_enabled=False, delete_cache=(1800, 3600)) as page:
         gr.Markdown(
             "# prediff: steer a precipitation nowcast\n"
             "Pick a pipeline and a context, set the ensemble and the anticipated mean intensity, and run. "
