@@ -83,7 +83,9 @@ def test_steps_ensemble():
     assert ensemble.shape == (1, 4, 3, 48, 48, 1)
     assert ensemble.min() >= 0 and ensemble.max() <= 255
     assert np.abs(ensemble[:, 0] - ensemble[:, 1]).max() > 1.0  # members differ
-    np.testing.assert_array_equal(ensemble, steps(context, 3, seed=1, **kwargs))  # seeded
+    # Seeded: the same members again. Not bit for bit: pysteps' compiled kernels sum float64 in parallel, and the
+    # order of those sums varies from call to call (a CI run saw 1e-9 of difference on values up to 255).
+    np.testing.assert_allclose(ensemble, steps(context, 3, seed=1, **kwargs), rtol=0, atol=1e-6)
     persistence_mse = mse(persistence(context, 3), future)
     assert mse(ensemble.mean(axis=1), future) < 0.5 * persistence_mse
     assert crps_ensemble(ensemble, future) < np.abs(persistence(context, 3) - future).mean()
