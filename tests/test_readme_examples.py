@@ -99,6 +99,8 @@ SCALING = [
     Rule(r"(benchmarks/bench_knowledge\.py)",
          r"\1 --contexts 1 --members 1 --samplers ddim:2 --n-sigmas 0 --methods analytic",
          "one context and member, one 2-step sampler, one target"),
+    Rule(r"(benchmarks/bench_memory\.py)", r"\1 --cases forecast --members 2 --steps 2",
+         "one 2-member, 2-step forecast"),
     Rule(r"(benchmarks/bench_energy\.py)", r"\1 --contexts 1 --members 1 --samplers sde-dpmsolver++:2",
          "one context and member, one 2-step sampler"),
 ]
@@ -136,6 +138,12 @@ SETUPS = {
     "context": (
         "from prediff import SyntheticStormDataset\n"
         "context = SyntheticStormDataset(1, 4, 64, 64, seed=1)[0]['frames'][None] * 255  # (1, 4, 64, 64, 1)\n"
+    ),
+    "rain": (
+        "from prediff import SyntheticStormDataset\n"
+        "# (1, 4, 64, 64, 1) rain rate in mm/h: a storm's levels 0-1 as 0-50 mm/h, dry below 0.1 mm/h\n"
+        "rain = SyntheticStormDataset(1, 4, 64, 64, seed=1)[0]['frames'][None].numpy() * 50\n"
+        "rain[rain < 0.1] = 0.0\n"
     ),
 }
 
@@ -188,8 +196,9 @@ def apply_marker(block: Block, text: str) -> None:
         unknown = [item for item in argument.split() if item not in SETUPS]
         if unknown or not argument:
             block.problems.append(f"marker 'test: {text}': setup items are {sorted(SETUPS)}, got {unknown}")
-        if "context" in argument.split() and block.language != "python":
-            block.problems.append("setup item 'context' is Python source and applies to python blocks only")
+        for item in argument.split():
+            if isinstance(SETUPS.get(item), str) and block.language != "python":
+                block.problems.append(f"setup item {item!r} is Python source and applies to python blocks only")
         block.setup += argument.split()
     elif verb in ("name", "after") and re.fullmatch(r"[\w.-]+", argument):
         setattr(block, verb, argument)

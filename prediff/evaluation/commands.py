@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..knowledge.defaults import control_method
-from ..metrics.defaults import SEVIR_POOL_SIZES, SEVIR_THRESHOLDS
+from ..metrics.defaults import RAIN_RATE_THRESHOLDS, SEVIR_POOL_SIZES, SEVIR_THRESHOLDS, default_thresholds
 
 __all__ = ["build_dataset", "register"]
 
@@ -71,8 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--thresholds",
-        default=",".join(f"{t:g}" for t in SEVIR_THRESHOLDS),
-        help="event thresholds in physical units (default: the SEVIR VIL thresholds)",
+        default=None,
+        help="event thresholds in physical units (default: the SEVIR VIL thresholds "
+        f"{','.join(f'{t:g}' for t in SEVIR_THRESHOLDS)}; for a rain-rate pipeline "
+        f"{','.join(f'{t:g}' for t in RAIN_RATE_THRESHOLDS)} mm/h)",
     )
     parser.add_argument(
         "--pool-sizes", default=",".join(map(str, SEVIR_POOL_SIZES)), help="max-pooling sizes of CSI and CRPS"
@@ -110,9 +112,14 @@ def build_dataset(
     start_date: str | None = None,
     end_date: str | None = None,
     key: str = "frames",
+    value_range: tuple[float, float] | None = None,
+    value_transform: dict[str, Any] | None = None,
 ) -> tuple[Any, str]:
     """The data set `kind` ("storms", "sevir" or a data file) with windows of `context_frames +
-    forecast_frames` frames of `frame_shape` `(H, W, C)`, and a label for the report."""
+    forecast_frames` frames of `frame_shape` `(H, W, C)`, and a label for the report.
+
+    A data file that records no value range (a sequence file of rain rate in mm/h) is read with the pipeline's
+    `value_range` and `value_transform`; one that records them keeps its own."""
     from ..data.building import build_sequence_dataset
 
     seq_len = context_frames + forecast_frames
@@ -140,7 +147,12 @@ def build_dataset(
         raise FileNotFoundError(
             f"--dataset must be one of {DATASET_KINDS} or an existing HDF5/zarr data file, got {kind!r}"
         )
-    dataset = build_sequence_dataset("file", seq_len, path, stride=stride, key=key)
+    from ..data.io import SequenceFile
+
+    scaling = {}
+    if value_range is not None and "value_range" not in SequenceFile(path).metadata:
+        scaling = {"value_range": value_range, "value_transform": value_transform}
+    dataset = build_sequence_dataset("file", seq_len, path, stride=stride, key=key, **scaling)
     if dataset.shape[2:] != (H, W, C):
         raise ValueError(f"frames in {path} are (H, W, C) = {dataset.shape[2:]}; the pipeline needs {(H, W, C)}")
     return dataset, f"{path} ({len(dataset)} windows of {seq_len} frames)"
@@ -161,7 +173,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     for path in outputs:
         if not path.parent.is_dir():
             raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
-    thresholds = _numbers(args.thresholds, float, "--thresholds")
+    thresholds = None if args.thresholds is None else _numbers(args.thresholds, float, "--thresholds")
     pool_sizes = _numbers(args.pool_sizes, int, "--pool-sizes")
     fss_scales = _numbers(args.fss_scales, int, "--fss-scales")
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
@@ -186,7 +198,11 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         start_date=args.start_date,
         end_date=args.end_date,
         key=args.key,
+        value_range=pipe.value_range,
+        value_transform=pipe.value_transform,
     )
+    if thresholds is None:
+        thresholds = default_thresholds(pipe.value_transform)
     control = None
     if args.knowledge_control == "intensity":
         method = control_method(args.control_method)

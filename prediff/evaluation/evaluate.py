@@ -40,6 +40,7 @@ from ..metrics import (
     RankHistogram,
     SpreadSkill,
 )
+from ..metrics.defaults import default_thresholds
 from ..utils.checks import check_positive_int, check_seed, to_numpy
 from ..utils.units import to_physical
 from .report import EvaluationReport, ForecasterScores
@@ -210,8 +211,9 @@ def load_sequences(
     Args:
         num_frames: frames needed (`T_in + T_out`); longer items are cut to their first `num_frames`.
         value_range: the pipeline's physical range, which the values must lie in.
-        data_range: the data set's physical range (its items' 0 and 1); default: the data set's
-            `value_range` attribute, else `value_range`.
+        data_range: the data set's range (its items' 0 and 1); default: the data set's `value_range`
+            attribute, else `value_range`. A data set's `value_transform` attribute (rain rate in dB) is undone
+            after it.
 
     Returns:
         `(len(indices), num_frames, H, W, C)` float32.
@@ -230,7 +232,8 @@ def load_sequences(
                 f"(T, H, W, C) with T >= {num_frames} (context + forecast frames)"
             )
         frames.append(x[:num_frames])
-    batch = to_physical(np.stack(frames).astype(np.float32), (lo, hi))
+    transform = getattr(dataset, "value_transform", None)
+    batch = to_physical(np.stack(frames).astype(np.float32), (lo, hi), transform)
     return check_context_values(batch, value_range, name=f"sequences {indices[0]}-{indices[-1]} of the data set")
 
 
@@ -339,7 +342,7 @@ def evaluate_pipeline(
     knowledge_control: IntensityControlSpec | None = None,
     baselines: Sequence[str] = ("persistence",),
     baseline_kwargs: dict[str, dict[str, Any]] | None = None,
-    thresholds: Sequence[float] = SEVIR_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     pool_sizes: Sequence[int] = SEVIR_POOL_SIZES,
     fss_scales: Sequence[int] = DEFAULT_FSS_SCALES,
     interval_minutes: float | None = None,
@@ -356,8 +359,8 @@ def evaluate_pipeline(
             with value range 0-255).
         dataset: items are dicts with "frames" `(T, H, W, C)` in [0, 1] (every prediff data set); `T >= T_in +
             T_out` of the pipeline (the first frames are used), `(H, W, C)` the pipeline's. Values are mapped
-            back to physical units with the data set's `value_range` attribute (else the pipeline's) and must
-            lie inside the pipeline's `value_range`.
+            back to physical units with the data set's `value_range` and `value_transform` attributes (else the
+            pipeline's range) and must lie inside the pipeline's `physical_range`.
         num_sequences: score the first `num_sequences` items (default: all).
         batch_size: sequences forecast together.
         num_ensemble_members: PreDiff ensemble size `M` (also the STEPS ensemble size).
@@ -369,7 +372,8 @@ def evaluate_pipeline(
             `kc_rmse`, `kc_bias` against the anticipated values.
         baselines: names for [`prediff.baselines.get_baseline`]: "persistence", "extrapolation", "steps".
         baseline_kwargs: name -> extra keyword arguments of that baseline.
-        thresholds, pool_sizes, fss_scales: categorical thresholds (physical units; SEVIR VIL by default),
+        thresholds, pool_sizes, fss_scales: categorical thresholds (physical units; by default the SEVIR VIL
+            thresholds, or 0.1, 1, 5 and 10 mm/h for a pipeline with a value transform),
             max-pooling sizes and FSS neighbourhoods; sizes larger than the frames are left out.
         interval_minutes: minutes between frames, for lead-time labels.
         rank_x_min: values below it are ties in the rank histogram.
@@ -408,7 +412,10 @@ def evaluate_pipeline(
         raise ValueError("knowledge control needs a PreDiff pipeline; an Earthformer forecast is deterministic")
     T_in, H, W, C = pipeline.context_shape
     T_out = pipeline.forecast_shape[0]
-    value_range = pipeline.value_range
+    # Physical units (mm/h for a pipeline with a value transform), as the forecasts and the scores are.
+    value_range = pipeline.physical_range
+    if thresholds is None:
+        thresholds = default_thresholds(pipeline.value_transform)
     sample = dataset[0]["frames"] if len(dataset) else None
     if sample is not None and tuple(sample.shape[1:]) != (H, W, C):
         raise ValueError(
@@ -443,6 +450,11 @@ def evaluate_pipeline(
             f"anticipated-intensity control towards {knowledge_control.describe()}, scale {knowledge_control.scale:g}"
         )
     baseline_kwargs = dict(baseline_kwargs or {})
+    # A rain-rate pipeline (pysteps' dB transform) gives the pysteps baselines its rain threshold, and STEPS the
+    # grid and clock the pipeline records.
+    transform = pipeline.value_transform or {}
+    rain_threshold = transform.get("threshold") if transform.get("kind") == "db" else None
+    interval = interval_minutes if interval_minutes is not None else pipeline.frame_interval_minutes
     for baseline in baselines:
         fn = get_baseline(baseline)
         # Before any forecast: without pysteps these baselines would fail only at the first batch.
@@ -451,7 +463,15 @@ def evaluate_pipeline(
         kwargs = dict(baseline_kwargs.pop(baseline, {}))
         if baseline in PYSTEPS_BASELINES:
             kwargs.setdefault("value_range", value_range)
+            if rain_threshold is not None:
+                # As pysteps' examples run them on rain rate: the motion from the dB context.
+                kwargs.setdefault("motion_db_threshold", rain_threshold)
         if baseline == "steps":
+            if rain_threshold is not None:
+                kwargs.setdefault("wet_threshold", rain_threshold)
+            for key, recorded in (("km_per_pixel", pipeline.pixel_size_km), ("timestep_minutes", interval)):
+                if recorded is not None:
+                    kwargs.setdefault(key, float(recorded))
             kwargs.setdefault("num_members", members)
             kwargs.setdefault("show_progress", False)
             # STEPS' cascade needs a few pixels per level: 6 levels on 128 px, fewer on small frames.
@@ -499,6 +519,7 @@ def evaluate_pipeline(
         "forecast_frames": T_out,
         "frame_shape": [H, W, C],
         "value_range": [lo, hi],
+        "value_transform": pipeline.value_transform,
         "members": members if is_prediff else 1,
         "num_inference_steps": num_inference_steps if is_prediff else None,
         "scheduler": type(pipeline.scheduler).__name__ if is_prediff else None,

@@ -8,6 +8,10 @@ weights), a model card `README.md` with the exact training commands and measured
 `future_intensity.json`: the training distribution of the future mean intensity, which the
 anticipated-intensity knowledge control uses for its `mu + n sigma` targets.
 
+`prediff-radar-tiny` is the same architecture fine-tuned on real radar rain rate (FMI and KNMI composites from
+pysteps' example archive, 2 km, 10 minutes) through pysteps' dB transform: 4 frames of 64x64 mm/h in, 4 out,
+forecasting frames of any larger size by blended tiles.
+
 `earthformer-storms-tiny` is a deterministic Earthformer forecaster ([`EarthformerPipeline`]) trained on the same
 storms with `prediff train earthformer`: the same 4 -> 4 frames of 64x64 VIL, one forecast per context.
 
@@ -20,6 +24,7 @@ Examples:
 ((4, 64, 64, 1), (4, 64, 64, 1))
 >>> mu, sigma = shipped_intensity_stats()  # VIL units, 0-255
 >>> earthformer = load_shipped_pipeline("earthformer-storms-tiny")  # an EarthformerPipeline
+>>> radar = load_shipped_pipeline("prediff-radar-tiny")  # rain rate in mm/h
 ```
 """
 
@@ -56,6 +61,14 @@ SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
         "model_index.json",
         "model/config.json",
         "model/diffusion_pytorch_model.safetensors",
+    ),
+    "prediff-radar-tiny": (
+        "model_index.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
     ),
 }
 SHIPPED_PIPELINES: tuple[str, ...] = tuple(SHIPPED_PIPELINE_FILES)
@@ -127,9 +140,10 @@ def load_shipped_pipeline(
         torch_dtype: load the weights in this dtype (default float32).
 
     Returns:
-        For `prediff-storms-tiny`, a [`PreDiffPipeline`] whose `__call__(context)` takes `(B, 4, 64, 64, 1)` VIL
-        context frames (0-255) and returns `(B, M, 4, 64, 64, 1)` ensemble forecasts in the same units; for
-        `earthformer-storms-tiny`, an [`EarthformerPipeline`] returning `(B, 4, 64, 64, 1)`.
+        For `prediff-storms-tiny` and `prediff-storms-fast`, a [`PreDiffPipeline`] whose `__call__(context)`
+        takes `(B, 4, 64, 64, 1)` VIL context frames (0-255) and returns `(B, M, 4, 64, 64, 1)` ensemble
+        forecasts in the same units; for `earthformer-storms-tiny`, an [`EarthformerPipeline`] returning
+        `(B, 4, 64, 64, 1)`.
     """
     from ..pipelines import EarthformerPipeline, PreDiffPipeline
 
