@@ -1,6 +1,6 @@
 """One GPU check, in under 8 minutes on one CUDA device: the GPU tests, an 8-member SEVIR-LR forecast with and
-without knowledge control, the denoiser's training throughput and the denoiser benchmark, as one Markdown table
-with a PASS / FAIL line per goal.
+without knowledge control, the shipped few-step student against its teacher, the denoiser's training throughput
+and the denoiser benchmark, as one Markdown table with a PASS / FAIL line per goal.
 
     python benchmarks/gpu_check.py
 
@@ -96,6 +96,30 @@ def time_forecasts() -> list[dict]:
     return rows
 
 
+def time_shipped_forecasts() -> list[dict]:
+    """Seconds of one 8-member forecast of a 64x64 storm with the shipped teacher (`prediff-storms-tiny`, its
+    default 20 steps) and its distilled student (`prediff-storms-fast`, its default steps), float32, median of 3."""
+    from bench_sampling import time_forecast
+
+    from prediff.pretrained import load_shipped_pipeline
+    from prediff.schedulers import default_inference_steps
+
+    device = torch.device("cuda")
+    rows = []
+    for name in ("prediff-storms-tiny", "prediff-storms-fast"):
+        pipe = load_shipped_pipeline(name).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        T_in, H, W, C = pipe.context_shape
+        context = torch.rand(1, T_in, H, W, C, generator=torch.Generator().manual_seed(0)) * 255.0
+        steps = default_inference_steps(pipe.scheduler)
+        seconds = time_forecast(pipe, context, steps, MEMBERS, None, 3, device)
+        rows.append({"pipeline": name, "scheduler": type(pipe.scheduler).__name__, "steps": steps, "seconds": seconds})
+        print(f"forecast {name} {steps} steps: {seconds:.3f} s", file=sys.stderr, flush=True)
+        del pipe
+    torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print(
@@ -118,6 +142,9 @@ def main() -> int:
     for row in forecasts:
         configuration = f"{MEMBERS} members, {row['scheduler']} {row['steps']} steps, {row['control']}, {row['dtype']}"
         table.append(f"| forecast | {configuration} | {row['seconds']:.3f} s |")
+    for row in time_shipped_forecasts():
+        configuration = f"{row['pipeline']}, {MEMBERS} members, {row['scheduler']} {row['steps']} steps, float32"
+        table.append(f"| shipped forecast | {configuration} | {row['seconds']:.3f} s |")
 
     # bench_training prints its own lines; stdout is kept for the table.
     with contextlib.redirect_stdout(sys.stderr):

@@ -17,6 +17,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.configuration_utils import ConfigMixin
@@ -75,6 +76,10 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     ),
     "unipc": (UniPCMultistepScheduler, dict(solver_order=2, timestep_spacing="trailing")),
     "euler": (EulerDiscreteScheduler, dict(timestep_spacing="trailing")),
+    # Multistep consistency sampling, for a denoiser distilled with `prediff train distill` (a plain denoiser
+    # gives blurred forecasts with it): each step maps the sample to the student's clean estimate and noises it
+    # again to the next timestep, on a grid of `original_inference_steps` levels ending at t=999.
+    "lcm": (LCMScheduler, dict(clip_sample=False, original_inference_steps=20, timestep_scaling=10.0)),
 }
 
 #: Settings every preset records in its config, whether or not its own class uses them, so that the Diffusers
@@ -98,6 +103,7 @@ DEFAULT_INFERENCE_STEPS: dict[str, int] = {
     "sde-dpmsolver++": 20,
     "unipc": 20,
     "euler": 50,
+    "lcm": 4,
 }
 
 
@@ -135,6 +141,7 @@ def prediff_scheduler(name: str = "sde-dpmsolver++", **overrides: Any) -> Schedu
     - "unipc": 20 steps of second-order UniPC.
     - "ddim": 50 steps of deterministic DDIM.
     - "euler": 50 steps of the Euler ODE sampler.
+    - "lcm": 4 steps of multistep consistency sampling, for distilled students (`prediff train distill`).
     - "ddpm": 50 steps of ancestral DDPM; also the training schedule, and with `num_inference_steps=1000`
       the official 1000-step sampler.
 
@@ -155,6 +162,10 @@ def record_portable_settings(scheduler: SchedulerMixin) -> SchedulerMixin:
     """Add the [`PORTABLE_SCHEDULER_SETTINGS`] that `scheduler.config` lacks (those it has are kept) and return
     it, so that any scheduler built with `from_config(scheduler.config)` inherits them."""
     if not isinstance(scheduler, ConfigMixin):
+        return scheduler
+    if isinstance(scheduler, LCMScheduler):
+        # A consistency-distilled student samples only with its LCMScheduler (the preset sets what it takes);
+        # the settings it does not take would be warned about at every load of the saved pipeline.
         return scheduler
     missing = {key: value for key, value in PORTABLE_SCHEDULER_SETTINGS.items() if key not in scheduler.config}
     if missing:

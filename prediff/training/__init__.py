@@ -1,6 +1,6 @@
 """Training every component with Accelerate: configurations, loops, losses and resumable checkpoints.
 
-Command line: ``prediff train {vae,denoiser,alignment,earthformer} --config FILE [--key value ...]``, also
+Command line: ``prediff train {vae,denoiser,alignment,earthformer,distill} --config FILE [--key value ...]``, also
 under ``accelerate launch -m prediff train ...``. From Python:
 
 ```py
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         AlignmentTrainingConfig,
         DataConfig,
         DenoiserTrainingConfig,
+        DistillTrainingConfig,
         EarthformerTrainingConfig,
         TrainingConfig,
         VAETrainingConfig,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .registry import TRAINERS
     from .train_alignment import AlignmentTrainer, frame_statistic, train_alignment
     from .train_denoiser import DenoiserTrainer, train_denoiser
+    from .train_distill import DistillTrainer, train_distill
     from .train_earthformer import EarthformerTrainer, train_earthformer
     from .train_vae import VAETrainer, train_vae
     from .trainer import Trainer
@@ -51,6 +53,7 @@ __getattr__, __dir__ = lazy_exports(
             "AlignmentTrainingConfig",
             "DataConfig",
             "DenoiserTrainingConfig",
+            "DistillTrainingConfig",
             "EarthformerTrainingConfig",
             "TrainingConfig",
             "VAETrainingConfig",
@@ -63,6 +66,7 @@ __getattr__, __dir__ = lazy_exports(
         ".registry": ["TRAINERS"],
         ".train_alignment": ["AlignmentTrainer", "frame_statistic", "train_alignment"],
         ".train_denoiser": ["DenoiserTrainer", "train_denoiser"],
+        ".train_distill": ["DistillTrainer", "train_distill"],
         ".train_earthformer": ["EarthformerTrainer", "train_earthformer"],
         ".train_vae": ["VAETrainer", "train_vae"],
         ".trainer": ["Trainer"],
@@ -79,6 +83,8 @@ __all__ = [
     "DenoiserTrainer",
     "DenoiserTrainingConfig",
     "DiffusionLoss",
+    "DistillTrainer",
+    "DistillTrainingConfig",
     "EarthformerTrainer",
     "EarthformerTrainingConfig",
     "NonFiniteGradientError",
@@ -99,6 +105,7 @@ __all__ = [
     "parse_override_args",
     "train_alignment",
     "train_denoiser",
+    "train_distill",
     "train_earthformer",
     "train_vae",
     "vae_generator_loss",

@@ -1,4 +1,4 @@
-"""``prediff train {vae,denoiser,alignment,earthformer} --config FILE [--key value ...]``.
+"""``prediff train {vae,denoiser,alignment,earthformer,distill} --config FILE [--key value ...]``.
 
 Every configuration key is also an option: top-level keys by name (`--max_train_steps 4`), nested ones with
 a dot (`--data.num_sequences 8`, `--model.base_units 32`); values are read as YAML. Options are never
@@ -23,6 +23,7 @@ _HELP = {
     "denoiser": "the latent denoiser; the result is a PreDiffPipeline folder (needs --vae DIR)",
     "alignment": "the knowledge-alignment network (needs --vae DIR)",
     "earthformer": "the deterministic Earthformer forecaster; the result is an EarthformerPipeline folder",
+    "distill": "a 1-4 step student of a trained PreDiff pipeline (consistency distillation, --teacher DIR)",
 }
 
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` command and its sub-commands to the ``prediff`` parser."""
     train = subparsers.add_parser(
         "train",
-        help="train a component (vae, denoiser, alignment, earthformer) with Accelerate",
+        help="train a component (vae, denoiser, alignment, earthformer, distill) with Accelerate",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     kinds = train.add_subparsers(dest="kind", required=True, parser_class=_TrainParser)

@@ -27,6 +27,7 @@ __all__ = [
     "AlignmentTrainingConfig",
     "DataConfig",
     "DenoiserTrainingConfig",
+    "DistillTrainingConfig",
     "EarthformerTrainingConfig",
     "TrainingConfig",
     "VAETrainingConfig",
@@ -409,6 +410,75 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
         )
 
 
+#: The losses between the student's and the target's consistency outputs (see `DistillTrainingConfig`).
+DISTILL_LOSSES = ("l2", "huber")
+
+
+@dataclass
+class DistillTrainingConfig(TrainingConfig):
+    """`prediff train distill`: a few-step student of a trained PreDiff pipeline, by latent consistency
+    distillation; the result is a `PreDiffPipeline` folder sampling with `LCMScheduler` in 1 to 4 steps.
+
+    The student starts from the teacher's denoiser and learns the consistency function of the teacher's
+    probability-flow ODE: for a sample noised to `t_n` on a grid of `num_ddim_timesteps` levels, its clean
+    estimate must equal that of the target network (the EMA of the student, `ema_decay`) at the point that one
+    DDIM step of the teacher reaches at `t_{n-1}`. The teacher's autoencoder, extrapolator, knowledge model and
+    latent scaling are reused unchanged.
+
+    Attributes:
+        teacher: the teacher pipeline: a folder or the name of a shipped one.
+        num_ddim_timesteps: levels of the ODE grid (1000 / this timesteps per teacher step); also the
+            `original_inference_steps` of the exported `LCMScheduler`, whose 1 to 4 steps lie on this grid.
+        timestep_scaling: of the boundary conditions `c_skip(t) = 0.25 / ((s t)^2 + 0.25)`,
+            `c_out(t) = s t / sqrt((s t)^2 + 0.25)` (LCMScheduler's `timestep_scaling`).
+        loss_type: "l2" or "huber" (pseudo-Huber `sqrt(d^2 + c^2) - c`, per latent element).
+        latent_cache_items: encode the condition and the target (posterior mean) of this many training items
+            once, before training, and train on them only (0: encode every batch, all items). Encoding and
+            extrapolating cost as much as the three denoiser calls of a step on a CPU; `data.augment` then flips
+            and turns the latents (the autoencoder is convolutional, so nearly what encoding turned frames gives).
+        huber_c: `c` of the pseudo-Huber loss, in scaled latent units.
+        validation_inference_steps, num_ensemble_members: how validation forecasts are drawn.
+    """
+
+    teacher: str = "prediff-storms-tiny"
+    num_ddim_timesteps: int = 20
+    timestep_scaling: float = 10.0
+    loss_type: str = "huber"
+    huber_c: float = 0.001
+    latent_cache_items: int = 0
+    learning_rate: float = 5e-5
+    use_ema: bool = True
+    ema_decay: float = 0.95
+    validation_inference_steps: int = 2
+    num_ensemble_members: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        from ..pretrained import SHIPPED_PIPELINES
+
+        if self.teacher not in SHIPPED_PIPELINES and not Path(self.teacher).exists():
+            raise FileNotFoundError(
+                f"teacher {self.teacher!r} is neither a folder nor a shipped pipeline ({', '.join(SHIPPED_PIPELINES)})"
+            )
+        _check(
+            1 <= self.num_ddim_timesteps <= 1000 and 1000 % self.num_ddim_timesteps == 0,
+            "num_ddim_timesteps",
+            "a divisor of 1000",
+            self.num_ddim_timesteps,
+        )
+        _check(self.timestep_scaling > 0, "timestep_scaling", "a positive number", self.timestep_scaling)
+        _check(self.loss_type in DISTILL_LOSSES, "loss_type", f"one of {DISTILL_LOSSES}", self.loss_type)
+        _check(self.huber_c > 0, "huber_c", "a positive number", self.huber_c)
+        _check(self.latent_cache_items >= 0, "latent_cache_items", "an integer >= 0", self.latent_cache_items)
+        _check(
+            1 <= self.validation_inference_steps <= self.num_ddim_timesteps,
+            "validation_inference_steps",
+            f"an integer in [1, num_ddim_timesteps={self.num_ddim_timesteps}]",
+            self.validation_inference_steps,
+        )
+        _check(self.num_ensemble_members >= 1, "num_ensemble_members", "an integer >= 1", self.num_ensemble_members)
+
+
 #: The statistics an alignment network can learn: the per-frame mean intensity (computed from the frames) or
 #: the per-frame energy that the data set's items carry (the N-body digits).
 ALIGNMENT_STATISTICS = ("avg_intensity", "energy")
@@ -501,6 +571,7 @@ CONFIG_CLASSES: dict[str, type[TrainingConfig]] = {
     "denoiser": DenoiserTrainingConfig,
     "alignment": AlignmentTrainingConfig,
     "earthformer": EarthformerTrainingConfig,
+    "distill": DistillTrainingConfig,
 }
 
 

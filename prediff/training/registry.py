@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .train_alignment import AlignmentTrainer
 from .train_denoiser import DenoiserTrainer
+from .train_distill import DistillTrainer
 from .train_earthformer import EarthformerTrainer
 from .train_vae import VAETrainer
 from .trainer import Trainer
@@ -19,4 +20,5 @@ TRAINERS: dict[str, type[Trainer]] = {
     "denoiser": DenoiserTrainer,
     "alignment": AlignmentTrainer,
     "earthformer": EarthformerTrainer,
+    "distill": DistillTrainer,
 }

@@ -1,0 +1,277 @@
+"""`prediff train distill`: a 1-to-4-step student of a trained PreDiff pipeline, by latent consistency distillation.
+
+The teacher's denoiser is good with 20 steps of SDE-DPM-Solver++; every step is one denoiser call, which is
+nearly all of a forecast's time. The student is a copy of the teacher's Earthformer-UNet trained so that its
+*consistency function*
+
+    f(z_t, t) = c_skip(t) z_t + c_out(t) x0(z_t, t),   x0(z_t, t) = (z_t - sqrt(1 - a_t) eps(z_t, t)) / sqrt(a_t)
+
+(`a_t` the cumulative alpha of the training schedule) gives the same clean latent anywhere along one trajectory
+of the teacher's probability-flow ODE. Each training row draws a level `t_n` of a grid of `num_ddim_timesteps`
+levels (`t_n = n k - 1`, `k = 1000 / num_ddim_timesteps`), noises the target latents to it, and moves the
+student's `f(z_{t_n}, t_n)` toward the target network's `f(z_{t_{n-1}}, t_{n-1})`, where `z_{t_{n-1}}` is one DDIM
+step of the teacher from `z_{t_n}` and the target network is the exponential moving average of the student
+(`ema_decay`; its weights are the exported ones). At `t = 0`, `c_skip = 1` and `c_out = 0`: the boundary
+condition that anchors the chain to the data.
+
+Sampling with Diffusers' `LCMScheduler` (the "lcm" preset) maps fresh noise to `f` at t=999 and, with more
+steps, noises that estimate again to the next level of the grid and maps it anew. Every member starts from its
+own noise and gets fresh noise at every step, so the ensemble stays an ensemble.
+
+The teacher's autoencoder, extrapolator, knowledge-alignment network and latent scaling are reused as they
+are; the result is a `PreDiffPipeline` folder with the student and an `LCMScheduler`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from ..models.earthformer_unet import EarthformerUNetModel
+from ..pipelines import PreDiffPipeline
+from ..schedulers import prediff_scheduler, prediff_training_scheduler
+from .config import DistillTrainingConfig
+from .train_denoiser import DenoiserTrainer
+
+__all__ = [
+    "DistillTrainer",
+    "boundary_condition_scalings",
+    "consistency_output",
+    "ddim_solver_step",
+    "distillation_timesteps",
+    "train_distill",
+]
+
+#: `sigma_data` of the boundary conditions (LCMScheduler's constant).
+SIGMA_DATA = 0.5
+
+
+def distillation_timesteps(num_ddim_timesteps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """The ODE grid `t_n = n k - 1`, `n = 1..N`, `k = num_train_timesteps // N`, shape `(N,)`: the levels
+    `LCMScheduler(original_inference_steps=N)` samples on (t=999 first)."""
+    k = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1) * k - 1
+
+
+def boundary_condition_scalings(
+    timesteps: torch.Tensor, timestep_scaling: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(c_skip, c_out)` of integer timesteps `(B,)`, as `LCMScheduler.get_scalings_for_boundary_condition_discrete`
+    computes them for one timestep: `c_skip(0) = 1`, `c_out(0) = 0`, and `c_skip` vanishes quickly above."""
+    scaled = timesteps.double() * timestep_scaling
+    c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + SIGMA_DATA**2).sqrt()
+    return c_skip.float(), c_out.float()
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`(B,)` -> `(B, 1, ..., 1)` broadcastable against `like`, on its device and dtype."""
+    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def predicted_clean(
+    sample: torch.Tensor, noise_pred: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The clean estimate `x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)` of an epsilon prediction, per row."""
+    alpha = _per_row(alphas_cumprod[timesteps.cpu()], sample)
+    return (sample - (1 - alpha).sqrt() * noise_pred) / alpha.sqrt()
+
+
+def consistency_output(
+    sample: torch.Tensor,
+    noise_pred: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    timesteps: torch.Tensor,
+    timestep_scaling: float = 10.0,
+) -> torch.Tensor:
+    """The consistency function `c_skip(t) z_t + c_out(t) x0(z_t, t)` of the module docstring, `(B, ...)`: what
+    `LCMScheduler.step` returns as its `denoised` output for the same noise prediction."""
+    c_skip, c_out = boundary_condition_scalings(timesteps, timestep_scaling)
+    x0 = predicted_clean(sample, noise_pred, alphas_cumprod, timesteps)
+    return _per_row(c_skip, sample) * sample + _per_row(c_out, sample) * x0
+
+
+def ddim_solver_step(
+    sample: torch.Tensor,
+    noise_pred: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    timesteps: torch.Tensor,
+    prev_timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) of every row from `timesteps` to `prev_timesteps`:
+    `sqrt(a_prev) x0 + sqrt(1 - a_prev) eps`, as `DDIMScheduler.step` takes it."""
+    x0 = predicted_clean(sample, noise_pred, alphas_cumprod, timesteps)
+    alpha_prev = _per_row(alphas_cumprod[prev_timesteps.cpu()], sample)
+    return alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * noise_pred
+
+
+def distillation_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: str, huber_c: float) -> torch.Tensor:
+    """Mean over elements of the squared difference ("l2") or of the pseudo-Huber `sqrt(d^2 + c^2) - c` ("huber"),
+    which grows linearly for large differences, so rare far-off targets do not dominate."""
+    diff = prediction.float() - target.float()
+    if loss_type == "l2":
+        return diff.pow(2).mean()
+    return ((diff.pow(2) + huber_c**2).sqrt() - huber_c).mean()
+
+
+class LatentItems(Dataset):
+    """Cached latents as a data set of `{"frames": (T_cond + T_out, h, w, c)}` items."""
+
+    def __init__(self, latents: torch.Tensor) -> None:
+        self.latents = latents
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"frames": self.latents[index]}
+
+
+class DistillTrainer(DenoiserTrainer):
+    """Distils the teacher pipeline's denoiser into a few-step student (see the module docstring)."""
+
+    kind = "distill"
+    config: DistillTrainingConfig
+
+    def build(self) -> None:
+        from ..pipelines.loading import load_forecast_pipeline
+
+        cfg = self.config
+        teacher = load_forecast_pipeline(cfg.teacher)
+        if not isinstance(teacher, PreDiffPipeline):
+            raise ValueError(
+                f"teacher {cfg.teacher!r} is a {type(teacher).__name__}; distillation needs a PreDiffPipeline"
+            )
+        self.teacher_pipeline = teacher
+        if tuple(teacher.context_shape) != (cfg.data.context_length, *self.item_shape[1:]) or (
+            teacher.forecast_shape[0] != cfg.data.target_length
+        ):
+            raise ValueError(
+                f"the teacher takes contexts {tuple(teacher.context_shape)} and forecasts "
+                f"{tuple(teacher.forecast_shape)}, but the data give {self.describe_data()}"
+            )
+        # The frozen parts are the teacher's: the same latents, scaling and condition as it was trained on.
+        self.vae = teacher.vae.requires_grad_(False).eval()
+        self.extrapolator = teacher.extrapolator
+        self.knowledge_model = teacher.knowledge_model
+        self.teacher = teacher.unet.requires_grad_(False).eval()
+        student = copy.deepcopy(self.teacher).requires_grad_(True).train()
+        self.configure_network(student)
+        self.noise_scheduler = prediff_training_scheduler()
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.float()
+        self.grid = distillation_timesteps(cfg.num_ddim_timesteps, self.noise_scheduler.config.num_train_timesteps)
+        self.solver_stride = int(self.grid[0]) + 1
+        self.train_modules = {"student": student}
+        self.param_groups = {"student": (list(student.parameters()), cfg.learning_rate)}
+        self.cached = cfg.latent_cache_items > 0
+        if self.cached:
+            self.train_dataset = self.cache_latents(cfg.latent_cache_items)
+
+    @torch.no_grad()
+    def cache_latents(self, count: int) -> LatentItems:
+        """The condition and target latents of the first `count` training items, each stored as one `(T_cond +
+        T_out, h, w, c)` "frames" tensor, so that the shared loop batches and augments them like frames."""
+        count = min(count, len(self.train_dataset))
+        batch = self.config.train_batch_size
+        rows = []
+        for start in range(0, count, batch):
+            frames = torch.stack([self.train_dataset[i]["frames"] for i in range(start, min(start + batch, count))])
+            latents = self.diffusion_latents(frames.float(), sample_target=False)
+            rows.append(torch.cat([latents.condition, latents.target], dim=1))
+        return LatentItems(torch.cat(rows))
+
+    def move_frozen_to(self, device: torch.device, dtype: torch.dtype) -> None:
+        super().move_frozen_to(device, dtype)
+        self.teacher.to(device=device)
+
+    def checkpoint_models(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unwrap("student")}
+
+    def ema_model(self) -> torch.nn.Module:
+        return self.unwrap("student")
+
+    def _target_network(self, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The target network's noise prediction: the student with its EMA weights (the student itself without
+        `use_ema`), without touching the student's own weights."""
+        student = self.unwrap("student")
+        if self.ema is None:
+            return student(sample, timesteps, context).sample
+        names = [name for name, _ in student.named_parameters()]
+        weights = dict(zip(names, self.ema.shadow_params))
+        return functional_call(student, weights, (sample, timesteps, context)).sample
+
+    def _losses(
+        self, frames: torch.Tensor, module: torch.nn.Module, cached: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distillation loss and the clean-estimate MSE of a batch of frames `(B, T, H, W, C)`, or with
+        `cached`, of cached latents `(B, T_cond + T_out, h, w, c)` (see `cache_latents`)."""
+        cfg = self.config
+        if cached:
+            T_out = cfg.data.target_length
+            context_latents, latents = frames[:, :-T_out], frames[:, -T_out:]
+        else:
+            context_latents, latents, _ = self.diffusion_latents(frames)
+        device = latents.device
+        noise = torch.randn_like(latents)
+        index = torch.randint(0, cfg.num_ddim_timesteps, (latents.shape[0],))
+        start = self.grid[index]
+        prev = (start - self.solver_stride).clamp(min=0)
+        alphas = self.alphas_cumprod
+        noisy = self.noise_scheduler.add_noise(latents, noise, start.to(device))
+        student_eps = module(noisy, start.to(device), context_latents).sample.float()
+        prediction = consistency_output(noisy, student_eps, alphas, start, cfg.timestep_scaling)
+        with torch.no_grad(), self.autocast():
+            teacher_eps = self.teacher(noisy, start.to(device), context_latents).sample.float()
+            solved = ddim_solver_step(noisy, teacher_eps, alphas, start, prev)
+            target_eps = self._target_network(solved, prev.to(device), context_latents).float()
+            target = consistency_output(solved, target_eps, alphas, prev, cfg.timestep_scaling)
+        loss = distillation_loss(prediction, target, cfg.loss_type, cfg.huber_c)
+        # How far the student's clean estimate is from the data, for the logs (not optimised).
+        mse = (prediction.detach() - latents).pow(2).mean()
+        return loss, mse
+
+    def compute_losses(
+        self, frames: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        loss, mse = self._losses(frames, self.train_modules["student"], cached=self.cached)
+        return {"student": loss}, {"x0_mse": mse}
+
+    def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss, mse = self._losses(frames, self.unwrap("student"))
+        return {"loss": loss, "x0_mse": mse}
+
+    def scheduler(self) -> Any:
+        """The exported sampler: `LCMScheduler` on the distillation grid."""
+        cfg = self.config
+        return prediff_scheduler(
+            "lcm", original_inference_steps=cfg.num_ddim_timesteps, timestep_scaling=cfg.timestep_scaling
+        )
+
+    def pipeline(self, unet: EarthformerUNetModel | None = None, export: bool = False) -> PreDiffPipeline:
+        """A `PreDiffPipeline` of the student with the teacher's other components (`export`: float32 copies)."""
+        teacher = self.teacher_pipeline
+        vae = copy.deepcopy(self.vae).float() if export else self.vae
+        return PreDiffPipeline(
+            vae=vae,
+            unet=unet if unet is not None else self.unwrap("student"),
+            scheduler=self.scheduler(),
+            knowledge_model=self.knowledge_model,
+            extrapolator=self.extrapolator,
+            value_range=teacher.value_range,
+            units=teacher.config.get("units"),
+            training_data=f"{teacher.config.get('training_data')}; distilled from {self.config.teacher!r} with "
+            f"{self.describe_training()}",
+            value_transform=teacher.value_transform,
+            pixel_size_km=teacher.pixel_size_km,
+            frame_interval_minutes=teacher.frame_interval_minutes,
+        )
+
+
+def train_distill(config: DistillTrainingConfig, **kwargs: Any) -> Path:
+    """Distil `config.teacher` into a few-step student; returns the output folder, a `PreDiffPipeline` folder."""
+    return DistillTrainer(config, **kwargs).train()

@@ -1,0 +1,146 @@
+"""`prediff train distill`: the consistency-distillation arithmetic against Diffusers' schedulers, and a tiny run
+that trains, resumes exactly and exports a few-step pipeline whose members differ."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, LCMScheduler
+from safetensors.torch import load_file
+
+from prediff.pipelines import PreDiffPipeline
+from prediff.schedulers import PREDIFF_NOISE_SCHEDULE, default_inference_steps, prediff_scheduler
+from prediff.training import DistillTrainer, load_config
+from prediff.training.train_distill import (
+    boundary_condition_scalings,
+    consistency_output,
+    ddim_solver_step,
+    distillation_loss,
+    distillation_timesteps,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def alphas() -> torch.Tensor:
+    return prediff_scheduler("ddpm").alphas_cumprod
+
+
+def test_grid_and_boundary_conditions_are_those_of_lcm_scheduler():
+    lcm = prediff_scheduler("lcm", original_inference_steps=20)
+    grid = distillation_timesteps(20)
+    for steps in (1, 2, 4, 20):
+        lcm.set_timesteps(steps)
+        assert set(lcm.timesteps.tolist()) <= set(grid.tolist())
+    assert grid[-1] == 999 and grid[0] == 49
+    timesteps = torch.tensor([0, 1, 49, 500, 999])
+    c_skip, c_out = boundary_condition_scalings(timesteps, 10.0)
+    for t, skip, out in zip(timesteps.tolist(), c_skip, c_out):
+        expected = lcm.get_scalings_for_boundary_condition_discrete(t)
+        torch.testing.assert_close(torch.stack([skip, out]), torch.tensor(expected, dtype=torch.float32))
+    assert c_skip[0] == 1 and c_out[0] == 0
+
+
+def test_consistency_output_is_lcm_schedulers_denoised_sample(alphas):
+    sample, noise_pred = torch.randn(2, 3, 4, 4, 2), torch.randn(2, 3, 4, 4, 2)
+    lcm = LCMScheduler(**PREDIFF_NOISE_SCHEDULE, clip_sample=False, original_inference_steps=20)
+    lcm.set_timesteps(2)
+    t = int(lcm.timesteps[0])
+    denoised = lcm.step(noise_pred, t, sample, return_dict=False)[1]
+    ours = consistency_output(sample, noise_pred, alphas, torch.tensor([t, t]), 10.0)
+    torch.testing.assert_close(ours, denoised)
+
+
+def test_ddim_solver_step_is_a_ddim_scheduler_step(alphas):
+    sample, noise_pred = torch.randn(1, 2, 4, 4, 2), torch.randn(1, 2, 4, 4, 2)
+    # 20 trailing steps: 999, 949, ...: the step from 999 lands on 949, one stride of the distillation grid.
+    ddim = DDIMScheduler(**PREDIFF_NOISE_SCHEDULE, clip_sample=False, timestep_spacing="trailing")
+    ddim.set_timesteps(20)
+    assert ddim.timesteps[:2].tolist() == [999, 949]
+    expected = ddim.step(noise_pred, 999, sample, eta=0.0, return_dict=False)[0]
+    ours = ddim_solver_step(sample, noise_pred, alphas, torch.tensor([999]), torch.tensor([949]))
+    torch.testing.assert_close(ours, expected)
+
+
+def test_distillation_losses_against_plain_definitions():
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    torch.testing.assert_close(distillation_loss(a, b, "l2", 0.1), torch.nn.functional.mse_loss(a, b))
+    c = 0.1
+    plain = sum(((x - y) ** 2 + c * c) ** 0.5 - c for x, y in zip(a.flatten().tolist(), b.flatten().tolist()))
+    plain /= a.numel()
+    assert float(distillation_loss(a, b, "huber", c)) == pytest.approx(plain, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(pipe_dir) -> Path:
+    """The teacher: a randomly initialised "prediff-tiny" pipeline (3 + 2 frames of 32x32)."""
+    return pipe_dir
+
+
+def tiny_distill(teacher_dir: Path, out: Path, **overrides):
+    values = {
+        "output_dir": str(out),
+        "teacher": str(teacher_dir),
+        "data.num_sequences": 10,
+        "data.height": 32,
+        "data.width": 32,
+        "data.context_length": 3,
+        "data.target_length": 2,
+        "data.val_fraction": 0.2,
+        "train_batch_size": 2,
+        "max_train_steps": 4,
+        "checkpointing_steps": 2,
+        "num_validation_batches": 1,
+        "lr_warmup_steps": 0,
+        "report_to": "none",
+    }
+    values.update(overrides)
+    return load_config("distill", REPO / "examples" / "configs" / "shipped" / "distill.yaml", values)
+
+
+def _unet_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_tiny_distillation_trains_resumes_exactly_and_exports_a_few_step_pipeline(teacher_dir, tmp_path):
+    # Training on cached latents; the validation loss encodes frames, so both paths run.
+    cache = 6
+    out = tmp_path / "student"
+    trainer = DistillTrainer(tiny_distill(teacher_dir, out, latent_cache_items=cache))
+    trainer.train()
+    assert np.isfinite(trainer.last_logs["val/loss"])
+    teacher_weights = _unet_weights(teacher_dir)
+    exported = _unet_weights(out)
+    assert any(not torch.equal(exported[k], teacher_weights[k]) for k in exported), "the student did not move"
+
+    pipe = PreDiffPipeline.from_pretrained(out)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    assert pipe.scheduler.config.original_inference_steps == 20
+    assert default_inference_steps(pipe.scheduler) == 4
+    pipe.set_progress_bar_config(disable=True)
+    context = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
+    frames = pipe(context, num_ensemble_members=2, generator=torch.manual_seed(0)).frames
+    assert frames.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(frames).all()
+    assert np.abs(frames[0, 0] - frames[0, 1]).mean() > 1e-3, "the members are identical"
+
+    # Resuming from checkpoint-2 repeats steps 3..4 exactly: same data order, noise, optimizer, EMA target.
+    shutil.rmtree(out / "checkpoint-4")
+    DistillTrainer(tiny_distill(teacher_dir, out, latent_cache_items=cache, resume_from_checkpoint="latest")).train()
+    for name, value in _unet_weights(out).items():
+        torch.testing.assert_close(value, exported[name], rtol=1e-5, atol=1e-6)
+    assert json.loads((out / "checkpoint-4" / "training_state.json").read_text())["step"] == 4
+
+
+def test_teacher_must_exist_and_fit_the_data(teacher_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher"):
+        tiny_distill(teacher_dir, tmp_path / "x", teacher=str(tmp_path / "missing")).validate()
+    with pytest.raises(ValueError, match="num_ddim_timesteps"):
+        tiny_distill(teacher_dir, tmp_path / "x", num_ddim_timesteps=30).validate()
+    with pytest.raises(ValueError, match="the teacher takes contexts"):
+        DistillTrainer(tiny_distill(teacher_dir, tmp_path / "x", **{"data.context_length": 2}))
