@@ -87,16 +87,18 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def forecast_scores(ensemble: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """MSE, MAE, CSI (at [`DEMO_CSI_THRESHOLDS`]) of the ensemble mean and CRPS of the ensemble; `ensemble`
+def forecast_scores(
+    ensemble: np.ndarray, target: np.ndarray, thresholds: tuple[float, ...] = DEMO_CSI_THRESHOLDS
+) -> dict[str, float]:
+    """MSE, MAE, CSI (at `thresholds`, physical units) of the ensemble mean and CRPS of the ensemble; `ensemble`
     `(B, M, T, H, W, C)`, `target` `(B, T, H, W, C)`, physical units."""
     from .metrics import categorical_scores, crps_ensemble, mae, mse
 
     mean = ensemble.mean(axis=1)
     out = {"mse": float(mse(mean, target)), "mae": float(mae(mean, target))}
     out["crps"] = float(crps_ensemble(ensemble, target))
-    csi = categorical_scores(mean, target, thresholds=DEMO_CSI_THRESHOLDS, pool_sizes=(1,))
-    for threshold in DEMO_CSI_THRESHOLDS:
+    csi = categorical_scores(mean, target, thresholds=thresholds, pool_sizes=(1,))
+    for threshold in thresholds:
         out[f"csi_{threshold:g}"] = float(csi[f"csi_{threshold:g}"])
     return out
 
@@ -156,11 +158,13 @@ FORECASTER_TITLES = {
 def format_scores(scores: dict[str, dict[str, float]], units: str = "VIL 0-255") -> str:
     """The score table the demo prints: one row per score, one column per forecaster (PreDiff first); `units`
     of the scores for the header."""
+    # CSI rows for the thresholds the scores hold (the demo's VIL levels, or rain rates).
+    csi_keys = sorted({k for row in scores.values() for k in row if k.startswith("csi_")}, key=lambda k: float(k[4:]))
     labels = {
         "mse": "MSE (ensemble mean)",
         "mae": "MAE (ensemble mean)",
         "crps": "CRPS (deterministic: MAE)",
-        **{f"csi_{t:g}": f"CSI >= {t:g} (ensemble mean)" for t in DEMO_CSI_THRESHOLDS},
+        **{key: f"CSI >= {key[4:]} (ensemble mean)" for key in csi_keys},
         "intensity_error": "intensity error, no control",
         "intensity_error_controlled": "intensity error, controlled",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -87,3 +88,15 @@ def test_command_line(tmp_path, capsys, umask_027):
     assert err.startswith("prediff demo: error:") and "--overwrite" in err, err
     assert (out / "scores.json").read_bytes() == before
     assert cli.main([*argv, "--overwrite"]) == 0
+
+
+def test_scores_at_rain_rate_thresholds_are_tabled():
+    """The score table takes the CSI thresholds the scores hold (rain rate for a radar pipeline)."""
+    rng = np.random.default_rng(0)
+    target = rng.gamma(0.5, 2.0, (1, 2, 8, 8, 1))
+    ensemble = target[:, None] * rng.uniform(0.5, 1.5, (1, 3, 2, 8, 8, 1))
+    scores = demo.forecast_scores(ensemble, target, thresholds=(1.0, 5.0))
+    assert {"csi_1", "csi_5"} <= set(scores) and "csi_16" not in scores
+    assert 0.0 < scores["csi_1"] <= 1.0
+    table = demo.format_scores({"prediff": scores}, units="mm/h")
+    assert "CSI >= 1 (ensemble mean)" in table and "CSI >= 5 (ensemble mean)" in table and "CSI >= 16" not in table

@@ -387,10 +387,12 @@ def score_forecast(result: AppForecast, pipe: Any, units: str) -> str:
     context, target = result.context[None], result.observed[None]
     members = result.ensembles[0].shape[0]
     seed = int(result.settings.get("seed", 0))
-    scores = {"prediff": demo.forecast_scores(result.ensembles[0][None], target)}
+    # Rain rate: CSI at 1 and 5 mm/h, as radar nowcasts are verified; VIL: the demo's levels.
+    thresholds = (1.0, 5.0) if pipe.value_transform is not None else demo.DEMO_CSI_THRESHOLDS
+    scores = {"prediff": demo.forecast_scores(result.ensembles[0][None], target, thresholds)}
     baselines = demo.baseline_forecasts(context, target.shape[1], members, pipe.physical_range, seed)
     for name, forecast in baselines.items():
-        scores[name] = demo.forecast_scores(forecast, target)
+        scores[name] = demo.forecast_scores(forecast, target, thresholds)
     return demo.format_scores(scores, units=units)
 
 
