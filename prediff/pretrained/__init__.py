@@ -12,6 +12,10 @@ anticipated-intensity knowledge control uses for its `mu + n sigma` targets.
 pysteps' example archive, 2 km, 10 minutes) through pysteps' dB transform: 4 frames of 64x64 mm/h in, 4 out,
 forecasting frames of any larger size by blended tiles.
 
+`prediff-storms-fast` is `prediff-storms-tiny` with its denoiser distilled into a few-step student by latent
+consistency distillation (`prediff train distill`): the same components otherwise, sampled by default with Diffusers'
+`LCMScheduler` in 4 steps instead of 20 (1 to 4 work).
+
 `earthformer-storms-tiny` is a deterministic Earthformer forecaster ([`EarthformerPipeline`]) trained on the same
 storms with `prediff train earthformer`: the same 4 -> 4 frames of 64x64 VIL, one forecast per context.
 
@@ -61,6 +65,14 @@ SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
         "model_index.json",
         "model/config.json",
         "model/diffusion_pytorch_model.safetensors",
+    ),
+    # The denoiser of prediff-storms-tiny distilled to 1-4 steps (`prediff train distill`), with its LCMScheduler.
+    "prediff-storms-fast": (
+        "model_index.json",
+        "vae/config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
     ),
     "prediff-radar-tiny": (
         "model_index.json",
