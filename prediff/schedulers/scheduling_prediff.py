@@ -79,7 +79,11 @@ SCHEDULER_PRESETS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     # Multistep consistency sampling, for a denoiser distilled with `prediff train distill` (a plain denoiser
     # gives blurred forecasts with it): each step maps the sample to the student's clean estimate and noises it
     # again to the next timestep, on a grid of `original_inference_steps` levels ending at t=999.
-    "lcm": (LCMScheduler, dict(clip_sample=False, original_inference_steps=20, timestep_scaling=10.0)),
+    "lcm": (
+        LCMScheduler,
+        # LCM itself ignores the spacing; recorded so that other classes built from its config start at t=999.
+        dict(clip_sample=False, original_inference_steps=20, timestep_scaling=10.0, timestep_spacing="trailing"),
+    ),
 }
 
 #: Settings every preset records in its config, whether or not its own class uses them, so that the Diffusers
