@@ -27,7 +27,7 @@ from ..schedulers import (
     prediff_training_scheduler,
     record_portable_settings,
 )
-from ..utils.checks import check_positive_int
+from ..utils.checks import check_intensity_growth, check_positive_int
 from .pipeline_output import PreDiffPipelineOutput
 from .pipeline_utils import ForecastPipelineMixin, count_parameters, forecast_call, to_context_tensor
 
@@ -118,6 +118,11 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             [`~prediff.utils.units`]); None keeps the linear map of VIL levels.
         pixel_size_km (`float`, *optional*): the grid spacing the components were trained for.
         frame_interval_minutes (`float`, *optional*): the time between frames they were trained for.
+        max_intensity_growth (`float`, *optional*): when set (at least 1), no member exceeds this multiple of the
+            highest value of its context's last frame, in physical units (see [`cap_intensity`]). A calibration
+            for rain rate: a dB-space error of a few dB is a factor of several in mm/h, and a member that grows a
+            cell far beyond anything in the context costs more than it ever gains. Not applied with knowledge
+            controls, which state the intensity the user anticipates. None (the default): no cap.
     """
 
     output_class = PreDiffPipelineOutput
@@ -138,6 +143,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         value_transform: dict[str, Any] | None = None,
         pixel_size_km: float | None = None,
         frame_interval_minutes: float | None = None,
+        max_intensity_growth: float | None = None,
     ):
         super().__init__()
         if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
@@ -161,6 +167,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         self.register_units(
             value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes
         )
+        self.register_to_config(max_intensity_growth=check_intensity_growth(max_intensity_growth))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
         self.vae_chunk_size: int | None = 64
@@ -285,6 +292,23 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             # residual gives the sharp extrapolation itself.
             unit = extrapolation.frames + self.decode_unit(latents + extrapolation.latents) - extrapolation.decoded
         return self.scale_to_physical(unit.clamp(0.0, 1.0) if clamp else unit)
+
+    @property
+    def max_intensity_growth(self) -> float | None:
+        """The cap on every member relative to the context's last frame (None: no cap); set it to change it."""
+        return self.config.get("max_intensity_growth")
+
+    @max_intensity_growth.setter
+    def max_intensity_growth(self, value: float | None) -> None:
+        self.register_to_config(max_intensity_growth=check_intensity_growth(value))
+
+    def cap_intensity(self, frames: torch.Tensor, context: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """Forecast rows `(N, T_out, H, W, C)` in physical units, each capped at `max_intensity_growth` times the
+        maximum of the last frame of its context `(B, T_in, H, W, C)` (`batch_index`: each row's context)."""
+        if self.max_intensity_growth is None:
+            return frames
+        cap = context[:, -1].amax(dim=(1, 2, 3)).to(frames) * self.max_intensity_growth
+        return torch.minimum(frames, cap[batch_index].view(-1, 1, 1, 1, 1))
 
     # ------------------------------------------------------------------ checks
 
@@ -680,6 +704,8 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             frames = latents.reshape(batch_size, members, *latents.shape[1:])
         else:
             frames = decode(latents.to(self.vae.dtype), clamp=extrapolation is not None)
+            if not controls:
+                frames = self.cap_intensity(frames, context.to(device), batch_index)
             frames = frames.reshape(batch_size, members, *frames.shape[1:])
             if output_type == "np":
                 frames = frames.cpu().numpy()
@@ -712,6 +738,11 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 "is conditioned on the encoded context and the encoded extrapolation, the diffusion models the "
                 "latent residual over the extrapolation, and the forecast is the extrapolation plus the decoded "
                 "change."
+            )
+        if self.max_intensity_growth is not None:
+            clamping += (
+                f"; without knowledge controls no member exceeds {self.max_intensity_growth:g} times the maximum of "
+                "its context's last frame (`max_intensity_growth`)"
             )
         return f"""# PreDiff pipeline
 

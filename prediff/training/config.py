@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils.checks import check_value_range
+from ..utils.checks import check_intensity_growth, check_value_range
 from ..utils.units import check_value_transform
 
 __all__ = [
@@ -382,6 +382,8 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
         logvar_init: initial value of that log-variance.
         validation_scheduler, validation_inference_steps, num_ensemble_members: how validation forecasts are
             drawn; the exported pipeline uses `validation_scheduler` as its scheduler.
+        max_intensity_growth: recorded in the exported pipeline: no member exceeds this multiple of the maximum
+            of its context's last frame (see [`~prediff.PreDiffPipeline`]); None: no cap.
     """
 
     knowledge_model: str | None = None
@@ -391,9 +393,11 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
     validation_scheduler: str = "dpmsolver++"
     validation_inference_steps: int = 20
     num_ensemble_members: int = 2
+    max_intensity_growth: float | None = None
 
     def validate(self) -> None:
         super().validate()
+        check_intensity_growth(self.max_intensity_growth)
         if self.knowledge_model is not None and not Path(self.knowledge_model).exists():
             raise FileNotFoundError(f"knowledge_model folder {self.knowledge_model!r} does not exist")
         _check(

@@ -133,6 +133,7 @@ class DenoiserTrainer(LatentTrainer):
             extrapolator=self.extrapolator,
             **self.pipeline_scaling(),
             training_data=self.describe_training(),
+            max_intensity_growth=cfg.max_intensity_growth,
         )
 
     def validation_forecasts(self, frames: torch.Tensor, step: int) -> dict[str, float] | None:

@@ -269,6 +269,7 @@ class DistillTrainer(DenoiserTrainer):
             value_transform=teacher.value_transform,
             pixel_size_km=teacher.pixel_size_km,
             frame_interval_minutes=teacher.frame_interval_minutes,
+            max_intensity_growth=teacher.max_intensity_growth,
         )
 
 

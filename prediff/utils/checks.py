@@ -8,6 +8,7 @@ before.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -73,6 +74,16 @@ def check_value_range(value: Any, name: str = "value_range") -> tuple[float, flo
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
         raise ValueError(f"{name} must be finite with low < high, got {value!r}")
     return low, high
+
+
+def check_intensity_growth(value: Any, name: str = "max_intensity_growth") -> float | None:
+    """A cap on forecast intensity relative to the context's last frame: None, or a finite number of at least 1
+    (below 1 the cap would forbid the context's own intensity)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{name} must be None or a finite number of at least 1, got {value!r}")
+    return float(value)
 
 
 # ---------------------------------------------------------------------------------------------- arrays
