@@ -150,6 +150,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--clip", action="store_true", help="clip inputs to the pipeline's value_range")
     parser.add_argument(
+        "--no-intensity-cap",
+        action="store_true",
+        help="forecast without the pipeline's max_intensity_growth (its cap on members relative to the context)",
+    )
+    parser.add_argument(
         "--interval-minutes",
         type=float,
         default=None,
@@ -311,6 +316,7 @@ def forecast_attributes(
         "seed": seed,
         "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
         "knowledge_control": knowledge_control_info or "none",
+        "max_intensity_growth": str(pipe.config.get("max_intensity_growth") if not knowledge_control_info else None),
         "context_file": str(context.source),
         "context_variable": context.variable,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -585,6 +591,8 @@ def _forecast_command(args: argparse.Namespace) -> int:
     check_knowledge_control_args(args)
     device = args.device or launched_processes().device
     pipe = load_forecast_pipeline(args.pipeline, device=device)
+    if args.no_intensity_cap and "max_intensity_growth" in pipe.config:
+        pipe.max_intensity_growth = None
     controls, info = None, None
     if args.knowledge_control == "intensity":
         target, source = intensity_target(pipe, args.target, args.n_sigma, args.intensity_mean, args.intensity_std)

@@ -121,6 +121,24 @@ def test_hdf5_input_with_intensity_control(pipe_dir, tmp_path):
         assert ds.attrs["context_variable"] == "radar/vil"
 
 
+def test_intensity_cap_is_recorded_and_can_be_lifted(pipe_dir, tmp_path):
+    capped_dir = tmp_path / "capped"
+    shutil.copytree(pipe_dir, capped_dir)
+    index = json.loads((capped_dir / "model_index.json").read_text())
+    (capped_dir / "model_index.json").write_text(json.dumps({**index, "max_intensity_growth": 1.0}))
+    ctx = context_frames(high=40.0)
+    np.save(tmp_path / "ctx.npy", ctx)
+    argv = ["forecast", "--pipeline", capped_dir, "--input", tmp_path / "ctx.npy", "--members", 2, "--steps", 2,
+            "--no-plots", "--no-pysteps", "--no-progress"]  # fmt: skip
+    assert run_cli(argv + ["--out", tmp_path / "capped.nc"]) == 0
+    assert run_cli(argv + ["--out", tmp_path / "free.nc", "--no-intensity-cap"]) == 0
+    with xr.open_dataset(tmp_path / "capped.nc") as capped, xr.open_dataset(tmp_path / "free.nc") as free:
+        cap = ctx[-1].max()
+        assert free["forecast"].values.max() > cap, "the test needs a forecast above the cap"
+        np.testing.assert_allclose(capped["forecast"].values, np.minimum(free["forecast"].values, cap), rtol=1e-6)
+        assert capped.attrs["max_intensity_growth"] == "1.0" and free.attrs["max_intensity_growth"] == "None"
+
+
 def test_read_context_layouts(tmp_path):
     frames = context_frames((4, 8, 6))
     # (y, time, x) with unhelpful names: --dims tells which is which.
