@@ -9,11 +9,14 @@ so overlapping tiles start from the same noise where they overlap.
 
 NaN marks pixels outside the radar's domain: tiles see them as the lowest physical value (no rain), and the
 forecast is NaN wherever any context frame was NaN. A tile that lies wholly outside the domain is not forecast.
+A pipeline's `max_intensity_growth` caps the blended forecast relative to the whole domain's last context frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -154,7 +157,8 @@ def forecast_tiled(
                     for b, y, x in chunk
                 ]
             )
-        frames = pipe(batch, output_type="np", **kwargs).frames
+        with intensity_cap_lifted(pipe):
+            frames = pipe(batch, output_type="np", **kwargs).frames
         if not ensemble:
             frames = frames[:, None]
         for (b, y, x), forecast in zip(chunk, frames):
@@ -167,4 +171,25 @@ def forecast_tiled(
         blended = total / weight[:, None, None, :, :, None]
     blended[~np.broadcast_to(inside[:, None, None, :, :, None], blended.shape)] = np.nan
     blended = blended[:, :, :, :H, :W]
+    growth = getattr(pipe, "max_intensity_growth", None)
+    if growth is not None and not call_kwargs.get("knowledge_controls"):
+        # The cap of the whole domain, not of each tile: a dry tile's own cap (0) would erase the rain that moves
+        # into it, and caps that differ from tile to tile would show the tiles.
+        cap = np.nanmax(np.where(np.isnan(context[:, -1]), -np.inf, context[:, -1]), axis=(1, 2, 3)) * growth
+        blended = np.minimum(blended, cap.reshape(B, 1, 1, 1, 1, 1).astype(np.float32))
     return blended if ensemble else blended[:, 0]
+
+
+@contextlib.contextmanager
+def intensity_cap_lifted(pipe: Any) -> Iterator[None]:
+    """Tiles forecast without the pipeline's `max_intensity_growth`, which `forecast_tiled` applies to the whole
+    domain after blending."""
+    growth = getattr(pipe, "max_intensity_growth", None)
+    if growth is None:
+        yield
+        return
+    pipe.max_intensity_growth = None
+    try:
+        yield
+    finally:
+        pipe.max_intensity_growth = growth

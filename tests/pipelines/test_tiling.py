@@ -137,3 +137,23 @@ def test_bad_whole_domain_calls_are_refused(pipe):
         pipe(context)
     with pytest.raises(ValueError, match="shape \\(B, 3, H, W, 1\\)"):
         forecast_tiled(pipe, np.zeros((1, 2, 40, 40, 1), dtype=np.float32))
+
+
+def test_the_intensity_cap_is_the_whole_domains_not_each_tiles(pipe):
+    # Rain in the left tiles only: a cap per tile would be 0 in the dry right tiles and erase what moves there.
+    pipe.set_progress_bar_config(disable=True)
+    context = np.zeros((1, 3, 32, 80, 1), dtype=np.float32)
+    context[:, :, :, :24] = np.random.default_rng(4).uniform(0, 60, (1, 3, 32, 24, 1))
+    context[0, 0, 0, 70] = np.nan  # outside the domain: stays NaN, and is no part of the cap
+    kwargs = dict(num_inference_steps=2, num_ensemble_members=2, progress=False)
+    free = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(5), **kwargs)
+    pipe.max_intensity_growth = 1.0
+    try:
+        capped = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(5), **kwargs)
+        assert pipe.max_intensity_growth == 1.0  # restored after the tiles ran without it
+    finally:
+        pipe.max_intensity_growth = None
+    cap = np.nanmax(context[:, -1])
+    assert (free[..., 40:, :] > 0).any() and (free > cap).any(), "the test needs rain right and above the cap"
+    np.testing.assert_array_equal(capped, np.minimum(free, cap))
+    assert np.isnan(capped[0, :, :, 0, 70]).all()
