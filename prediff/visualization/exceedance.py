@@ -51,7 +51,7 @@ def plot_exceedance(
     probability = exceedance_probability(ensemble, threshold)
     T = probability.shape[0]
     _, labels = lead_time_labels(0, T, interval_minutes)
-    fig = new_figure(1.45 * T + 1.2, 1.9)
+    fig = new_figure(1.45 * T + 1.8, 1.9)  # room for the colour bar's label
     axes = fig.subplots(1, T, squeeze=False)[0]
     from matplotlib import colormaps
 
