@@ -9,6 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, each worker (and each process a test starts) takes its share of the cores: workers that
+    each spin up as many OpenMP threads as there are cores oversubscribe them, and a tiny test can then take 100
+    times as long as alone."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores_between_workers()
+
 #: Parameter names and shapes of the official PreDiff / Earthformer checkpoints, as listed from their state dicts.
 LISTING = Path(__file__).resolve().parent / "fixtures" / "official_state_dict_keys.txt"
 SECTIONS = {"unet": "(a)", "earthformer": "(b)", "alignment": "(c)", "vae": "(d)", "vae_released": "(e)"}
