@@ -101,6 +101,8 @@ SCALING = [
          "one context and member, one 2-step sampler, one target"),
     Rule(r"(benchmarks/bench_memory\.py)", r"\1 --cases forecast --members 2 --steps 2",
          "one 2-member, 2-step forecast"),
+    Rule(r"(benchmarks/bench_speed\.py)", r"\1 --num-sequences 1 --official-sequences 0 --student-steps 1 --members 2",
+         "one sequence, 2 members, the student with 1 step, no DDPM-1000"),
     Rule(r"(benchmarks/bench_energy\.py)", r"\1 --contexts 1 --members 1 --samplers sde-dpmsolver++:2",
          "one context and member, one 2-step sampler"),
 ]
