@@ -53,6 +53,21 @@ def _like(result: np.ndarray, context: ArrayLike) -> ArrayLike:
     return result.astype(dtype)
 
 
+def proesmans_levels(shape: tuple[int, int], most: int = 6) -> int:
+    """Levels of the image pyramid pysteps' Proesmans method may use on frames of ``shape`` (H, W): at most ``most``
+    (its default), and few enough that the coarsest level is at least 2 x 2 pixels. On a 1-pixel level pysteps' kernel
+    reads outside its arrays (it copies each edge from the next row in), and the motion field becomes whatever
+    memory lay there: now and then 1e+232 pixels per frame on 48 x 48 frames."""
+    size = min(shape)
+    if size < 2:
+        raise ValueError(f"optical flow needs frames of at least 2 x 2 pixels, got {tuple(shape)}")
+    levels = 1
+    while levels < most and size // 2 >= 2:
+        size //= 2
+        levels += 1
+    return levels
+
+
 def estimate_motion(
     frames: np.ndarray, motion_method: str = "proesmans", motion_frames: int | None = None
 ) -> np.ndarray:
@@ -70,7 +85,7 @@ def estimate_motion(
         raise ValueError(f"unknown motion_method {motion_method!r}: {err}") from err
     with contextlib.redirect_stdout(io.StringIO()):
         if motion_method == "proesmans":
-            velocity = method(frames[-n:], verbose=False)
+            velocity = method(frames[-n:], num_levels=proesmans_levels(frames.shape[1:]), verbose=False)
         else:
             velocity = method(frames[-n:])
     return np.nan_to_num(np.asarray(velocity, dtype=np.float64))
