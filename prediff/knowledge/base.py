@@ -9,6 +9,10 @@ gradient ``g = dL/dz_t`` is applied in one of three forms:
   [`newton_step_size`]), through the noise estimate. With the default ``scale=1`` every step aims at a clean
   forecast that satisfies the control, whatever the sampler, its step count or the size of the gradient, so no
   strength has to be tuned per pipeline.
+  At the last denoising step the clean estimate is the forecast itself, so the step is repeated there (up to
+  ``final_iterations`` Gauss-Newton iterations, each from where the last one landed): a statistic that is not
+  linear in the latents (a decoder) leaves a remainder after one step, and a few-step sampler has no later step
+  to take it up.
 - ``"score"`` (every scheduler): the noise estimate becomes ``eps + scale * sqrt(1 - alpha_bar_t) * g``, the
   classifier-guidance form with a fixed strength; it does not vanish for deterministic samplers (DDIM,
   DPM-Solver++), but how far it moves depends on the gradient's size, so ``scale`` needs tuning.
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -46,6 +50,10 @@ __all__ = [
 CONTROL_FORMS = ("x0", "score", "official")
 #: The default trust region of the x0 form: none (see `KnowledgeControl`'s `max_step`).
 DEFAULT_MAX_STEP = None
+#: Gauss-Newton iterations of the x0 form at the last denoising step (see `KnowledgeControl`).
+DEFAULT_FINAL_ITERATIONS = 3
+#: They stop early once every violation is at most this fraction of what it was at the step's start.
+FINAL_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -74,6 +82,8 @@ class KnowledgeControlState:
             state holds a chunk of the forecast's rows (see [`KnowledgeControl`]'s `rowwise`), where the chunk
             starts and how many rows and contexts the whole forecast has; None: these rows are all of them.
             [`per_sample_values`] uses them to pick a chunk's share of per-row and per-context values.
+        final_step (`bool`, defaults to False): whether this is the sampler's last step, whose clean estimate is
+            the forecast (form "x0" then iterates its Gauss-Newton step, see [`KnowledgeControl`]).
     """
 
     latents: torch.Tensor
@@ -90,6 +100,7 @@ class KnowledgeControlState:
     row_start: int = 0
     all_rows: int | None = None
     all_contexts: int | None = None
+    final_step: bool = False
 
     @property
     def num_rows(self) -> int:
@@ -157,6 +168,11 @@ class KnowledgeControl:
             step, as a root mean square over the (scaled) latents (see [`newton_step_size`]); None (default): no
             bound. A bound of about 1 keeps a learned statistic with weak gradients from throwing the sample
             out of the data, at the price of not reaching far targets.
+        final_iterations (`int`, defaults to 3): form "x0" only: Gauss-Newton iterations at the sampler's last
+            step, each from the clean estimate the previous one gave (1: a single step, as at the other steps),
+            until every violation is at most 1e-4 of what it was at the step's start. Each iteration costs one
+            more evaluation and gradient of the violation, at that step only. Not with
+            `differentiate_through_unet`, where moving the latents would need a new noise estimate.
 
     A subclass whose violation of any chunk of rows equals those rows of the whole forecast's violation (per-row
     values picked with [`per_sample_values`], nothing computed across rows) sets the class attribute `rowwise`
@@ -174,6 +190,7 @@ class KnowledgeControl:
         form: str = "x0",
         differentiate_through_unet: bool = False,
         max_step: float | None = DEFAULT_MAX_STEP,
+        final_iterations: int = DEFAULT_FINAL_ITERATIONS,
     ):
         scale = float(scale)
         if not torch.isfinite(torch.tensor(scale)) or scale < 0:
@@ -186,6 +203,9 @@ class KnowledgeControl:
         if max_step is not None and not (math.isfinite(max_step) and max_step > 0):
             raise ValueError(f"max_step must be a positive number or None, got {max_step!r}")
         self.max_step = max_step
+        if isinstance(final_iterations, bool) or not isinstance(final_iterations, int) or final_iterations < 1:
+            raise ValueError(f"final_iterations must be an integer >= 1, got {final_iterations!r}")
+        self.final_iterations = final_iterations
 
     def check(self, knowledge_model: nn.Module | None) -> None:
         """Raise `ValueError` if this control cannot run with the pipeline's `knowledge_model` (called up
@@ -224,6 +244,25 @@ def newton_step_size(
     return factor.view(-1, *([1] * (grad.ndim - 1)))
 
 
+def _newton_steps(
+    control: KnowledgeControl, state: KnowledgeControlState, violation: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    """The x0 form's summed step `sum_k c_k g_k` (the score-form gradient that moves the clean estimate by all of
+    them): one Gauss-Newton step, or at the last denoising step up to `control.final_iterations`, each evaluated
+    where the previous ones moved `z_t` (by `-(1 - alpha_bar_t) c g`, the noise estimate held fixed)."""
+    a = state.alpha_prod_t.to(grad.dtype)
+    total = newton_step_size(violation, grad, state.alpha_prod_t, control.max_step) * grad
+    iterations = control.final_iterations if state.final_step and not control.differentiate_through_unet else 1
+    for _ in range(iterations - 1):
+        moved = replace(state, latents=(state.latents.detach() - (1 - a) * total).requires_grad_(True))
+        loss = control.violation(moved)
+        if (loss.detach() <= FINAL_TOLERANCE * violation).all():
+            break
+        (grad,) = torch.autograd.grad(loss.sum(), moved.latents)
+        total = total + newton_step_size(loss.detach(), grad, state.alpha_prod_t, control.max_step) * grad
+    return total
+
+
 def knowledge_gradients(
     controls: Sequence[KnowledgeControl], state: KnowledgeControlState
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -250,7 +289,7 @@ def knowledge_gradients(
         (grad,) = torch.autograd.grad(loss.sum(), state.latents, retain_graph=i < len(active) - 1)
         form = control.form
         if form == "x0":
-            grad = newton_step_size(loss.detach(), grad, state.alpha_prod_t, control.max_step) * grad
+            grad = _newton_steps(control, state, loss.detach(), grad)
             form = "score"
         grad = control.scale * grad
         current = sums[form]

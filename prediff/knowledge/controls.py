@@ -8,7 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import DEFAULT_CONTROL_SCALE, DEFAULT_MAX_STEP, KnowledgeControl, KnowledgeControlState, per_sample_values
+from .base import (
+    DEFAULT_CONTROL_SCALE,
+    DEFAULT_FINAL_ITERATIONS,
+    DEFAULT_MAX_STEP,
+    KnowledgeControl,
+    KnowledgeControlState,
+    per_sample_values,
+)
 from .defaults import CONTROL_METHODS, DEFAULT_CONTROL_METHOD
 
 __all__ = [
@@ -92,7 +99,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         model (`torch.nn.Module`, *optional*): the alignment network for `method="learned"`; default: the
             pipeline's.
         network_input (`str`, *optional*): what the learned network reads (see [`LearnedStatisticControl`]).
-        form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
+        form, differentiate_through_unet, max_step, final_iterations: see [`~prediff.knowledge.KnowledgeControl`].
 
     The violation is `|mean intensity - target|` on a [0, 1] scale linear in physical units: the mean and the
     target are divided by the pipeline's physical range. With a value transform (rain rate in dB) the mean is
@@ -115,6 +122,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
         form: str = "x0",
         differentiate_through_unet: bool = False,
         max_step: float | None = DEFAULT_MAX_STEP,
+        final_iterations: int = DEFAULT_FINAL_ITERATIONS,
         network_input: str | None = None,
     ):
         super().__init__(
@@ -124,6 +132,7 @@ class AnticipatedIntensityControl(LearnedStatisticControl):
             form=form,
             differentiate_through_unet=differentiate_through_unet,
             max_step=max_step,
+            final_iterations=final_iterations,
         )
         if method not in CONTROL_METHODS:
             raise ValueError(f"method must be one of {CONTROL_METHODS}, got {method!r}")
@@ -176,7 +185,7 @@ class EnergyConservationControl(LearnedStatisticControl):
         model (`torch.nn.Module`, *optional*): alignment network with output `(N, T_out, 1)`; default: the
             pipeline's `knowledge_model`.
         network_input (`str`, *optional*): what the network reads (see [`LearnedStatisticControl`]).
-        form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
+        form, differentiate_through_unet, max_step, final_iterations: see [`~prediff.knowledge.KnowledgeControl`].
 
     The violation is the L2 norm over the future frames of `E_pred(frame) - initial_energy`.
     """
@@ -192,6 +201,7 @@ class EnergyConservationControl(LearnedStatisticControl):
         form: str = "x0",
         differentiate_through_unet: bool = False,
         max_step: float | None = DEFAULT_MAX_STEP,
+        final_iterations: int = DEFAULT_FINAL_ITERATIONS,
         network_input: str | None = None,
     ):
         super().__init__(
@@ -201,6 +211,7 @@ class EnergyConservationControl(LearnedStatisticControl):
             form=form,
             differentiate_through_unet=differentiate_through_unet,
             max_step=max_step,
+            final_iterations=final_iterations,
         )
         self.initial_energy = initial_energy
 
@@ -223,7 +234,7 @@ class FunctionControl(KnowledgeControl):
             decoded current clean estimate, rows ordered (context, member)), violation `(N,)` and >= 0, e.g.
             `lambda x: (x[..., :16, :16, :].mean(dim=(1, 2, 3, 4)) - 120).abs()`.
         scale (`float`, defaults to 1.0): guidance strength.
-        form, differentiate_through_unet, max_step: see [`~prediff.knowledge.KnowledgeControl`].
+        form, differentiate_through_unet, max_step, final_iterations: see [`~prediff.knowledge.KnowledgeControl`].
     """
 
     def __init__(
@@ -233,11 +244,16 @@ class FunctionControl(KnowledgeControl):
         form: str = "x0",
         differentiate_through_unet: bool = False,
         max_step: float | None = DEFAULT_MAX_STEP,
+        final_iterations: int = DEFAULT_FINAL_ITERATIONS,
     ):
         if not callable(fn):
             raise ValueError(f"fn must be callable, got {type(fn).__name__}")
         super().__init__(
-            scale=scale, form=form, differentiate_through_unet=differentiate_through_unet, max_step=max_step
+            scale=scale,
+            form=form,
+            differentiate_through_unet=differentiate_through_unet,
+            max_step=max_step,
+            final_iterations=final_iterations,
         )
         self.fn = fn
 

@@ -514,8 +514,10 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         decode: Callable[[torch.Tensor], torch.Tensor],
         extrapolation: Extrapolation | None,
         num_contexts: int,
+        final_step: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (score-guided) noise estimate in float32 and the summed official-form gradient, if any."""
+        """The (score-guided) noise estimate in float32 and the summed official-form gradient, if any;
+        `final_step`: this is the sampler's last step (see `KnowledgeControlState`)."""
         if not controls:
             return self._denoise(model_input, t, context_latents), None
         through_unet = any(c.differentiate_through_unet for c in controls)
@@ -557,6 +559,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                     row_start=start,
                     all_rows=num_rows,
                     all_contexts=num_contexts,
+                    final_step=final_step,
                 )
                 score_part, official_part = knowledge_gradients(controls, state)
                 score_parts.append(score_part)
@@ -683,7 +686,15 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                     continue
                 model_input = self.scheduler.scale_model_input(latents, t)
                 noise_pred, official_grad = self._noise_pred(
-                    model_input, t, context_latents, controls, batch_index, decode, extrapolation, batch_size
+                    model_input,
+                    t,
+                    context_latents,
+                    controls,
+                    batch_index,
+                    decode,
+                    extrapolation,
+                    batch_size,
+                    final_step=i == len(timesteps) - 1,
                 )
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if official_grad is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -78,6 +79,9 @@ def test_control_arguments_are_validated():
         AnticipatedIntensityControl(n_sigma=2.0, mean=10.0)
     with pytest.raises(ValueError, match="not both"):
         AnticipatedIntensityControl(target=3.0, n_sigma=2.0, mean=1.0, std=1.0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="final_iterations must be an integer >= 1"):
+            AnticipatedIntensityControl(target=3.0, final_iterations=bad)
     assert AnticipatedIntensityControl(n_sigma=-2.0, mean=30.0, std=4.0).target == 22.0
     with pytest.raises(ValueError, match="needs a KnowledgeAlignmentModel"):
         AnticipatedIntensityControl(target=3.0, method="learned").check(None)
@@ -241,6 +245,46 @@ def test_x0_form_takes_the_gauss_newton_step_that_zeroes_the_violation(method, a
     ).detach()
     if method == "analytic":
         assert (after < 1e-4 * violation).all(), (violation, after)
+
+
+def saturating_decode(latents: torch.Tensor) -> torch.Tensor:
+    """A nonlinear stand-in decoder: the linear one through a softplus, as a decoder's output saturates."""
+    return torch.nn.functional.softplus(linear_decode(latents) / 255.0 - 0.5) * 255.0
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 4])
+def test_x0_form_iterates_its_gauss_newton_step_at_the_last_step_only(iterations):
+    # A nonlinear statistic keeps a remainder after one first-order step; at the last step (whose clean estimate
+    # is the forecast) the step is repeated from where it landed, each evaluation on the moved latents.
+    control = AnticipatedIntensityControl(target=[150.0, 20.0], final_iterations=iterations)
+    misses = {}
+    for final in (False, True):
+        state = make_state()
+        state.decode, state.final_step = saturating_decode, final
+        score, _ = knowledge_gradients([control], state)
+        shifted = (state.latents.detach() - (1 - state.alpha_prod_t) * score).requires_grad_(True)
+        before = control.violation(state).detach()
+        misses[final] = (control.violation(replace(state, latents=shifted)).detach() / before).max().item()
+    assert 1e-3 < misses[False] < 0.5  # one step leaves a remainder
+    if iterations == 1:
+        assert misses[True] == misses[False]
+    else:
+        # Newton's method: the remainder shrinks quadratically with every iteration.
+        assert misses[True] < misses[False] ** iterations * 10, misses
+
+
+def test_final_iterations_stop_once_the_violation_is_gone():
+    calls = []
+
+    def count(x):
+        calls.append(1)
+        return (x.mean(dim=(1, 2, 3, 4)) - 0.3).abs()
+
+    state = make_state()
+    state.final_step = True
+    knowledge_gradients([FunctionControl(count, final_iterations=5)], state)
+    # Linear: the first step zeroes it (to rounding), so the second evaluation ends the loop, not all five.
+    assert len(calls) == 2
 
 
 def test_newton_step_leaves_samples_without_gradient_alone():
