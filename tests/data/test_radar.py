@@ -551,6 +551,24 @@ def test_real_archive_sources_read(name, start, pixel_km, timestep, shape):
     assert valid.size > 0 and valid.min() >= 0.0 and valid.max() > 0.1
 
 
+BOM_10_MINUTES = Path(__file__).resolve().parents[2] / "examples" / "radar_sources" / "bom-c10.yaml"
+
+
+def test_bom_10_minute_source_file_is_a_source(tmp_path):
+    source = RadarSource.from_file(BOM_10_MINUTES, root=tmp_path)
+    assert source.name == "bom-c10" and source.importer_name == "bom_rf3" and source.timestep == 10
+    assert Path(source.root_path) == tmp_path / "radar" / "bom"
+
+
+@needs_archive
+def test_real_archive_bom_10_minute_product_reads():
+    source = RadarSource.from_file(BOM_10_MINUTES, root=PYSTEPS_DATA)
+    scan = scan_radar(source, "202010311300", "202010311310")
+    assert scan.present.all() and scan.frames.shape == (2, 512, 512)
+    assert scan.metadata["native_pixel_size_km"][0] == pytest.approx(0.5, rel=1e-3)
+    assert np.nanmax(scan.frames) > 0.1
+
+
 @needs_archive
 def test_real_archive_meteoswiss_is_readable():
     """MeteoSwiss is the held-out test set: only its grid is looked at here, never its values."""
