@@ -165,9 +165,10 @@ class KnowledgeControl:
             estimate is held fixed, which is exact for controls on `z_t` itself and much cheaper for controls
             on the clean estimate.
         max_step (`float`, *optional*): form "x0" only: the largest change of the clean estimate per denoising
-            step, as a root mean square over the (scaled) latents (see [`newton_step_size`]); None (default): no
-            bound. A bound of about 1 keeps a learned statistic with weak gradients from throwing the sample
-            out of the data, at the price of not reaching far targets.
+            step (at the last step: per Gauss-Newton iteration), as a root mean square over the (scaled) latents
+            (see [`newton_step_size`]); None (default): no bound. A bound of about 1 keeps a learned statistic
+            with weak gradients from throwing the sample out of the data, at the price of not reaching far
+            targets.
         final_iterations (`int`, defaults to 3): form "x0" only: Gauss-Newton iterations at the sampler's last
             step, each from the clean estimate the previous one gave (1: a single step, as at the other steps),
             until every violation is at most 1e-4 of what it was at the step's start. Each iteration costs one
