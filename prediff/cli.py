@@ -49,20 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     # Taken out of the namespace: commands hand their options on (`train` turns them into configuration keys).
     show_traceback = vars(args).pop("traceback") or os.environ.get("PREDIFF_TRACEBACK", "") not in ("", "0")
     try:
-        status = int(args.func(args) or 0)
+        return int(args.func(args) or 0)
     except Exception as error:
         if show_traceback:
             traceback.print_exc()
         print(f"prediff {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    _close_process_group()
-    return status
+    finally:
+        _close_process_group()
 
 
 def _close_process_group() -> None:
-    """Under `accelerate launch`, let the processes finish together and close their process group. A process
-    that exits while another still works (the main one writing what was gathered) otherwise tears gloo's threads
-    down under an open connection, and now and then aborts ("terminate called without an active exception")."""
+    """Under `accelerate launch`, let the processes finish together and close their process group, whether the
+    command succeeded or failed (a process that finished waits here for one still writing or reporting its
+    error, rather than for ever). A process that exits while another still works (the main one writing what was
+    gathered) otherwise tears gloo's threads down under an open connection, and now and then aborts
+    ("terminate called without an active exception")."""
     distributed = sys.modules.get("torch.distributed")
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.barrier()
