@@ -27,6 +27,8 @@ from tests.training.test_distributed import ENV
 # about 1e-3, so scores are compared to SCORE_RTOL = 2e-3. A real split bug (a sequence dropped or doubled, a
 # member seeded twice) moves them by tens of percent.
 FORECAST_ATOL, FORECAST_RTOL, SCORE_RTOL = 1e-3, 1e-5, 2e-3
+#: What a process prints when it aborts with a C++ thread still running at exit.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 # 3 sequences: the processes get 2 and 1, and batches of 2 and 1 differ from the single process's batches of 1.
 EVALUATE = [
@@ -44,13 +46,19 @@ def accelerate_launch(argv: list[str], port: int) -> subprocess.CompletedProcess
         accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "prediff",
     ]  # fmt: skip
-    done = subprocess.run(
-        launch + [str(a) for a in argv],
-        env={**ENV, "ACCELERATE_USE_CPU": "true"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    def run(*more: str) -> subprocess.CompletedProcess:
+        # PYTHONFAULTHANDLER: a process that aborts prints where Python was.
+        env = {**ENV, "ACCELERATE_USE_CPU": "true", "PYTHONFAULTHANDLER": "1"}
+        command = launch + [str(a) for a in argv] + list(more)
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+
+    done = run()
+    if done.returncode != 0 and GLOO_TEARDOWN_ABORT in done.stderr:
+        # Known and not yet understood: on a loaded 2-core machine a process now and then aborts in gloo's C++
+        # teardown (seen in 2 of 5 CI runs of the whole suite, never in 80 launches alone). Run once more, and say
+        # so in the output; any other failure, or the abort twice, fails the test.
+        print(f"retried after a gloo teardown abort:\n{done.stderr[-2000:]}")
+        done = run("--overwrite")  # what the aborted run may have written completely
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
