@@ -446,7 +446,9 @@ def _yaml_text(document) -> str:
 #: document of another kind, YAML features (aliases, tags, several documents), bytes that are no UTF-8.
 config_texts = st.one_of(
     config_documents().map(_yaml_text),
-    config_documents().map(_yaml_text).flatmap(
+    config_documents()
+    .map(_yaml_text)
+    .flatmap(
         lambda text: st.tuples(st.integers(0, len(text)), st.text(max_size=3)).map(
             lambda cut: (text[: cut[0]] + cut[1] + text[cut[0] :]).encode()
         )

@@ -70,41 +70,69 @@ class Rule:
 
 #: The substitutions that scale the examples down, in the order they apply (``re.sub`` on the whole block).
 SCALING = [
-    Rule(r"\b(prediff train (?:vae|alignment|denoiser|earthformer))\b", rf"\1 {TRAIN_SCALING}",
-         "every training command: 2 optimizer steps on 8 sequences, batch 2, a checkpoint at step 2"),
-    Rule(r"(shipped/alignment-robust\.yaml)", r"\1 --max_train_steps 4",
-         "the second alignment stage resumes the first one's last checkpoint (step 2), so it runs to step 4"),
+    Rule(
+        r"\b(prediff train (?:vae|alignment|denoiser|earthformer))\b",
+        rf"\1 {TRAIN_SCALING}",
+        "every training command: 2 optimizer steps on 8 sequences, batch 2, a checkpoint at step 2",
+    ),
+    Rule(
+        r"(shipped/alignment-robust\.yaml)",
+        r"\1 --max_train_steps 4",
+        "the second alignment stage resumes the first one's last checkpoint (step 2), so it runs to step 4",
+    ),
     Rule(r"checkpoint-1250\b", "checkpoint-2", "the shipped denoiser's checkpoint is the scaled run's last one"),
     Rule(r"SyntheticStormDataset\(2048,", "SyntheticStormDataset(8,", "intensity statistics of 8 sequences"),
-    Rule(r"\baccelerate launch\b", "accelerate launch --main_process_port 0",
-         "a free port: the default 29500 may be taken by a test running beside this one"),
+    Rule(
+        r"\baccelerate launch\b",
+        "accelerate launch --main_process_port 0",
+        "a free port: the default 29500 may be taken by a test running beside this one",
+    ),
     Rule(r"\bPIPELINE_DIR\b", "prediff-storms-tiny", "the placeholder: the shipped pipeline, by name"),
     Rule(r"--members \d+", "--members 2", "2 ensemble members"),
     Rule(r"--steps \d+", "--steps 2", "2 denoising steps"),
     Rule(r"--num-sequences \d+", "--num-sequences 2", "2 sequences to evaluate"),
     Rule(r"num_ensemble_members=\d+", "num_ensemble_members=2", "2 ensemble members"),
     Rule(r"num_inference_steps=\d+", "num_inference_steps=2", "2 denoising steps"),
-    Rule(r"(knowledge_controls=\[control\])\)", r"\1, num_inference_steps=2)",
-         "2 denoising steps for the controlled forecast too (it has the default of 20)"),
-    Rule(r"(benchmarks/bench_denoiser\.py)", r"\1 --preset prediff-tiny --repeats 1 --backends sdpa --dtypes float32",
-         "the tiny denoiser, one backend and dtype, one repeat"),
-    Rule(r"(benchmarks/bench_sampling\.py)",
-         r"\1 --preset prediff-tiny --schedulers ddim:2 --dtypes float32 --members 2 --repeats 1",
-         "the tiny pipeline, one 2-step scheduler, 2 members, one repeat"),
+    Rule(
+        r"(knowledge_controls=\[control\])\)",
+        r"\1, num_inference_steps=2)",
+        "2 denoising steps for the controlled forecast too (it has the default of 20)",
+    ),
+    Rule(
+        r"(benchmarks/bench_denoiser\.py)",
+        r"\1 --preset prediff-tiny --repeats 1 --backends sdpa --dtypes float32",
+        "the tiny denoiser, one backend and dtype, one repeat",
+    ),
+    Rule(
+        r"(benchmarks/bench_sampling\.py)",
+        r"\1 --preset prediff-tiny --schedulers ddim:2 --dtypes float32 --members 2 --repeats 1",
+        "the tiny pipeline, one 2-step scheduler, 2 members, one repeat",
+    ),
     Rule(r"(benchmarks/bench_training\.py)", r"\1 --steps 2", "2 steps per recipe"),
     Rule(r"(benchmarks/bench_storms\.py)", r"\1 --num-sequences 4 --size 32 --workers 1", "4 small sequences"),
-    Rule(r"(benchmarks/bench_skill\.py)",
-         r"\1 --num-sequences 1 --members 2 --samplers sde-dpmsolver++:2 --sampler-sequences 1 --sampler-seeds 1",
-         "one sequence, 2 members, one 2-step sampler"),
-    Rule(r"(benchmarks/bench_knowledge\.py)",
-         r"\1 --contexts 1 --members 1 --samplers ddim:2 --n-sigmas 0 --methods analytic",
-         "one context and member, one 2-step sampler, one target"),
-    Rule(r"(benchmarks/bench_memory\.py)", r"\1 --cases forecast --members 2 --steps 2",
-         "one 2-member, 2-step forecast"),
-    Rule(r"(benchmarks/bench_speed\.py)", r"\1 --num-sequences 1 --official-sequences 0 --student-steps 1 --members 2",
-         "one sequence, 2 members, the student with 1 step, no DDPM-1000"),
-    Rule(r"(benchmarks/bench_energy\.py)", r"\1 --contexts 1 --members 1 --samplers sde-dpmsolver++:2",
-         "one context and member, one 2-step sampler"),
+    Rule(
+        r"(benchmarks/bench_skill\.py)",
+        r"\1 --num-sequences 1 --members 2 --samplers sde-dpmsolver++:2 --sampler-sequences 1 --sampler-seeds 1",
+        "one sequence, 2 members, one 2-step sampler",
+    ),
+    Rule(
+        r"(benchmarks/bench_knowledge\.py)",
+        r"\1 --contexts 1 --members 1 --samplers ddim:2 --n-sigmas 0 --methods analytic",
+        "one context and member, one 2-step sampler, one target",
+    ),
+    Rule(
+        r"(benchmarks/bench_memory\.py)", r"\1 --cases forecast --members 2 --steps 2", "one 2-member, 2-step forecast"
+    ),
+    Rule(
+        r"(benchmarks/bench_speed\.py)",
+        r"\1 --num-sequences 1 --official-sequences 0 --student-steps 1 --members 2",
+        "one sequence, 2 members, the student with 1 step, no DDPM-1000",
+    ),
+    Rule(
+        r"(benchmarks/bench_energy\.py)",
+        r"\1 --contexts 1 --members 1 --samplers sde-dpmsolver++:2",
+        "one context and member, one 2-step sampler",
+    ),
 ]
 
 
@@ -218,8 +246,14 @@ def parse_document(path: Path) -> tuple[list[Block], list[str]]:
             index += 1
             continue
         fence, language = opening.groups()
-        end = next((j for j in range(index + 1, len(lines)) if lines[j].strip().startswith(fence[0] * len(fence))
-                    and not lines[j].strip().strip(fence[0])), None)
+        end = next(
+            (
+                j
+                for j in range(index + 1, len(lines))
+                if lines[j].strip().startswith(fence[0] * len(fence)) and not lines[j].strip().strip(fence[0])
+            ),
+            None,
+        )
         markers, marker_lines = parse_markers(lines, index)
         if language.lower() in LANGUAGES:
             attached.update(marker_lines)
@@ -323,8 +357,10 @@ class Runner:
                     raise
             result = outcome.read_text()
         if result != "ok":
-            pytest.fail(result if not as_prerequisite else f"{block.id}, which this block runs after, failed:\n"
-                        f"{result}", pytrace=False)
+            pytest.fail(
+                result if not as_prerequisite else f"{block.id}, which this block runs after, failed:\n{result}",
+                pytrace=False,
+            )
         return folder / "work"
 
     def _run(self, block: Block, folder: Path) -> Path:
@@ -343,8 +379,15 @@ class Runner:
         script.write_text(text)
         interpreter = [sys.executable] if block.language == "python" else ["bash", "-euo", "pipefail"]
         # A session of its own, so that a timeout ends every process the block started (accelerate's workers too).
-        process = subprocess.Popen([*interpreter, str(script)], cwd=work, env=_environment(folder / "hf-home"),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [*interpreter, str(script)],
+            cwd=work,
+            env=_environment(folder / "hf-home"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             output, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
             status = f"exited with status {process.returncode}"
@@ -353,8 +396,11 @@ class Runner:
             output, _ = process.communicate()
             status = f"was still running after {BLOCK_TIMEOUT_S} s and was killed"
         if process.returncode != 0:
-            pytest.fail(f"{block.id} {status}\n--- ran (scaled) in {work}:\n{text}--- output (last 6000 characters):"
-                        f"\n{output[-6000:]}", pytrace=False)
+            pytest.fail(
+                f"{block.id} {status}\n--- ran (scaled) in {work}:\n{text}--- output (last 6000 characters):"
+                f"\n{output[-6000:]}",
+                pytrace=False,
+            )
         return work
 
 

@@ -317,6 +317,11 @@ def forecast_attributes(
         "seed_scheme": "member m of sample b uses numpy SeedSequence([seed, b, m])",
         "knowledge_control": knowledge_control_info or "none",
         "max_intensity_growth": str(pipe.config.get("max_intensity_growth") if not knowledge_control_info else None),
+        "intensity_cap_radius_km": str(
+            pipe.config.get("intensity_cap_radius_km")
+            if pipe.config.get("max_intensity_growth") is not None and not knowledge_control_info
+            else None
+        ),
         "context_file": str(context.source),
         "context_variable": context.variable,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -52,9 +52,7 @@ class EarthformerPipeline(ForecastPipelineMixin, DiffusionPipeline):
         if not isinstance(model, ModelMixin) or "input_shape" not in model.config:
             raise ValueError(f"model must be an EarthformerModel, got {type(model).__name__}")
         self.register_modules(model=model)
-        self.register_units(
-            value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes
-        )
+        self.register_units(value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes)
 
     @classmethod
     def from_preset(cls, name: str, value_range: tuple[float, float] = (0.0, 255.0)) -> EarthformerPipeline:

@@ -27,7 +27,8 @@ from ..schedulers import (
     prediff_training_scheduler,
     record_portable_settings,
 )
-from ..utils.checks import check_intensity_growth, check_positive_int
+from ..utils.checks import check_cap_radius, check_intensity_growth, check_positive_int
+from .intensity_cap import intensity_cap, radius_in_pixels
 from .pipeline_output import PreDiffPipelineOutput
 from .pipeline_utils import ForecastPipelineMixin, count_parameters, forecast_call, to_context_tensor
 
@@ -123,6 +124,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             for rain rate: a dB-space error of a few dB is a factor of several in mm/h, and a member that grows a
             cell far beyond anything in the context costs more than it ever gains. Not applied with knowledge
             controls, which state the intensity the user anticipates. None (the default): no cap.
+        intensity_cap_radius_km (`float`, *optional*): with `max_intensity_growth`, the cap of each pixel is the
+            maximum of the last context frame within this distance (needs `pixel_size_km`); None (the default):
+            the maximum of the whole frame.
     """
 
     output_class = PreDiffPipelineOutput
@@ -144,6 +148,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         pixel_size_km: float | None = None,
         frame_interval_minutes: float | None = None,
         max_intensity_growth: float | None = None,
+        intensity_cap_radius_km: float | None = None,
     ):
         super().__init__()
         if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
@@ -164,10 +169,11 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, knowledge_model=knowledge_model, extrapolator=extrapolator
         )
-        self.register_units(
-            value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes
+        self.register_units(value_range, value_transform, units, training_data, pixel_size_km, frame_interval_minutes)
+        self.register_to_config(
+            max_intensity_growth=check_intensity_growth(max_intensity_growth),
+            intensity_cap_radius_km=check_cap_radius(intensity_cap_radius_km, self.pixel_size_km),
         )
-        self.register_to_config(max_intensity_growth=check_intensity_growth(max_intensity_growth))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
         self.vae_chunk_size: int | None = 64
@@ -302,13 +308,31 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     def max_intensity_growth(self, value: float | None) -> None:
         self.register_to_config(max_intensity_growth=check_intensity_growth(value))
 
-    def cap_intensity(self, frames: torch.Tensor, context: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        """Forecast rows `(N, T_out, H, W, C)` in physical units, each capped at `max_intensity_growth` times the
-        maximum of the last frame of its context `(B, T_in, H, W, C)` (`batch_index`: each row's context)."""
+    @property
+    def intensity_cap_radius_km(self) -> float | None:
+        """The neighbourhood of each pixel's cap (None: the whole frame); set it to change it."""
+        return self.config.get("intensity_cap_radius_km")
+
+    @intensity_cap_radius_km.setter
+    def intensity_cap_radius_km(self, value: float | None) -> None:
+        self.register_to_config(intensity_cap_radius_km=check_cap_radius(value, self.pixel_size_km))
+
+    def intensity_cap(self, last_frame: torch.Tensor) -> torch.Tensor | None:
+        """`(B, H, W)` the highest value each pixel of a forecast may take, from the last context frame
+        `(B, H, W, C)` in physical units (NaN outside the domain; see [`~prediff.pipelines.intensity_cap`]);
+        None without `max_intensity_growth`."""
         if self.max_intensity_growth is None:
+            return None
+        radius_px = radius_in_pixels(self.intensity_cap_radius_km, self.pixel_size_km)
+        return intensity_cap(last_frame, self.max_intensity_growth, radius_px)
+
+    def cap_intensity(self, frames: torch.Tensor, context: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        """Forecast rows `(N, T_out, H, W, C)` in physical units, each capped by [`intensity_cap`] of the last
+        frame of its context `(B, T_in, H, W, C)` (`batch_index`: each row's context)."""
+        cap = self.intensity_cap(context[:, -1])
+        if cap is None:
             return frames
-        cap = context[:, -1].amax(dim=(1, 2, 3)).to(frames) * self.max_intensity_growth
-        return torch.minimum(frames, cap[batch_index].view(-1, 1, 1, 1, 1))
+        return torch.minimum(frames, cap.to(frames)[batch_index][:, None, :, :, None])
 
     # ------------------------------------------------------------------ checks
 
@@ -751,9 +775,14 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 "change."
             )
         if self.max_intensity_growth is not None:
+            where = (
+                "its context's last frame"
+                if self.intensity_cap_radius_km is None
+                else f"its context's last frame within {self.intensity_cap_radius_km:g} km"
+            )
             clamping += (
                 f"; without knowledge controls no member exceeds {self.max_intensity_growth:g} times the maximum of "
-                "its context's last frame (`max_intensity_growth`)"
+                f"{where} (`max_intensity_growth`, `intensity_cap_radius_km`)"
             )
         return f"""# PreDiff pipeline
 

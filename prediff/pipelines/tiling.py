@@ -9,7 +9,8 @@ so overlapping tiles start from the same noise where they overlap.
 
 NaN marks pixels outside the radar's domain: tiles see them as the lowest physical value (no rain), and the
 forecast is NaN wherever any context frame was NaN. A tile that lies wholly outside the domain is not forecast.
-A pipeline's `max_intensity_growth` caps the blended forecast relative to the whole domain's last context frame.
+A pipeline's intensity cap (`max_intensity_growth`) applies to the blended forecast, from the whole domain's last
+context frame.
 """
 
 from __future__ import annotations
@@ -171,12 +172,11 @@ def forecast_tiled(
         blended = total / weight[:, None, None, :, :, None]
     blended[~np.broadcast_to(inside[:, None, None, :, :, None], blended.shape)] = np.nan
     blended = blended[:, :, :, :H, :W]
-    growth = getattr(pipe, "max_intensity_growth", None)
-    if growth is not None and not call_kwargs.get("knowledge_controls"):
-        # The cap of the whole domain, not of each tile: a dry tile's own cap (0) would erase the rain that moves
-        # into it, and caps that differ from tile to tile would show the tiles.
-        cap = np.nanmax(np.where(np.isnan(context[:, -1]), -np.inf, context[:, -1]), axis=(1, 2, 3)) * growth
-        blended = np.minimum(blended, cap.reshape(B, 1, 1, 1, 1, 1).astype(np.float32))
+    if getattr(pipe, "max_intensity_growth", None) is not None and not call_kwargs.get("knowledge_controls"):
+        # The cap from the whole domain, not from each tile: a dry tile's own cap (0) would erase the rain that
+        # moves into it, and caps that differ from tile to tile would show the tiles.
+        cap = pipe.intensity_cap(torch.from_numpy(np.ascontiguousarray(context[:, -1]))).numpy()
+        blended = np.minimum(blended, cap[:, None, None, :, :, None].astype(np.float32))
     return blended if ensemble else blended[:, 0]
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils.checks import check_intensity_growth, check_value_range
+from ..utils.checks import check_cap_radius, check_intensity_growth, check_value_range
 from ..utils.units import check_value_transform
 
 __all__ = [
@@ -384,6 +384,8 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
             drawn; the exported pipeline uses `validation_scheduler` as its scheduler.
         max_intensity_growth: recorded in the exported pipeline: no member exceeds this multiple of the maximum
             of its context's last frame (see [`~prediff.PreDiffPipeline`]); None: no cap.
+        intensity_cap_radius_km: recorded with it: each pixel's cap is the maximum within this distance (needs
+            data that record their pixel size); None: the maximum of the whole frame.
     """
 
     knowledge_model: str | None = None
@@ -394,10 +396,19 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
     validation_inference_steps: int = 20
     num_ensemble_members: int = 2
     max_intensity_growth: float | None = None
+    intensity_cap_radius_km: float | None = None
 
     def validate(self) -> None:
         super().validate()
         check_intensity_growth(self.max_intensity_growth)
+        # The pixel size comes from the data; here only the number is checked (1 km stands for it).
+        check_cap_radius(self.intensity_cap_radius_km, pixel_size_km=1.0)
+        _check(
+            self.intensity_cap_radius_km is None or self.max_intensity_growth is not None,
+            "intensity_cap_radius_km",
+            "null unless max_intensity_growth is set",
+            self.intensity_cap_radius_km,
+        )
         if self.knowledge_model is not None and not Path(self.knowledge_model).exists():
             raise FileNotFoundError(f"knowledge_model folder {self.knowledge_model!r} does not exist")
         _check(

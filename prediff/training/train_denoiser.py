@@ -134,6 +134,7 @@ class DenoiserTrainer(LatentTrainer):
             **self.pipeline_scaling(),
             training_data=self.describe_training(),
             max_intensity_growth=cfg.max_intensity_growth,
+            intensity_cap_radius_km=cfg.intensity_cap_radius_km,
         )
 
     def validation_forecasts(self, frames: torch.Tensor, step: int) -> dict[str, float] | None:

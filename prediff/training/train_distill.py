@@ -270,6 +270,7 @@ class DistillTrainer(DenoiserTrainer):
             pixel_size_km=teacher.pixel_size_km,
             frame_interval_minutes=teacher.frame_interval_minutes,
             max_intensity_growth=teacher.max_intensity_growth,
+            intensity_cap_radius_km=teacher.intensity_cap_radius_km,
         )
 
 

@@ -86,6 +86,23 @@ def check_intensity_growth(value: Any, name: str = "max_intensity_growth") -> fl
     return float(value)
 
 
+def check_cap_radius(radius_km: Any, pixel_size_km: float | None) -> float | None:
+    """`intensity_cap_radius_km`: None (the cap of the whole frame) or a positive distance, which needs the
+    pipeline's `pixel_size_km` to become pixels."""
+    if radius_km is None:
+        return None
+    if isinstance(radius_km, bool) or not isinstance(radius_km, (int, float)) or not math.isfinite(radius_km):
+        raise ValueError(f"intensity_cap_radius_km must be None or a positive number, got {radius_km!r}")
+    if radius_km <= 0:
+        raise ValueError(f"intensity_cap_radius_km must be None or a positive number, got {radius_km!r}")
+    if pixel_size_km is None:
+        raise ValueError(
+            "intensity_cap_radius_km needs the pipeline's pixel_size_km, which is not recorded; record the grid "
+            "or leave the radius None (the cap of the whole frame)"
+        )
+    return float(radius_km)
+
+
 # ---------------------------------------------------------------------------------------------- arrays
 
 

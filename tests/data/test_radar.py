@@ -265,9 +265,7 @@ def test_pixel_size_averages_blocks_and_must_be_a_multiple(tmp_path):
     fields = [rng.gamma(0.5, 2.0, (9, 12)) for _ in range(2)]
     fields[0][0, 0] = np.nan
     source = npy_archive(tmp_path, fields)
-    dataset = RadarArchiveDataset(
-        source, (minutes(0), minutes(5)), window=2, pixel_size_km=3, nan_policy="keep"
-    )
+    dataset = RadarArchiveDataset(source, (minutes(0), minutes(5)), window=2, pixel_size_km=3, nan_policy="keep")
     frames = dataset[0]["frames"][..., 0].numpy()
     assert frames.shape == (2, 3, 4)
     np.testing.assert_allclose(frames[0], block_mean_loop(fields[0].astype(np.float32), 3), rtol=1e-5, equal_nan=True)

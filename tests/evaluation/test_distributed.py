@@ -46,6 +46,7 @@ def accelerate_launch(argv: list[str], port: int) -> subprocess.CompletedProcess
         accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m", "prediff",
     ]  # fmt: skip
+
     def run(*more: str) -> subprocess.CompletedProcess:
         # PYTHONFAULTHANDLER: a process that aborts prints where Python was.
         env = {**ENV, "ACCELERATE_USE_CPU": "true", "PYTHONFAULTHANDLER": "1"}

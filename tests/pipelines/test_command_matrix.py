@@ -418,8 +418,14 @@ def _pickle_only(folder: Path) -> None:
         ),
         (_record(extrapolator=["os", "system"]), r"component 'extrapolator' is os\.system; a pipeline loads only"),
     ],
-    ids=["no-knowledge-weights", "no-extrapolator-config", "no-scheduler-config", "pickle-only", "unknown-class",
-         "unknown-library"],
+    ids=[
+        "no-knowledge-weights",
+        "no-extrapolator-config",
+        "no-scheduler-config",
+        "pickle-only",
+        "unknown-class",
+        "unknown-library",
+    ],
 )
 def test_a_broken_folder_is_named_in_one_line(edit, message, cases, tmp_path, capsys):
     folder = tmp_path / "pipeline"
@@ -443,4 +449,3 @@ def test_an_option_shaped_like_a_component_is_not_a_file(cases, tmp_path):
     shutil.copytree(cases["saved-prediff+extrapolator"].pipeline, folder)
     _record(units=["prediff.__main__", "main"])(folder)
     assert load_forecast_pipeline(folder).config.units == ["prediff.__main__", "main"]
-

@@ -8,6 +8,7 @@ import stat
 
 import numpy as np
 import pytest
+from scipy.ndimage import maximum_filter
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
@@ -121,22 +122,28 @@ def test_hdf5_input_with_intensity_control(pipe_dir, tmp_path):
         assert ds.attrs["context_variable"] == "radar/vil"
 
 
-def test_intensity_cap_is_recorded_and_can_be_lifted(pipe_dir, tmp_path):
+@pytest.mark.parametrize("radius_km", [None, 8.0])
+def test_intensity_cap_is_recorded_and_can_be_lifted(pipe_dir, tmp_path, radius_km):
     capped_dir = tmp_path / "capped"
     shutil.copytree(pipe_dir, capped_dir)
     index = json.loads((capped_dir / "model_index.json").read_text())
-    (capped_dir / "model_index.json").write_text(json.dumps({**index, "max_intensity_growth": 1.0}))
+    cap_settings = {"max_intensity_growth": 1.0, "pixel_size_km": 2.0, "intensity_cap_radius_km": radius_km}
+    (capped_dir / "model_index.json").write_text(json.dumps({**index, **cap_settings}))
     ctx = context_frames(high=40.0)
+    ctx[-1, :, 16:] *= 0.25  # a weaker right half: a local cap differs from the frame's
     np.save(tmp_path / "ctx.npy", ctx)
     argv = ["forecast", "--pipeline", capped_dir, "--input", tmp_path / "ctx.npy", "--members", 2, "--steps", 2,
             "--no-plots", "--no-pysteps", "--no-progress"]  # fmt: skip
     assert run_cli(argv + ["--out", tmp_path / "capped.nc"]) == 0
     assert run_cli(argv + ["--out", tmp_path / "free.nc", "--no-intensity-cap"]) == 0
+    # 8 km is 4 pixels of 2 km: the maximum over a square of 9 x 9 pixels.
+    cap = ctx[-1].max() if radius_km is None else maximum_filter(ctx[-1], size=9, mode="nearest")
     with xr.open_dataset(tmp_path / "capped.nc") as capped, xr.open_dataset(tmp_path / "free.nc") as free:
-        cap = ctx[-1].max()
-        assert free["forecast"].values.max() > cap, "the test needs a forecast above the cap"
+        assert free["forecast"].values.max() > np.max(cap), "the test needs a forecast above the cap"
         np.testing.assert_allclose(capped["forecast"].values, np.minimum(free["forecast"].values, cap), rtol=1e-6)
         assert capped.attrs["max_intensity_growth"] == "1.0" and free.attrs["max_intensity_growth"] == "None"
+        assert capped.attrs["intensity_cap_radius_km"] == str(radius_km)
+        assert free.attrs["intensity_cap_radius_km"] == "None"
 
 
 def test_read_context_layouts(tmp_path):

@@ -24,9 +24,7 @@ def _forecast(pipe_dir: Path, context: Path, out: Path, *extra: str, **env: str)
         sys.executable, "-m", "prediff", "forecast", "--pipeline", str(pipe_dir), "--input", str(context),
         "--out", str(out), "--members", "2", "--steps", "2", "--seed", "3", "--no-plots", "--no-progress", *extra,
     ]  # fmt: skip
-    return subprocess.Popen(
-        command, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen(command, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str]:

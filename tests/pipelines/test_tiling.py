@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import maximum_filter
 
 from prediff.pipelines import EarthformerPipeline
 from prediff.pipelines.tiling import blend_weights, forecast_tiled, tile_starts
@@ -139,7 +140,8 @@ def test_bad_whole_domain_calls_are_refused(pipe):
         forecast_tiled(pipe, np.zeros((1, 2, 40, 40, 1), dtype=np.float32))
 
 
-def test_the_intensity_cap_is_the_whole_domains_not_each_tiles(pipe):
+@pytest.mark.parametrize("radius_km", [None, 8.0])
+def test_the_intensity_cap_is_the_whole_domains_not_each_tiles(pipe, radius_km):
     # Rain in the left tiles only: a cap per tile would be 0 in the dry right tiles and erase what moves there.
     pipe.set_progress_bar_config(disable=True)
     context = np.zeros((1, 3, 32, 80, 1), dtype=np.float32)
@@ -147,13 +149,22 @@ def test_the_intensity_cap_is_the_whole_domains_not_each_tiles(pipe):
     context[0, 0, 0, 70] = np.nan  # outside the domain: stays NaN, and is no part of the cap
     kwargs = dict(num_inference_steps=2, num_ensemble_members=2, progress=False)
     free = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(5), **kwargs)
+    pipe.register_to_config(pixel_size_km=2.0)
     pipe.max_intensity_growth = 1.0
+    pipe.intensity_cap_radius_km = radius_km
     try:
         capped = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(5), **kwargs)
         assert pipe.max_intensity_growth == 1.0  # restored after the tiles ran without it
     finally:
         pipe.max_intensity_growth = None
-    cap = np.nanmax(context[:, -1])
-    assert (free[..., 40:, :] > 0).any() and (free > cap).any(), "the test needs rain right and above the cap"
-    np.testing.assert_array_equal(capped, np.minimum(free, cap))
+        pipe.intensity_cap_radius_km = None
+        pipe.register_to_config(pixel_size_km=None)
+    last = np.where(np.isnan(context[0, -1, :, :, 0]), -np.inf, context[0, -1, :, :, 0])
+    if radius_km is None:
+        cap = np.full(last.shape, last.max())
+    else:  # 4 pixels of 2 km, across tile borders (the tiles start every 48 pixels)
+        cap = maximum_filter(last, size=9, mode="constant", cval=-np.inf)
+        assert cap[:, 60:].max() == 0.0 and (cap[:, :28] < last.max()).any()  # local, not the domain's
+    assert (free[..., 40:, :] > 0).any() and (free > last.max()).any(), "the test needs rain right and above the cap"
+    np.testing.assert_array_equal(capped, np.minimum(free, cap[None, None, None, :, :, None]))
     assert np.isnan(capped[0, :, :, 0, 70]).all()

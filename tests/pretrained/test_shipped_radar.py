@@ -26,7 +26,7 @@ def test_folder_is_small_and_records_units_grid_clock_and_cap():
     index = json.loads((folder / "model_index.json").read_text())
     assert index["units"] == "mm/h" and index["value_transform"]["kind"] == "db"
     assert index["pixel_size_km"] == 2.0 and index["frame_interval_minutes"] == 10.0
-    assert index["max_intensity_growth"] == 1.0
+    assert index["max_intensity_growth"] == 1.0 and index["intensity_cap_radius_km"] == 32.0
     mu, sigma = shipped_intensity_stats(NAME)
     assert 0 < mu < 5 and 0 < sigma < 5  # mean rain rates in mm/h
 
@@ -43,7 +43,7 @@ def test_model_card_cites_its_sources_and_names_valid_recipes():
     vae, denoiser = (yaml.safe_load((REPO / path).read_text()) for _, path in recipes)
     assert vae["init_weights"] == denoiser["init_weights"] == "prediff-storms-tiny"
     assert denoiser["vae"] == vae["output_dir"] and vae["data"]["path"] == denoiser["data"]["path"]
-    assert denoiser["max_intensity_growth"] == 1.0  # the cap the shipped folder records
+    assert denoiser["max_intensity_growth"] == 1.0 and denoiser["intensity_cap_radius_km"] == 32.0  # as shipped
     stand_in = {"data.path": str(shipped_pipeline_path(NAME) / "model_index.json")}
     load_config("vae", REPO / recipes[0][1], stand_in)
     load_config("denoiser", REPO / recipes[1][1], {**stand_in, "vae": str(shipped_pipeline_path(NAME))})

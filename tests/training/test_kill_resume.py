@@ -241,5 +241,7 @@ def test_training_killed_anywhere_resumes_to_the_uninterrupted_weights(tmp_path,
     assert not all(torch.equal(value.detach(), old[name]) for name, value in new.items())
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     total = time.monotonic() - started
-    print(f"{kills} kills (latest checkpoint after each: {resumed}); back to the uninterrupted weights after "
-          f"{resumed_at:.0f} s; {total:.0f} s in all")
+    print(
+        f"{kills} kills (latest checkpoint after each: {resumed}); back to the uninterrupted weights after "
+        f"{resumed_at:.0f} s; {total:.0f} s in all"
+    )

@@ -66,10 +66,12 @@ def test_items_are_scaled_through_the_transform(tmp_path, rain_file, vae_dir):
 
 
 def test_exported_pipeline_records_the_scaling_and_forecasts_rain_rate(tmp_path, rain_file, vae_dir):
-    DenoiserTrainer(config(tmp_path, rain_file, vae_dir, max_intensity_growth=1.5)).train()
+    DenoiserTrainer(
+        config(tmp_path, rain_file, vae_dir, max_intensity_growth=1.5, intensity_cap_radius_km=32.0)
+    ).train()
     index = json.loads((tmp_path / "denoiser" / "model_index.json").read_text())
     assert index["value_transform"] == DB and index["value_range"] == [-15.0, 25.0]
-    assert index["max_intensity_growth"] == 1.5
+    assert index["max_intensity_growth"] == 1.5 and index["intensity_cap_radius_km"] == 32.0
     assert index["pixel_size_km"] == 2.0 and index["frame_interval_minutes"] == 10.0 and index["units"] == "mm/h"
     pipe = PreDiffPipeline.from_pretrained(tmp_path / "denoiser")
     pipe.set_progress_bar_config(disable=True)
@@ -84,6 +86,8 @@ def test_exported_pipeline_records_the_scaling_and_forecasts_rain_rate(tmp_path,
         ({"data.value_range": [5.0, 1.0]}, "data.value_range must be finite with low < high"),
         ({"data.dataset": "storms"}, "apply to data.dataset='file', not 'storms'"),
         ({"max_intensity_growth": 0.5}, "max_intensity_growth must be None or a finite number of at least 1"),
+        ({"intensity_cap_radius_km": -1.0}, "intensity_cap_radius_km must be None or a positive number"),
+        ({"intensity_cap_radius_km": 32.0}, "intensity_cap_radius_km must be null unless max_intensity_growth"),
     ],
 )
 def test_bad_scaling_is_refused_by_name(tmp_path, rain_file, vae_dir, overrides, message):
