@@ -47,6 +47,11 @@ def test_model_card_cites_its_sources_and_names_valid_recipes():
     stand_in = {"data.path": str(shipped_pipeline_path(NAME) / "model_index.json")}
     load_config("vae", REPO / recipes[0][1], stand_in)
     load_config("denoiser", REPO / recipes[1][1], {**stand_in, "vae": str(shipped_pipeline_path(NAME))})
+    # The distillation the card reports (its student is not shipped) reads the teacher's training sequences.
+    (distill_recipe,) = set(re.findall(r"prediff train distill --config ([^\s`]+)", card))
+    assert load_config("distill", REPO / distill_recipe, stand_in).teacher == NAME
+    distill_data = yaml.safe_load((REPO / distill_recipe).read_text())["data"]
+    assert distill_data == {key: denoiser["data"][key] for key in distill_data}
 
 
 def test_forecasts_rain_rate_under_the_cap_and_members_differ():
