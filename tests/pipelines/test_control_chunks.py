@@ -52,14 +52,6 @@ def _forecast(pipe, context, controls, chunk):
         pipe.control_chunk_size = previous
 
 
-def _assert_same_forecast(chunked: np.ndarray, whole: np.ndarray) -> None:
-    """Equal up to float32 rounding: only the batch size of the autoencoder (and of a learned control's network)
-    differs, which changes the order of float32 sums; the control's gradient steps amplify that to about 1e-5 of
-    the forecast's largest value with one torch thread. A chunk steered with another chunk's targets is off by
-    tens to hundreds of units."""
-    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-4 * np.abs(whole).max())
-
-
 @pytest.mark.parametrize("with_extrapolator", [False, True])
 @pytest.mark.parametrize(
     "target",
@@ -75,7 +67,9 @@ def test_chunked_control_gives_the_forecast_of_all_rows_at_once(
     # 2 frames per row: chunks of 1 and of 2 rows, the last one short. A chunk given another chunk's targets
     # would be steered elsewhere, by tens of VIL units.
     for chunk in (2, 4):
-        _assert_same_forecast(_forecast(pipe, context, [control], chunk), whole)
+        chunked = _forecast(pipe, context, [control], chunk)
+        # Only the autoencoder's batch size differs, which changes float32 rounding (~1e-6 of the range).
+        np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-3)
     if np.ndim(target) and len(target) == B:
         # One target per context is that target for each of its members.
         per_row = AnticipatedIntensityControl(target=np.repeat(target, M).tolist(), method="analytic")
@@ -110,10 +104,14 @@ def test_the_autoencoder_graph_is_held_for_one_chunk(pipe, context):
     assert frames == [B * M * 2] * 3
 
 
-def test_learned_controls_are_chunked_too(pipe, context):
+def test_learned_controls_are_chunked_too(pipe_dir, context):
+    # In float64: in float32 the knowledge network's gradient steps amplify the rounding of a smaller batch to
+    # 0.007 of forecasts up to 581 with one torch thread (as under pytest-xdist), which is not what is tested here.
+    pipe = PreDiffPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float64)
+    pipe.set_progress_bar_config(disable=True)
     control = EnergyConservationControl(initial_energy=[0.1, 0.2, 0.3], model=pipe.knowledge_model)
     whole = _forecast(pipe, context, [control], None)
-    _assert_same_forecast(_forecast(pipe, context, [control], 2), whole)
+    np.testing.assert_allclose(_forecast(pipe, context, [control], 2), whole, rtol=0, atol=1e-3)
 
 
 def test_a_function_control_sees_every_row(pipe, context):
