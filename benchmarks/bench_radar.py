@@ -75,7 +75,6 @@ from prediff.metrics import SequenceScores, bootstrap_weights, percentile_interv
 from prediff.pipelines import PreDiffPipeline
 from prediff.pipelines.loading import load_forecast_pipeline
 from prediff.pipelines.processes import member_generators
-from prediff.schedulers import default_inference_steps
 from prediff.utils.checks import check_positive_int
 from prediff.utils.files import atomic_output
 
@@ -481,7 +480,7 @@ def benchmark(
     )
     selected = [int(i) for i in np.asarray(evenly_spread(len(dataset), num_sequences))]
     frame = min(dataset.height, dataset.width)
-    steps = num_inference_steps or default_inference_steps(pipe.scheduler)
+    steps = num_inference_steps or pipe.default_num_inference_steps
     pipe.set_progress_bar_config(disable=True)
 
     forecasters: dict[str, Forecaster] = {name: radar_forecaster(pipe, members, seed, steps)}

@@ -33,7 +33,6 @@ from prediff.evaluation.evaluate import evaluate_forecasts
 from prediff.pipelines import PreDiffPipeline
 from prediff.pipelines.loading import load_forecast_pipeline
 from prediff.pretrained import shipped_pipeline_path
-from prediff.schedulers import default_inference_steps
 
 DEFAULT_SAMPLERS = (
     "ddpm:1000",
@@ -149,7 +148,7 @@ def main() -> None:
     total = max(args.num_sequences, args.sampler_sequences)
     dataset = SyntheticStormDataset(total, T_in + T_out, H, W, seed=args.data_seed)
     default = sampler_label(pipe)
-    steps = default_inference_steps(pipe.scheduler)
+    steps = pipe.default_num_inference_steps
     print(
         f"held-out storms: data seed {args.data_seed}, {args.num_sequences} sequences of {T_in} + {T_out} frames of "
         f"{H}x{W}; noise seed {args.seed}; PreDiff default sampler {default}, {steps} steps"

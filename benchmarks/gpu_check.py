@@ -102,7 +102,6 @@ def time_shipped_forecasts() -> list[dict]:
     from bench_sampling import time_forecast
 
     from prediff.pretrained import load_shipped_pipeline
-    from prediff.schedulers import default_inference_steps
 
     device = torch.device("cuda")
     rows = []
@@ -111,7 +110,7 @@ def time_shipped_forecasts() -> list[dict]:
         pipe.set_progress_bar_config(disable=True)
         T_in, H, W, C = pipe.context_shape
         context = torch.rand(1, T_in, H, W, C, generator=torch.Generator().manual_seed(0)) * 255.0
-        steps = default_inference_steps(pipe.scheduler)
+        steps = pipe.default_num_inference_steps
         seconds = time_forecast(pipe, context, steps, MEMBERS, None, 3, device)
         rows.append({"pipeline": name, "scheduler": type(pipe.scheduler).__name__, "steps": steps, "seconds": seconds})
         print(f"forecast {name} {steps} steps: {seconds:.3f} s", file=sys.stderr, flush=True)

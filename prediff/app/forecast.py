@@ -294,7 +294,7 @@ def run_app_forecast(
     from ..pipelines import PreDiffPipeline
     from ..pipelines.processes import member_generators
     from ..pipelines.tiling import forecast_tiled
-    from ..schedulers import SCHEDULER_PRESETS, default_inference_steps, prediff_scheduler
+    from ..schedulers import SCHEDULER_PRESETS, prediff_scheduler
     from ..utils.checks import check_positive_int, check_seed
 
     members = check_positive_int("members", members)
@@ -321,9 +321,7 @@ def run_app_forecast(
         if is_prediff:
             if sampler is not None:
                 pipe.scheduler = prediff_scheduler(sampler)
-            steps = (
-                check_positive_int("steps", steps) if steps is not None else default_inference_steps(pipe.scheduler)
-            )
+            steps = check_positive_int("steps", steps) if steps is not None else pipe.default_num_inference_steps
             pipe.check_forecast_memory(len(rows), members, "members")
         else:
             members, steps = 1, None

@@ -386,7 +386,6 @@ def evaluate_pipeline(
     from ..baselines import get_baseline
     from ..pipelines import EarthformerPipeline, PreDiffPipeline
     from ..pipelines.processes import launched_processes, member_generators
-    from ..schedulers import default_inference_steps
 
     start_time = time.perf_counter()
     if not isinstance(pipeline, (PreDiffPipeline, EarthformerPipeline)):
@@ -407,7 +406,7 @@ def evaluate_pipeline(
     if num_inference_steps is not None:
         num_inference_steps = check_positive_int("num_inference_steps", num_inference_steps)
     elif is_prediff:
-        num_inference_steps = default_inference_steps(pipeline.scheduler)
+        num_inference_steps = pipeline.default_num_inference_steps
     if knowledge_control is not None and not is_prediff:
         raise ValueError("knowledge control needs a PreDiff pipeline; an Earthformer forecast is deterministic")
     T_in, H, W, C = pipeline.context_shape

@@ -436,9 +436,7 @@ def run_forecast(
             raise ValueError("a knowledge-control target per context cannot be split across processes; give one value")
         pipe.set_progress_bar_config(disable=not (progress and processes.is_main_process))
         if is_prediff:
-            from ..schedulers import default_inference_steps
-
-            steps = steps if steps is not None else default_inference_steps(pipe.scheduler)
+            steps = steps if steps is not None else pipe.default_num_inference_steps
         else:
             # Earthformer is deterministic: one "member".
             members, steps = 1, None

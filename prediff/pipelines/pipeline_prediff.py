@@ -65,6 +65,21 @@ PREDIFF_PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _check_default_steps(value: dict[str, int] | None) -> dict[str, int] | None:
+    """`default_inference_steps`: None or a mapping of scheduler class names to positive step counts."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(name, str) and isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
+        for name, steps in value.items()
+    ):
+        raise ValueError(
+            "default_inference_steps must map scheduler class names to positive step counts, e.g. "
+            f'{{"LCMScheduler": 1}}, got {value!r}'
+        )
+    return dict(value)
+
+
 class Extrapolation(NamedTuple):
     """The extrapolation of the contexts, one row per forecast row.
 
@@ -127,6 +142,10 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         intensity_cap_radius_km (`float`, *optional*): with `max_intensity_growth`, the cap of each pixel is the
             maximum of the last context frame within this distance (needs `pixel_size_km`); None (the default):
             the maximum of the whole frame.
+        default_inference_steps (`dict[str, int]`, *optional*): the step count a forecast takes by default, per
+            scheduler class name, e.g. `{"LCMScheduler": 1}` for a student trained to sample in one step. A
+            scheduler of another class (a user's swap) falls back to its preset's count
+            ([`~prediff.schedulers.default_inference_steps`]). None (the default): always the preset's.
     """
 
     output_class = PreDiffPipelineOutput
@@ -149,6 +168,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         frame_interval_minutes: float | None = None,
         max_intensity_growth: float | None = None,
         intensity_cap_radius_km: float | None = None,
+        default_inference_steps: dict[str, int] | None = None,
     ):
         super().__init__()
         if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
@@ -173,6 +193,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         self.register_to_config(
             max_intensity_growth=check_intensity_growth(max_intensity_growth),
             intensity_cap_radius_km=check_cap_radius(intensity_cap_radius_km, self.pixel_size_km),
+            default_inference_steps=_check_default_steps(default_inference_steps),
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
@@ -291,13 +312,25 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         units, differentiable: `decode_latents(latents)`, or with an extrapolation (rows matching), the
         extrapolated frames plus the change the residual makes to their decoding. `clamp` clips the [0, 1]
         scale, i.e. the physical values to `physical_range`."""
-        if extrapolation is None:
-            unit = self.decode_unit(latents)
-        else:
-            # The autoencoder's reconstruction error of the extrapolation cancels in the difference, so a zero
-            # residual gives the sharp extrapolation itself.
-            unit = extrapolation.frames + self.decode_unit(latents + extrapolation.latents) - extrapolation.decoded
+        unit = self.decode_forecast_unit(latents, extrapolation)
         return self.scale_to_physical(unit.clamp(0.0, 1.0) if clamp else unit)
+
+    def decode_forecast_unit(self, latents: torch.Tensor, extrapolation: Extrapolation | None = None) -> torch.Tensor:
+        """`decode_forecast` before the value transform and without clamping: frames `(N, T_out, H, W, C)` in the
+        networks' [0, 1] scale, differentiable."""
+        if extrapolation is None:
+            return self.decode_unit(latents)
+        # The autoencoder's reconstruction error of the extrapolation cancels in the difference, so a zero residual
+        # gives the sharp extrapolation itself.
+        return extrapolation.frames + self.decode_unit(latents + extrapolation.latents) - extrapolation.decoded
+
+    @property
+    def default_num_inference_steps(self) -> int:
+        """The step count of a forecast that names none: the pipeline's `default_inference_steps` for its
+        scheduler's class, else the count the scheduler preset is meant for."""
+        recorded = self.config.get("default_inference_steps") or {}
+        steps = recorded.get(type(self.scheduler).__name__)
+        return int(steps) if steps is not None else default_inference_steps(self.scheduler)
 
     @property
     def max_intensity_growth(self) -> float | None:
@@ -623,9 +656,10 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             context (`torch.Tensor` or `np.ndarray` of shape `(B, T_in, H, W, C)`):
                 The observed frames in physical units (e.g. VIL 0-255); scaled to [0, 1] with `value_range`.
             num_inference_steps (`int`, *optional*):
-                Denoising steps; default: the count the scheduler preset is meant for
+                Denoising steps; default: `default_num_inference_steps`, the pipeline's own count for its
+                scheduler (a distilled student's) or the count the scheduler preset is meant for
                 ([`~prediff.schedulers.DEFAULT_INFERENCE_STEPS`]: (SDE-)DPM-Solver++ and UniPC 20, DDIM, Euler and
-                DDPM 50), else 50. Pass 1000 with a DDPM scheduler for the official sampler.
+                DDPM 50, LCM 4), else 50. Pass 1000 with a DDPM scheduler for the official sampler.
             num_ensemble_members (`int`, defaults to 1): independent samples per context.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 Randomness; a list gives every ensemble member of every context its own generator, ordered
@@ -664,7 +698,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
                 f"{type(knowledge_controls).__name__} (wrap a function of the forecast in FunctionControl(fn))"
             )
         if num_inference_steps is None:
-            num_inference_steps = default_inference_steps(self.scheduler)
+            num_inference_steps = self.default_num_inference_steps
 
         context = self.check_inputs(
             context,

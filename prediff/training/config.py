@@ -427,21 +427,34 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
 
 #: The losses between the student's and the target's consistency outputs (see `DistillTrainingConfig`).
 DISTILL_LOSSES = ("l2", "huber")
+#: What the student learns, and the scale its CRPS is taken on (see `DistillTrainingConfig`).
+DISTILL_OBJECTIVES = ("consistency", "crps")
+CRPS_SPACES = ("unit", "physical")
 
 
 @dataclass
 class DistillTrainingConfig(TrainingConfig):
     """`prediff train distill`: a few-step student of a trained PreDiff pipeline, by latent consistency
-    distillation; the result is a `PreDiffPipeline` folder sampling with `LCMScheduler` in 1 to 4 steps.
+    distillation or by ensemble CRPS; the result is a `PreDiffPipeline` folder sampling with `LCMScheduler` in 1 to
+    4 steps.
 
-    The student starts from the teacher's denoiser and learns the consistency function of the teacher's
-    probability-flow ODE: for a sample noised to `t_n` on a grid of `num_ddim_timesteps` levels, its clean
-    estimate must equal that of the target network (the EMA of the student, `ema_decay`) at the point that one
-    DDIM step of the teacher reaches at `t_{n-1}`. The teacher's autoencoder, extrapolator, knowledge model and
-    latent scaling are reused unchanged.
+    The student starts from the teacher's denoiser. With `objective: consistency` it learns the consistency
+    function of the teacher's probability-flow ODE: for a sample noised to `t_n` on a grid of `num_ddim_timesteps`
+    levels, its clean estimate must equal that of the target network (the EMA of the student, `ema_decay`) at the
+    point that one DDIM step of the teacher reaches at `t_{n-1}`. With `objective: crps` it draws `crps_members`
+    forecasts of every training sequence with the exported sampler in `crps_steps` steps, gradients through the
+    whole chain and the decoder, and minimises their fair CRPS against the observed frames (`crps_space`): a
+    proper score, so the optimum is a calibrated ensemble, not the mean. The teacher's
+    autoencoder, extrapolator, knowledge model and latent scaling are reused unchanged.
 
     Attributes:
         teacher: the teacher pipeline: a folder or the name of a shipped one.
+        objective: "consistency" or "crps".
+        crps_members: members drawn per training sequence (`objective: crps`), at least 2.
+        crps_steps: sampler steps the CRPS is trained through (`objective: crps`), also the exported pipeline's
+            `default_inference_steps`.
+        crps_space: "unit", the networks' [0, 1] scale (dB for rain rate: every intensity counts alike), or
+            "physical", the teacher's physical units (mm/h: heavy rain counts most, as in verification).
         num_ddim_timesteps: levels of the ODE grid (1000 / this timesteps per teacher step); also the
             `original_inference_steps` of the exported `LCMScheduler`, whose 1 to 4 steps lie on this grid.
         timestep_scaling: of the boundary conditions `c_skip(t) = 0.25 / ((s t)^2 + 0.25)`,
@@ -456,6 +469,10 @@ class DistillTrainingConfig(TrainingConfig):
     """
 
     teacher: str = "prediff-storms-tiny"
+    objective: str = "consistency"
+    crps_members: int = 4
+    crps_steps: int = 1
+    crps_space: str = "unit"
     num_ddim_timesteps: int = 20
     timestep_scaling: float = 10.0
     loss_type: str = "huber"
@@ -482,15 +499,25 @@ class DistillTrainingConfig(TrainingConfig):
             self.num_ddim_timesteps,
         )
         _check(self.timestep_scaling > 0, "timestep_scaling", "a positive number", self.timestep_scaling)
+        _check(self.objective in DISTILL_OBJECTIVES, "objective", f"one of {DISTILL_OBJECTIVES}", self.objective)
+        _check(self.crps_members >= 2, "crps_members", "an integer >= 2", self.crps_members)
+        _check(self.crps_space in CRPS_SPACES, "crps_space", f"one of {CRPS_SPACES}", self.crps_space)
+        if self.objective == "crps" and self.latent_cache_items:
+            raise ValueError(
+                "latent_cache_items: objective crps scores decoded frames against the observed ones, so it encodes "
+                f"every batch; set latent_cache_items to 0, got {self.latent_cache_items}"
+            )
         _check(self.loss_type in DISTILL_LOSSES, "loss_type", f"one of {DISTILL_LOSSES}", self.loss_type)
         _check(self.huber_c > 0, "huber_c", "a positive number", self.huber_c)
         _check(self.latent_cache_items >= 0, "latent_cache_items", "an integer >= 0", self.latent_cache_items)
-        _check(
-            1 <= self.validation_inference_steps <= self.num_ddim_timesteps,
-            "validation_inference_steps",
-            f"an integer in [1, num_ddim_timesteps={self.num_ddim_timesteps}]",
-            self.validation_inference_steps,
-        )
+        for name in ("crps_steps", "validation_inference_steps"):  # sampler steps lie on the distillation grid
+            steps = getattr(self, name)
+            _check(
+                1 <= steps <= self.num_ddim_timesteps,
+                name,
+                f"an integer in [1, num_ddim_timesteps={self.num_ddim_timesteps}]",
+                steps,
+            )
         _check(self.num_ensemble_members >= 1, "num_ensemble_members", "an integer >= 1", self.num_ensemble_members)
 
 

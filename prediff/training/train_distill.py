@@ -18,6 +18,18 @@ Sampling with Diffusers' `LCMScheduler` (the "lcm" preset) maps fresh noise to `
 steps, noises that estimate again to the next level of the grid and maps it anew. Every member starts from its
 own noise and gets fresh noise at every step, so the ensemble stays an ensemble.
 
+With `objective: crps` the student is instead trained as the sampler it will be: every training sequence gets
+`crps_members` forecasts drawn exactly as `LCMScheduler` draws them in `crps_steps` steps (fresh noise, the
+consistency function at each level, fresh noise between levels), decoded through the frozen autoencoder and the
+extrapolation, and the loss is their fair CRPS against the observed frames, in the [0, 1] scale or in physical
+units (`crps_space`),
+
+    CRPS = mean_i |x_i - y| - sum_{i != j} |x_i - x_j| / (2 M (M - 1)),
+
+differentiated through the whole chain. The CRPS is a proper score: it is lowest for an ensemble drawn from the
+true conditional distribution, so the members must differ as much as the outcome is uncertain; a student that
+returned the mean would pay the spread term. The teacher is then only the starting point.
+
 The teacher's autoencoder, extrapolator, knowledge-alignment network and latent scaling are reused as they
 are; the result is a `PreDiffPipeline` folder with the student and an `LCMScheduler`.
 """
@@ -32,6 +44,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
+from ..metrics.probabilistic import crps_ensemble_tensor
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..pipelines import PreDiffPipeline
 from ..schedulers import prediff_scheduler, prediff_training_scheduler
@@ -235,13 +248,67 @@ class DistillTrainer(DenoiserTrainer):
         mse = (prediction.detach() - latents).pow(2).mean()
         return loss, mse
 
+    def crps_forecast(self, frames: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """`crps_members` forecasts of every sequence of frames `(B, T, H, W, C)` in [0, 1], drawn as the exported
+        sampler draws them in `crps_steps` steps and differentiable in `module`'s weights, and the observed
+        targets: `(B, M, T_out, H, W, C)` and `(B, T_out, H, W, C)`, both in the [0, 1] scale, unclamped."""
+        cfg = self.config
+        teacher = self.teacher_pipeline
+        members = cfg.crps_members
+        context, target = self.split(frames)
+        with torch.no_grad():
+            condition = teacher.encode_frames(context)
+            extrapolation = None
+            if teacher.extrapolator is not None:
+                extrapolation = teacher.prepare_extrapolation(context.float())
+                condition = torch.cat([condition, extrapolation.latents], dim=1)
+                extrapolation = extrapolation.repeat_interleave(members)
+        condition = condition.repeat_interleave(members, dim=0)
+        rows = condition.shape[0]
+        sampler = self.scheduler()
+        sampler.set_timesteps(cfg.crps_steps)
+        levels = [int(t) for t in sampler.timesteps]
+        alphas = self.alphas_cumprod
+        # All noise first, one draw per step in the sampler's order, so that the network's own use of the random
+        # stream (dropout) cannot change it: the same seed gives the pipeline's forecast.
+        noises = [torch.randn((rows, *self.teacher.target_shape), device=condition.device) for _ in levels]
+        sample = noises[0]
+        for i, level in enumerate(levels):
+            timesteps = torch.full((rows,), level, dtype=torch.long)
+            noise_pred = module(sample, timesteps.to(sample.device), condition).sample.float()
+            denoised = consistency_output(sample, noise_pred, alphas, timesteps, cfg.timestep_scaling)
+            if i + 1 < len(levels):
+                # LCMScheduler.step: the estimate noised afresh to the next level of the grid.
+                alpha_next = float(alphas[levels[i + 1]])
+                sample = alpha_next**0.5 * denoised + (1 - alpha_next) ** 0.5 * noises[i + 1]
+        forecast = teacher.decode_forecast_unit(denoised.to(self.vae.dtype), extrapolation).float()
+        return forecast.reshape(target.shape[0], members, *target.shape[1:]), target.float()
+
+    def _crps_losses(self, frames: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fair CRPS of `crps_forecast` on the scale of `crps_space` and the mean absolute error of the ensemble
+        mean (for the logs)."""
+        forecast, target = self.crps_forecast(frames, module)
+        if self.config.crps_space == "physical":
+            # Clamped to [0, 1] first, as the pipeline's forecast is: above 1 the inverse of a dB transform grows
+            # without bound, and one wild member would swamp the loss.
+            to_physical = self.teacher_pipeline.scale_to_physical
+            forecast, target = to_physical(forecast.clamp(0.0, 1.0)), to_physical(target)
+        crps = crps_ensemble_tensor(forecast, target, fair=True).mean()
+        return crps, (forecast.detach().mean(dim=1) - target).abs().mean()
+
     def compute_losses(
         self, frames: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if self.config.objective == "crps":
+            crps, mean_error = self._crps_losses(frames, self.train_modules["student"])
+            return {"student": crps}, {"mean_mae": mean_error}
         loss, mse = self._losses(frames, self.train_modules["student"], cached=self.cached)
         return {"student": loss}, {"x0_mse": mse}
 
     def validation_losses(self, frames: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.config.objective == "crps":
+            crps, mean_error = self._crps_losses(frames, self.unwrap("student"))
+            return {"loss": crps, "mean_mae": mean_error}
         loss, mse = self._losses(frames, self.unwrap("student"))
         return {"loss": loss, "x0_mse": mse}
 
@@ -256,10 +323,13 @@ class DistillTrainer(DenoiserTrainer):
         """A `PreDiffPipeline` of the student with the teacher's other components (`export`: float32 copies)."""
         teacher = self.teacher_pipeline
         vae = copy.deepcopy(self.vae).float() if export else self.vae
+        scheduler = self.scheduler()
+        # A CRPS student is trained for its own step count only; a consistency student for 1 to 4 steps.
+        steps = {type(scheduler).__name__: self.config.crps_steps} if self.config.objective == "crps" else None
         return PreDiffPipeline(
             vae=vae,
             unet=unet if unet is not None else self.unwrap("student"),
-            scheduler=self.scheduler(),
+            scheduler=scheduler,
             knowledge_model=self.knowledge_model,
             extrapolator=self.extrapolator,
             value_range=teacher.value_range,
@@ -271,6 +341,7 @@ class DistillTrainer(DenoiserTrainer):
             frame_interval_minutes=teacher.frame_interval_minutes,
             max_intensity_growth=teacher.max_intensity_growth,
             intensity_cap_radius_km=teacher.intensity_cap_radius_km,
+            default_inference_steps=steps,
         )
 
 

@@ -418,3 +418,18 @@ def test_get_metric_and_call_leaves_state():
     assert metric.compute() == before
     assert metrics.get_metric("fss", thresholds=(74,), scales=(2,)).names == ("fss_74_scale2",)
     assert isinstance(metrics.get_metric("crps"), EnsembleCRPS)
+
+
+def test_crps_tensor_is_the_metric_and_differentiable():
+    rng = np.random.default_rng(11)
+    pred = torch.tensor(rng.normal(size=(2, 4, 2, 3, 3, 1)), requires_grad=True)
+    target = torch.tensor(rng.normal(size=(2, 2, 3, 3, 1)))
+    for fair in (False, True):
+        loss = metrics.crps_ensemble_tensor(pred, target, fair=fair)
+        np.testing.assert_allclose(
+            loss.detach().numpy(), _crps_pairwise(pred.detach().numpy(), target.numpy(), fair=fair), rtol=1e-12
+        )
+        assert torch.autograd.gradcheck(lambda p, f=fair: metrics.crps_ensemble_tensor(p, target, fair=f), (pred,))
+    # The fair CRPS of members that all sit on the observation is 0; spreading them costs skill but pays spread.
+    same = target.unsqueeze(1).expand(-1, 4, -1, -1, -1, -1)
+    assert float(metrics.crps_ensemble_tensor(same, target, fair=True).abs().max()) == 0.0

@@ -52,6 +52,15 @@ def test_model_card_cites_its_sources_and_names_valid_recipes():
     assert load_config("distill", REPO / distill_recipe, stand_in).teacher == NAME
     distill_data = yaml.safe_load((REPO / distill_recipe).read_text())["data"]
     assert distill_data == {key: denoiser["data"][key] for key in distill_data}
+    # So do the two stages of the one-step CRPS student (not shipped either): dB, then mm/h, stage 2 going on from
+    # stage 1's output.
+    names = ("distill-radar-crps.yaml", "distill-radar-crps-mmh.yaml")
+    assert all(f"examples/configs/shipped/{name}" in card.replace("\n", " ") for name in names)
+    stage1, stage2 = (yaml.safe_load((REPO / "examples" / "configs" / "shipped" / name).read_text()) for name in names)
+    assert stage1["teacher"] == NAME and stage2["teacher"] == stage1["output_dir"]
+    assert stage1["objective"] == stage2["objective"] == "crps" and stage1["crps_steps"] == stage2["crps_steps"] == 1
+    assert (stage1["crps_space"], stage2["crps_space"]) == ("unit", "physical")
+    assert stage1["data"] == stage2["data"] == {key: denoiser["data"][key] for key in stage1["data"]}
 
 
 def test_forecasts_rain_rate_under_the_cap_and_members_differ():

@@ -13,6 +13,7 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 from safetensors.torch import load_file
 
+from prediff.metrics import crps_ensemble
 from prediff.pipelines import PreDiffPipeline
 from prediff.schedulers import PREDIFF_NOISE_SCHEDULE, default_inference_steps, prediff_scheduler
 from prediff.training import DistillTrainer, load_config
@@ -144,3 +145,88 @@ def test_teacher_must_exist_and_fit_the_data(teacher_dir, tmp_path):
         tiny_distill(teacher_dir, tmp_path / "x", num_ddim_timesteps=30).validate()
     with pytest.raises(ValueError, match="the teacher takes contexts"):
         DistillTrainer(tiny_distill(teacher_dir, tmp_path / "x", **{"data.context_length": 2}))
+
+
+def test_crps_student_draws_its_training_ensemble_exactly_as_its_pipeline(teacher_dir, tmp_path):
+    members = 3
+    trainer = DistillTrainer(
+        tiny_distill(
+            teacher_dir, tmp_path / "s", objective="crps", crps_members=members, crps_steps=2, latent_cache_items=0
+        )
+    )
+    frames = torch.rand(2, 5, 32, 32, 1)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        forecast, target = trainer.crps_forecast(frames, trainer.unwrap("student"))
+    assert forecast.shape == (2, members, 2, 32, 32, 1)
+    torch.testing.assert_close(target, frames[:, 3:])
+
+    # The exported sampler with the same noise: the initial draw, then LCMScheduler's fresh noise between steps.
+    pipe = trainer.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.default_num_inference_steps == 2
+    generator = torch.Generator().manual_seed(7)
+    initial = torch.randn((2 * members, *pipe.unet.target_shape), generator=generator)
+    drawn = pipe(
+        frames[:, :3] * 255, num_ensemble_members=members, latents=initial, generator=generator, output_type="pt"
+    ).frames
+    torch.testing.assert_close(drawn, forecast * 255, rtol=1e-4, atol=1e-3)
+    assert (forecast[:, 0] - forecast[:, 1]).abs().mean() > 1e-3, "the members are identical"
+
+    # The loss is the fair CRPS of that ensemble, in physical units with crps_space "physical".
+    for space, scale in (("unit", 1.0), ("physical", 255.0)):
+        trainer.config.crps_space = space
+        torch.manual_seed(7)
+        with torch.no_grad():
+            crps, _ = trainer._crps_losses(frames, trainer.unwrap("student"))
+        expected = crps_ensemble(
+            (forecast if space == "unit" else forecast.clamp(0, 1)) * scale, target * scale, fair=True
+        )
+        assert float(crps) == pytest.approx(expected, rel=1e-5)
+
+    # The loss reaches the student's weights through the chain and the decoder.
+    crps, _ = trainer._crps_losses(frames, trainer.unwrap("student"))
+    crps.backward()
+    grads = [p.grad for p in trainer.unwrap("student").parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_tiny_crps_student_trains_and_samples_with_its_own_step_count(teacher_dir, tmp_path):
+    out = tmp_path / "crps"
+    trainer = DistillTrainer(
+        tiny_distill(teacher_dir, out, objective="crps", crps_members=2, crps_steps=1, latent_cache_items=0)
+    )
+    trainer.train()
+    assert np.isfinite(trainer.last_logs["val/loss"])
+    teacher_weights = _unet_weights(teacher_dir)
+    assert any(not torch.equal(v, teacher_weights[k]) for k, v in _unet_weights(out).items()), "no update"
+    assert json.loads((out / "model_index.json").read_text())["default_inference_steps"] == {"LCMScheduler": 1}
+
+    pipe = PreDiffPipeline.from_pretrained(out)
+    assert pipe.default_num_inference_steps == 1
+    steps = []
+    pipe.set_progress_bar_config(disable=True)
+    context = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
+    pipe(context, num_ensemble_members=2, callback_on_step_end=lambda p, i, t, kw: steps.append(int(t)) or kw)
+    assert steps == [999]
+    # A scheduler of another class is not held to the student's count.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    assert pipe.default_num_inference_steps == default_inference_steps(pipe.scheduler) == 50
+
+
+def test_crps_objective_settings_are_checked(teacher_dir, tmp_path):
+    def check(**overrides):
+        tiny_distill(teacher_dir, tmp_path / "x", **overrides).validate()
+
+    with pytest.raises(ValueError, match="objective"):
+        check(objective="adversarial")
+    with pytest.raises(ValueError, match="crps_members"):
+        check(objective="crps", crps_members=1, latent_cache_items=0)
+    with pytest.raises(ValueError, match="crps_space"):
+        check(objective="crps", crps_space="log", latent_cache_items=0)
+    with pytest.raises(ValueError, match="crps_steps"):
+        check(objective="crps", crps_steps=0, latent_cache_items=0)
+    with pytest.raises(ValueError, match="latent_cache_items"):
+        check(objective="crps", latent_cache_items=8)
+    with pytest.raises(ValueError, match="default_inference_steps"):
+        PreDiffPipeline.from_pretrained(teacher_dir, default_inference_steps={"LCMScheduler": 0})
