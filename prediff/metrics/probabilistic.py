@@ -45,16 +45,21 @@ def crps_ensemble_elementwise(pred: ArrayLike, target: ArrayLike, fair: bool = F
         ``(B, T, H, W, C)`` float64 tensor of CRPS values in the units of the data.
     """
     pred, target = check_pair(pred, target, ensemble=True)
-    if fair and pred.shape[1] < 2:
-        raise ValueError(f"the fair CRPS needs at least 2 members, got M={pred.shape[1]}")
     return crps_ensemble_tensor(pred.double(), target.double(), fair)
 
 
 def crps_ensemble_tensor(pred: torch.Tensor, target: torch.Tensor, fair: bool = False) -> torch.Tensor:
-    """The CRPS of every pixel as [`crps_ensemble_elementwise`] computes it, on tensors as they are (no checks, no
-    conversion) and differentiable: a training loss. `pred` `(B, M, ...)`, `target` `(B, ...)` -> `(B, ...)` in
+    """The CRPS of every pixel as [`crps_ensemble_elementwise`] computes it, on tensors as they are (no conversion,
+    no NaN check) and differentiable: a training loss. `pred` `(B, M, ...)`, `target` `(B, ...)` -> `(B, ...)` in
     `pred`'s dtype."""
+    if pred.ndim < 2 or tuple(target.shape) != (pred.shape[0], *pred.shape[2:]):
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match pred shape {tuple(pred.shape)} (B, M, ...): expected "
+            f"target of shape {(pred.shape[0], *pred.shape[2:]) if pred.ndim >= 2 else '(B, ...)'}"
+        )
     m = pred.shape[1]
+    if fair and m < 2:
+        raise ValueError(f"the fair CRPS needs at least 2 members, got M={m}")
     skill = (pred - target.unsqueeze(1)).abs().mean(dim=1)
     ordered = pred.sort(dim=1).values
     shape = (1, m) + (1,) * (pred.ndim - 2)

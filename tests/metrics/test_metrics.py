@@ -433,3 +433,7 @@ def test_crps_tensor_is_the_metric_and_differentiable():
     # The fair CRPS of members that all sit on the observation is 0; spreading them costs skill but pays spread.
     same = target.unsqueeze(1).expand(-1, 4, -1, -1, -1, -1)
     assert float(metrics.crps_ensemble_tensor(same, target, fair=True).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="does not match pred shape"):
+        metrics.crps_ensemble_tensor(pred, target[:, :1])
+    with pytest.raises(ValueError, match="at least 2 members"):
+        metrics.crps_ensemble_tensor(pred[:, :1], target, fair=True)
