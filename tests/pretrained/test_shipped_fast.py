@@ -34,9 +34,12 @@ def test_folder_is_small_and_shares_the_teachers_frozen_components():
     assert json.loads((folder / "extrapolator" / "config.json").read_text())["_class_name"] == "MotionExtrapolator"
     assert shipped_intensity_stats("prediff-storms-fast") == shipped_intensity_stats("prediff-storms-tiny")
     card = (folder / "README.md").read_text()
-    (recipe,) = set(re.findall(r"prediff train distill --config (\S+)", card))
-    config = load_config("distill", REPO / recipe, {})
-    assert config.teacher == "prediff-storms-tiny" and config.data.seed == 0
+    # The shipped student's recipe first, then the CRPS student's: both distil the teacher on its training storms.
+    recipes = re.findall(r"prediff train distill --config ([^\s`]+)", card)
+    assert recipes[0] == "examples/configs/shipped/distill.yaml"
+    for recipe in recipes:
+        config = load_config("distill", REPO / recipe, {})
+        assert config.teacher == "prediff-storms-tiny" and config.data.seed == 0
 
 
 def test_loads_with_its_few_step_scheduler_and_members_differ():
