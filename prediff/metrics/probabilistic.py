@@ -27,7 +27,8 @@ from ._base import ArrayLike, Metric, check_pair, finalize
 from .categorical import max_pool_frames
 
 
-def _pool_ensemble(pred: torch.Tensor, pool_size: int) -> torch.Tensor:
+def max_pool_ensemble(pred: torch.Tensor, pool_size: int) -> torch.Tensor:
+    """[`max_pool_frames`] of every member of an ensemble ``(B, M, T, H, W, C)``, differentiable."""
     b, m = pred.shape[:2]
     pooled = max_pool_frames(pred.reshape(b * m, *pred.shape[2:]), pool_size)
     return pooled.reshape(b, m, *pooled.shape[1:])
@@ -99,7 +100,7 @@ class EnsembleCRPS(Metric):
         pred, target = check_pair(pred, target, ensemble=True)
         self._check_num_frames(pred.shape[2])
         for k in self.pool_sizes:
-            crps = crps_ensemble_elementwise(_pool_ensemble(pred, k), max_pool_frames(target, k), self.fair)
+            crps = crps_ensemble_elementwise(max_pool_ensemble(pred, k), max_pool_frames(target, k), self.fair)
             total = crps.sum(dim=(0, 2, 3, 4))
             count = torch.full_like(total, float(crps[:, 0].numel()))
             self.sums[k] = self.sums[k] + total if k in self.sums else total

@@ -455,6 +455,9 @@ class DistillTrainingConfig(TrainingConfig):
             `default_inference_steps`.
         crps_space: "unit", the networks' [0, 1] scale (dB for rain rate: every intensity counts alike), or
             "physical", the teacher's physical units (mm/h: heavy rain counts most, as in verification).
+        crps_pool_sizes: the CRPS is averaged over these scales: 1 is per pixel, `k` the CRPS of the `k x k`
+            maxima of members and observation (as `EnsembleCRPS` pools), which rewards a core forecast a few pixels
+            off instead of hedging it away. Each must divide the frame size.
         num_ddim_timesteps: levels of the ODE grid (1000 / this timesteps per teacher step); also the
             `original_inference_steps` of the exported `LCMScheduler`, whose 1 to 4 steps lie on this grid.
         timestep_scaling: of the boundary conditions `c_skip(t) = 0.25 / ((s t)^2 + 0.25)`,
@@ -473,6 +476,7 @@ class DistillTrainingConfig(TrainingConfig):
     crps_members: int = 4
     crps_steps: int = 1
     crps_space: str = "unit"
+    crps_pool_sizes: list[int] = field(default_factory=lambda: [1])
     num_ddim_timesteps: int = 20
     timestep_scaling: float = 10.0
     loss_type: str = "huber"
@@ -502,6 +506,14 @@ class DistillTrainingConfig(TrainingConfig):
         _check(self.objective in DISTILL_OBJECTIVES, "objective", f"one of {DISTILL_OBJECTIVES}", self.objective)
         _check(self.crps_members >= 2, "crps_members", "an integer >= 2", self.crps_members)
         _check(self.crps_space in CRPS_SPACES, "crps_space", f"one of {CRPS_SPACES}", self.crps_space)
+        _check(
+            len(self.crps_pool_sizes) > 0
+            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.crps_pool_sizes)
+            and len(set(self.crps_pool_sizes)) == len(self.crps_pool_sizes),
+            "crps_pool_sizes",
+            "a non-empty list of distinct positive integers",
+            self.crps_pool_sizes,
+        )
         if self.objective == "crps" and self.latent_cache_items:
             raise ValueError(
                 "latent_cache_items: objective crps scores decoded frames against the observed ones, so it encodes "

@@ -44,7 +44,8 @@ import torch
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
-from ..metrics.probabilistic import crps_ensemble_tensor
+from ..metrics.categorical import max_pool_frames
+from ..metrics.probabilistic import crps_ensemble_tensor, max_pool_ensemble
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..pipelines import PreDiffPipeline
 from ..schedulers import prediff_scheduler, prediff_training_scheduler
@@ -285,15 +286,25 @@ class DistillTrainer(DenoiserTrainer):
         return forecast.reshape(target.shape[0], members, *target.shape[1:]), target.float()
 
     def _crps_losses(self, frames: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fair CRPS of `crps_forecast` on the scale of `crps_space` and the mean absolute error of the ensemble
-        mean (for the logs)."""
+        """The fair CRPS of `crps_forecast` on the scale of `crps_space`, averaged over `crps_pool_sizes`, and the
+        mean absolute error of the ensemble mean (for the logs)."""
         forecast, target = self.crps_forecast(frames, module)
         if self.config.crps_space == "physical":
             # Clamped to [0, 1] first, as the pipeline's forecast is: above 1 the inverse of a dB transform grows
             # without bound, and one wild member would swamp the loss.
             to_physical = self.teacher_pipeline.scale_to_physical
             forecast, target = to_physical(forecast.clamp(0.0, 1.0)), to_physical(target)
-        crps = crps_ensemble_tensor(forecast, target, fair=True).mean()
+        height, width = target.shape[-3:-1]
+        for k in self.config.crps_pool_sizes:
+            if height % k or width % k:
+                raise ValueError(f"crps_pool_sizes: {k} does not divide the frames' size {height}x{width}")
+        # Max-pooled scales reward a core forecast a few pixels off, which the per-pixel CRPS hedges away.
+        crps = torch.stack(
+            [
+                crps_ensemble_tensor(max_pool_ensemble(forecast, k), max_pool_frames(target, k), fair=True).mean()
+                for k in self.config.crps_pool_sizes
+            ]
+        ).mean()
         return crps, (forecast.detach().mean(dim=1) - target).abs().mean()
 
     def compute_losses(

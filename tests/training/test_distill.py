@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 from safetensors.torch import load_file
 
-from prediff.metrics import crps_ensemble
+from prediff.metrics import EnsembleCRPS, crps_ensemble
 from prediff.pipelines import PreDiffPipeline
 from prediff.schedulers import PREDIFF_NOISE_SCHEDULE, default_inference_steps, prediff_scheduler
 from prediff.training import DistillTrainer, load_config
@@ -184,6 +184,20 @@ def test_crps_student_draws_its_training_ensemble_exactly_as_its_pipeline(teache
         )
         assert float(crps) == pytest.approx(expected, rel=1e-5)
 
+    # With pooled scales, the mean of the per-pixel CRPS and that of the members' and observation's 4 x 4 and
+    # 16 x 16 maxima, as EnsembleCRPS pools them.
+    trainer.config.crps_space, trainer.config.crps_pool_sizes = "unit", [1, 4, 16]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        crps, _ = trainer._crps_losses(frames, trainer.unwrap("student"))
+    pooled = EnsembleCRPS(pool_sizes=(1, 4, 16), fair=True)(forecast, target)
+    assert pooled["crps_pool16"] != pytest.approx(pooled["crps"], rel=1e-2)
+    assert float(crps) == pytest.approx(np.mean(list(pooled.values())), rel=1e-5)
+    trainer.config.crps_pool_sizes = [1, 5]
+    with pytest.raises(ValueError, match="crps_pool_sizes: 5 does not divide the frames' size 32x32"):
+        trainer._crps_losses(frames, trainer.unwrap("student"))
+    trainer.config.crps_pool_sizes = [1]
+
     # The loss reaches the student's weights through the chain and the decoder.
     crps, _ = trainer._crps_losses(frames, trainer.unwrap("student"))
     crps.backward()
@@ -226,6 +240,9 @@ def test_crps_objective_settings_are_checked(teacher_dir, tmp_path):
         check(objective="crps", crps_space="log", latent_cache_items=0)
     with pytest.raises(ValueError, match="crps_steps"):
         check(objective="crps", crps_steps=0, latent_cache_items=0)
+    for pool_sizes in ([], [0], [4, 4], [2.5]):
+        with pytest.raises(ValueError, match="crps_pool_sizes"):
+            check(objective="crps", crps_pool_sizes=pool_sizes, latent_cache_items=0)
     with pytest.raises(ValueError, match="latent_cache_items"):
         check(objective="crps", latent_cache_items=8)
     with pytest.raises(ValueError, match="default_inference_steps"):
