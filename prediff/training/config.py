@@ -507,7 +507,8 @@ class DistillTrainingConfig(TrainingConfig):
         _check(self.crps_members >= 2, "crps_members", "an integer >= 2", self.crps_members)
         _check(self.crps_space in CRPS_SPACES, "crps_space", f"one of {CRPS_SPACES}", self.crps_space)
         _check(
-            len(self.crps_pool_sizes) > 0
+            isinstance(self.crps_pool_sizes, (list, tuple))
+            and len(self.crps_pool_sizes) > 0
             and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.crps_pool_sizes)
             and len(set(self.crps_pool_sizes)) == len(self.crps_pool_sizes),
             "crps_pool_sizes",

@@ -240,7 +240,7 @@ def test_crps_objective_settings_are_checked(teacher_dir, tmp_path):
         check(objective="crps", crps_space="log", latent_cache_items=0)
     with pytest.raises(ValueError, match="crps_steps"):
         check(objective="crps", crps_steps=0, latent_cache_items=0)
-    for pool_sizes in ([], [0], [4, 4], [2.5]):
+    for pool_sizes in (4, [], [0], [4, 4], [2.5]):
         with pytest.raises(ValueError, match="crps_pool_sizes"):
             check(objective="crps", crps_pool_sizes=pool_sizes, latent_cache_items=0)
     with pytest.raises(ValueError, match="latent_cache_items"):
