@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from diffusers import LCMScheduler
 from safetensors.torch import load_file
 
@@ -34,12 +35,20 @@ def test_folder_is_small_and_shares_the_teachers_frozen_components():
     assert json.loads((folder / "extrapolator" / "config.json").read_text())["_class_name"] == "MotionExtrapolator"
     assert shipped_intensity_stats("prediff-storms-fast") == shipped_intensity_stats("prediff-storms-tiny")
     card = (folder / "README.md").read_text()
-    # The shipped student's recipe first, then the CRPS student's: both distil the teacher on its training storms.
+    # The shipped student's recipe first, then the CRPS students': each distils the teacher, or the output of a recipe
+    # before it, on the teacher's training storms.
     recipes = re.findall(r"prediff train distill --config ([^\s`]+)", card)
     assert recipes[0] == "examples/configs/shipped/distill.yaml"
+    outputs = []
     for recipe in recipes:
-        config = load_config("distill", REPO / recipe, {})
-        assert config.teacher == "prediff-storms-tiny" and config.data.seed == 0
+        later_stage = "teacher: runs/" in (REPO / recipe).read_text()
+        config = load_config("distill", REPO / recipe, {"teacher": str(folder)} if later_stage else {})
+        if later_stage:
+            assert yaml.safe_load((REPO / recipe).read_text())["teacher"] in outputs, recipe
+        else:
+            assert config.teacher == "prediff-storms-tiny"
+        assert config.data.seed == 0
+        outputs.append(config.output_dir)
 
 
 def test_loads_with_its_few_step_scheduler_and_members_differ():
