@@ -37,7 +37,8 @@ if TYPE_CHECKING:
         read_catalog,
     )
     from .statistics import IntensityStats, future_intensity_stats
-    from .storm_generator import generate_storm_sequence
+    from .storm_calibration import RainStatistics, StormCalibration, calibrate_storm_generator, measure_rain_statistics
+    from .storm_generator import StormParameters, generate_storm_sequence
     from .storms import SyntheticStormDataset
 
 __getattr__, __dir__ = lazy_exports(
@@ -53,6 +54,7 @@ __getattr__, __dir__ = lazy_exports(
             "RadarFrames",
             "RadarSource",
             "block_mean",
+    "calibrate_storm_generator",
             "parse_radar_time",
             "read_radar_events",
             "scan_radar",
@@ -67,7 +69,13 @@ __getattr__, __dir__ = lazy_exports(
             "read_catalog",
         ],
         ".statistics": ["IntensityStats", "future_intensity_stats"],
-        ".storm_generator": ["generate_storm_sequence"],
+        ".storm_calibration": [
+            "RainStatistics",
+            "StormCalibration",
+            "calibrate_storm_generator",
+            "measure_rain_statistics",
+        ],
+        ".storm_generator": ["StormParameters", "generate_storm_sequence"],
         ".storms": ["SyntheticStormDataset"],
     },
 )
@@ -83,17 +91,22 @@ __all__ = [
     "RadarArchiveDataset",
     "RadarFrames",
     "RadarSource",
+    "RainStatistics",
     "RandomFlipRotate",
     "SEVIRDataset",
     "SequenceFile",
+    "StormCalibration",
+    "StormParameters",
     "SyntheticStormDataset",
     "block_mean",
+    "calibrate_storm_generator",
     "downsample_sevir",
     "earthformer_sevir_splits",
     "flip_rotate",
     "future_intensity_stats",
     "generate_storm_sequence",
     "inspect_path",
+    "measure_rain_statistics",
     "nbody_acceleration",
     "nbody_energy",
     "parse_radar_time",

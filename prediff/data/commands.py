@@ -17,13 +17,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="write a synthetic data set to HDF5 (.h5) or zarr (.zarr)")
     kinds = generate.add_subparsers(dest="kind", required=True)
 
-    storms = kinds.add_parser("storms", help="synthetic radar storms (VIL, uint8 0-255)")
+    storms = kinds.add_parser(
+        "storms", help="synthetic radar storms (VIL, uint8 0-255; rain rate in mm/h with --calibration)"
+    )
     _output_arguments(storms)
     storms.add_argument("--num-sequences", type=int, default=1000)
     storms.add_argument("--seq-len", type=int, default=13)
     storms.add_argument("--height", type=int, default=128)
     storms.add_argument("--width", type=int, default=128)
+    storms.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="a storm calibration (prediff data calibrate-storms): generate rain rate (mm/h, float32) with its "
+        "parameters, recording its archive's pixel size and frame interval",
+    )
     storms.set_defaults(func=_generate_storms)
+
+    calibrate = commands.add_parser(
+        "calibrate-storms",
+        help="fit the storm generator to the rain-rate sequences of a radar file (motion, spectrum, growth and "
+        "decay, intensities)",
+        description=(
+            "Measure a rain-rate sequence file (mm/h, as 'prediff data radar' writes): intensity distribution, "
+            "power-spectrum slope, motion speed and Lagrangian correlation; fit the synthetic storm generator to "
+            "them and write the calibration as JSON for 'prediff data generate storms --calibration'."
+        ),
+    )
+    calibrate.add_argument("path", type=Path, help="sequence file of rain rate in mm/h (.h5 or .zarr)")
+    calibrate.add_argument("--out", type=Path, required=True, help="calibration JSON to write")
+    calibrate.add_argument(
+        "--max-sequences", type=int, default=512, help="sequences of the file measured, drawn at random (default 512)"
+    )
+    calibrate.add_argument("--num-samples", type=int, default=128, help="generated sequences per candidate")
+    calibrate.add_argument("--seed", type=int, default=1, help="seed of the draw and of the generated samples")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    calibrate.set_defaults(func=_calibrate_storms)
 
     nbody = kinds.add_parser("nbody", help="N-body digits (frames stored as uint8 0-255, with the physical state)")
     _output_arguments(nbody)
@@ -155,6 +184,8 @@ def _generate_storms(args: argparse.Namespace) -> int:
     from .storms import SyntheticStormDataset
 
     _check_output(args)
+    if args.calibration is not None:
+        return _generate_calibrated_storms(args)
     dataset = SyntheticStormDataset(args.num_sequences, args.seq_len, args.height, args.width, seed=args.seed)
     write_sequences(
         args.out,
@@ -167,6 +198,71 @@ def _generate_storms(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(f"wrote {len(dataset)} storm sequences to {args.out}")
+    return 0
+
+
+def _generate_calibrated_storms(args: argparse.Namespace) -> int:
+    from ..utils.checks import check_positive_int
+    from .io import write_sequences
+    from .storm_calibration import StormCalibration
+
+    calibration = StormCalibration.load(args.calibration)
+    for name in ("num_sequences", "seq_len", "height", "width"):
+        check_positive_int(name, getattr(args, name))
+    metadata = {
+        "generator": "SyntheticStormDataset",
+        "calibration": calibration.to_dict(),
+        "seed": args.seed,
+        "units": "mm/h",
+        "pixel_size_km": calibration.pixel_size_km,
+        "frame_interval_minutes": calibration.frame_interval_minutes,
+    }
+    write_sequences(
+        args.out,
+        (calibration.generate(args.seed, i, args.seq_len, args.height, args.width) for i in range(args.num_sequences)),
+        num_sequences=args.num_sequences,
+        frame_shape=(args.seq_len, args.height, args.width, 1),
+        dtype=np.float32,
+        metadata={key: value for key, value in metadata.items() if value is not None},
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.num_sequences} calibrated storm sequences (mm/h) to {args.out}")
+    return 0
+
+
+def _calibrate_storms(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .io import SequenceFile
+    from .storm_calibration import RainStatistics, calibrate_storm_generator
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    if not args.path.exists():
+        raise FileNotFoundError(f"sequence file {str(args.path)!r} does not exist")
+    file = SequenceFile(args.path)
+    units = file.metadata.get("units")
+    if units != "mm/h":
+        raise ValueError(f"{args.path} holds {units!r}, not rain rate: calibrate-storms needs a file in mm/h")
+    if args.max_sequences < 2:
+        raise ValueError(f"--max-sequences must be at least 2, got {args.max_sequences}")
+    chosen = np.random.default_rng(args.seed).permutation(len(file))[: args.max_sequences]
+    frames = np.stack([file.read(int(i)) for i in np.sort(chosen)]).astype(np.float32)
+    with tqdm(desc="candidates", unit="candidate") as bar:
+        calibration = calibrate_storm_generator(
+            frames, num_samples=args.num_samples, seed=args.seed, on_candidate=lambda _: bar.update()
+        )
+    calibration.pixel_size_km = file.metadata.get("pixel_size_km")
+    calibration.frame_interval_minutes = file.metadata.get("frame_interval_minutes")
+    calibration.source = {"path": str(args.path), "sequences": int(len(chosen)), "of": len(file)}
+    calibration.save(args.out, overwrite=args.overwrite)
+    print("| | " + " | ".join(RainStatistics.HEADER) + " |")
+    print("|---" * (len(RainStatistics.HEADER) + 1) + "|")
+    for name, stats in calibration.statistics.items():
+        print(f"| {name} | " + " | ".join(stats.summary()) + " |")
+    print(f"parameters: {calibration.parameters}")
+    print(f"wrote the storm calibration to {args.out}")
     return 0
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["VIL_UNITS", "generate_storm_sequence"]
+__all__ = ["VIL_UNITS", "StormParameters", "generate_storm_sequence"]
 
 #: Trajectories and envelopes are smooth: they are computed on a grid this many times coarser, then upsampled.
 _COARSE = 4
@@ -36,6 +37,54 @@ _SYSTEMS_PER_TILE = 1.0
 _ISOLATED_CELLS_PER_TILE = 2.5
 
 VIL_UNITS = "digital VIL level 0-255 (SEVIR vil encoding)"
+
+
+@dataclass(frozen=True)
+class StormParameters:
+    """The ranges the generator draws a sequence's motion, life cycles and texture from.
+
+    The defaults are the built-in storms (SEVIR-LR-like: a few km, 5-10 minutes a frame); a radar archive's
+    own values come from [`~prediff.data.calibrate_storm_generator`]. Each range is ``(low, high)`` of a uniform
+    draw.
+
+    Args:
+        speed_range: mean wind speed, pixels per frame (eddies add up to about half of it).
+        life_range: lifetime of a convective cell, frames (born, growing, peaking, decaying, dying).
+        shield_life_range: lifetime of a stratiform shield, frames.
+        texture_rate_range: how fast the convective texture evolves, radians per frame (0: it only moves).
+        texture_beta_range: power-spectrum exponent of the convective texture (``k ** -beta``; lower is rougher).
+        texture_sigma_range: log-standard deviation of the convective texture (higher: more peaked cores, more
+            rain-free gaps).
+        stratiform_beta: power-spectrum exponent of the stratiform texture.
+    """
+
+    speed_range: tuple[float, float] = (0.5, 3.0)
+    life_range: tuple[float, float] = (8.0, 40.0)
+    shield_life_range: tuple[float, float] = (40.0, 120.0)
+    texture_rate_range: tuple[float, float] = (0.04, 0.12)
+    texture_beta_range: tuple[float, float] = (2.3, 2.9)
+    texture_sigma_range: tuple[float, float] = (0.8, 1.05)
+    stratiform_beta: float = 3.0
+
+    def __post_init__(self) -> None:
+        ranges = ("speed_range", "life_range", "shield_life_range", "texture_rate_range", "texture_beta_range")
+        for name in (*ranges, "texture_sigma_range"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, tuple | list)
+                or len(value) != 2
+                or not all(isinstance(v, int | float) and math.isfinite(v) for v in value)
+                or not 0 <= value[0] <= value[1]
+            ):
+                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {value!r}")
+            object.__setattr__(self, name, (float(value[0]), float(value[1])))
+        if self.life_range[0] <= 0 or self.shield_life_range[0] <= 0:
+            raise ValueError(
+                f"lifetimes must be positive, got life_range={self.life_range}, "
+                f"shield_life_range={self.shield_life_range}"
+            )
+        if not (isinstance(self.stratiform_beta, int | float) and math.isfinite(self.stratiform_beta)):
+            raise ValueError(f"stratiform_beta must be a finite number, got {self.stratiform_beta!r}")
 
 
 @contextlib.contextmanager
@@ -107,19 +156,28 @@ def _life_shape(t: np.ndarray, birth: np.ndarray, life: np.ndarray, skew: np.nda
     return np.sin(np.pi * s ** skew[:, None]) ** 2
 
 
-def generate_storm_sequence(seed: int, index: int, seq_len: int, height: int = 128, width: int = 128) -> np.ndarray:
+def generate_storm_sequence(
+    seed: int,
+    index: int,
+    seq_len: int,
+    height: int = 128,
+    width: int = 128,
+    parameters: StormParameters | None = None,
+) -> np.ndarray:
     """One synthetic radar sequence, uint8 VIL levels of shape (seq_len, height, width).
 
-    Fully determined by ``(seed, index)``. Pixel size and frame interval are those of SEVIR-LR-like data (a
-    few km, 5-10 minutes): storms move 0.5-3 pixels per frame and cells live 8-40 frames.
+    Fully determined by ``(seed, index)`` and ``parameters``. With the default parameters, pixel size and frame
+    interval are those of SEVIR-LR-like data (a few km, 5-10 minutes): storms move 0.5-3 pixels per frame and
+    cells live 8-40 frames.
     """
+    params = StormParameters() if parameters is None else parameters
     rng = _sequence_rng(seed, index)
     T, H, W = seq_len, height, width
     L = float(max(H, W))
     times = np.arange(T, dtype=np.float64)
 
     # --- flow: drifting, slowly turning mean wind plus two sets of large eddies mixed over time
-    speed = rng.uniform(0.5, 3.0)
+    speed = rng.uniform(*params.speed_range)
     heading = rng.uniform(0.0, 2.0 * np.pi)
     turn_rate = rng.normal(0.0, 0.015)
     eddy_strength = rng.uniform(0.15, 0.45) * max(speed, 1.0)
@@ -189,7 +247,7 @@ def generate_storm_sequence(seed: int, index: int, seq_len: int, height: int = 1
     radius = rng.uniform(3.5, 9.0, size=n_cells)
     aspect = rng.uniform(1.0, 1.8, size=n_cells)
     peak = 40.0 + 280.0 * rng.beta(2.0, 3.5, size=n_cells)
-    life = rng.uniform(8.0, 40.0, size=n_cells)
+    life = rng.uniform(*params.life_range, size=n_cells)
     birth = rng.uniform(-0.85 * life, T - 2.0)
     skew = rng.uniform(0.45, 1.0, size=n_cells)
 
@@ -198,7 +256,7 @@ def generate_storm_sequence(seed: int, index: int, seq_len: int, height: int = 1
     shield_sigma_across = rng.uniform(0.35, 0.7, size=n_systems) * shield_sigma_along
     shield_offset = rng.normal(0.0, 8.0, size=(n_systems, 2))
     shield_amp = rng.uniform(15.0, 55.0, size=n_systems)
-    shield_life = rng.uniform(40.0, 120.0, size=n_systems)
+    shield_life = rng.uniform(*params.shield_life_range, size=n_systems)
     shield_birth = rng.uniform(-0.9 * shield_life, 0.5 * T)
 
     # --- envelopes on the coarse grid: (T, hc, wc) each
@@ -218,10 +276,11 @@ def generate_storm_sequence(seed: int, index: int, seq_len: int, height: int = 1
 
     # --- texture: three periodic power-law fields (two convective, mixed over time; one smoother stratiform)
     period = _fft_size(1.5 * L)
-    texture = _power_law_noise(rng, period, [rng.uniform(2.3, 2.9), rng.uniform(2.3, 2.9), 3.0], 0.6 * L)
-    conv_sigma = rng.uniform(0.8, 1.05)
+    betas = [rng.uniform(*params.texture_beta_range), rng.uniform(*params.texture_beta_range), params.stratiform_beta]
+    texture = _power_law_noise(rng, period, betas, 0.6 * L)
+    conv_sigma = rng.uniform(*params.texture_sigma_range)
     strat_sigma = 0.7
-    texture_rate = rng.uniform(0.04, 0.12)
+    texture_rate = rng.uniform(*params.texture_rate_range)
     threshold = rng.uniform(4.0, 9.0)
 
     with _one_torch_thread():
