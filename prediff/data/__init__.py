@@ -1,5 +1,5 @@
-"""Datasets: synthetic storms (the default, no download), N-body digits, SEVIR / SEVIR-LR, ICAR-ENSO, arrays, radar
-archives (pysteps data sources).
+"""Datasets: synthetic storms (the default, no download; calibrated to a radar archive in mm/h if wanted), N-body
+digits, SEVIR / SEVIR-LR, ICAR-ENSO, arrays, radar archives (pysteps data sources).
 
 Every data set is a ``torch.utils.data.Dataset`` whose items are dicts with ``"frames"``, a float32 tensor
 (T, H, W, C) scaled to [0, 1], plus data-set specific keys; radar archives ([`RadarArchiveDataset`]) give rain rate
