@@ -37,16 +37,24 @@ def test_model_card_cites_its_sources_and_names_valid_recipes():
         assert source in card, source
     assert "MeteoSwiss is the held-out test set" in card
     recipes = re.findall(r"prediff train (vae|denoiser) --config (\S+)", card)
-    assert [kind for kind, _ in recipes] == ["vae", "denoiser"], recipes
+    # The shipped recipe, then the pretraining on calibrated synthetic storms that was tried (not shipped).
+    assert [kind for kind, _ in recipes] == ["vae", "denoiser", "denoiser", "denoiser"], recipes
     # The recipes read sequence files made from the archive (not in CI): check them as written, then as configs
     # with the data files and the autoencoder replaced by stand-ins.
-    vae, denoiser = (yaml.safe_load((REPO / path).read_text()) for _, path in recipes)
+    vae, denoiser, pretraining = (yaml.safe_load((REPO / path).read_text()) for _, path in recipes[:3])
     assert vae["init_weights"] == denoiser["init_weights"] == "prediff-storms-tiny"
     assert denoiser["vae"] == vae["output_dir"] and vae["data"]["path"] == denoiser["data"]["path"]
     assert denoiser["max_intensity_growth"] == 1.0 and denoiser["intensity_cap_radius_km"] == 32.0  # as shipped
     stand_in = {"data.path": str(shipped_pipeline_path(NAME) / "model_index.json")}
     load_config("vae", REPO / recipes[0][1], stand_in)
     load_config("denoiser", REPO / recipes[1][1], {**stand_in, "vae": str(shipped_pipeline_path(NAME))})
+    # The pretraining reads the calibrated storms like the real sequences and hands its output to the shipped
+    # denoiser recipe.
+    assert pretraining["init_weights"] == "prediff-storms-tiny" and pretraining["vae"] == vae["output_dir"]
+    assert pretraining["data"] == {**denoiser["data"], "path": pretraining["data"]["path"]}
+    assert "generate storms --calibration" in card and pretraining["data"]["path"] in card
+    assert recipes[3][1] == recipes[1][1] and f"--init_weights {pretraining['output_dir']}" in card
+    load_config("denoiser", REPO / recipes[2][1], {**stand_in, "vae": str(shipped_pipeline_path(NAME))})
     # The distillation the card reports (its student is not shipped) reads the teacher's training sequences.
     (distill_recipe,) = set(re.findall(r"prediff train distill --config ([^\s`]+)", card))
     assert load_config("distill", REPO / distill_recipe, stand_in).teacher == NAME
