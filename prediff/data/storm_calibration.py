@@ -132,10 +132,10 @@ def _check_rain_rate(frames: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"the statistics need at least 2 sequences of 3 frames of 32 x 32 pixels, got shape {frames.shape}"
         )
-    if np.nanmin(frames) < 0:
-        raise ValueError(f"rain rate must be >= 0 mm/h, got a minimum of {np.nanmin(frames)}")
     if np.isnan(frames).all():
         raise ValueError("the rain-rate sequences hold only NaN")
+    if np.nanmin(frames) < 0:
+        raise ValueError(f"rain rate must be >= 0 mm/h, got a minimum of {np.nanmin(frames)}")
     return frames
 
 

@@ -131,6 +131,8 @@ def test_bad_archives_and_calibration_files_are_named(tmp_path):
         measure_rain_statistics(np.zeros((4, 64, 64), dtype=np.float32))
     with pytest.raises(TypeError, match="floating point"):
         measure_rain_statistics(np.zeros((4, 4, 64, 64), dtype=np.uint8))
+    with pytest.raises(ValueError, match="only NaN"):
+        measure_rain_statistics(np.full((4, 4, 64, 64), np.nan, dtype=np.float32))
     with pytest.raises(ValueError, match=">= 0 mm/h"):
         measure_rain_statistics(np.full((4, 4, 64, 64), -1.0, dtype=np.float32))
     with pytest.raises(ValueError, match="time_scales"):
