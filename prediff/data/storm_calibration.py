@@ -42,6 +42,7 @@ __all__ = [
     "RainStatistics",
     "StormCalibration",
     "calibrate_storm_generator",
+    "fit_level_table",
     "measure_rain_statistics",
 ]
 
@@ -288,18 +289,22 @@ class StormCalibration:
             raise ValueError(f"storm calibration {str(path)!r} is not JSON: {err}") from err
         if not isinstance(values, dict) or values.get("format") != CALIBRATION_FORMAT:
             raise ValueError(f"{str(path)!r} is not a storm calibration ({CALIBRATION_FORMAT!r})")
-        parameters = {
-            name: tuple(value) if isinstance(value, list) else value for name, value in values["parameters"].items()
-        }
-        return cls(
-            parameters=StormParameters(**parameters),
-            level_rain_rate=np.asarray(values["level_rain_rate"], dtype=np.float32),
-            pixel_size_km=values.get("pixel_size_km"),
-            frame_interval_minutes=values.get("frame_interval_minutes"),
-            source=values.get("source", {}),
-            statistics={name: RainStatistics.from_dict(s) for name, s in values.get("statistics", {}).items()},
-            search=values.get("search", []),
-        )
+        try:
+            parameters = {
+                name: tuple(value) if isinstance(value, list) else value
+                for name, value in values["parameters"].items()
+            }
+            return cls(
+                parameters=StormParameters(**parameters),
+                level_rain_rate=np.asarray(values["level_rain_rate"], dtype=np.float32),
+                pixel_size_km=values.get("pixel_size_km"),
+                frame_interval_minutes=values.get("frame_interval_minutes"),
+                source=values.get("source", {}),
+                statistics={name: RainStatistics.from_dict(s) for name, s in values.get("statistics", {}).items()},
+                search=values.get("search", []),
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"storm calibration {str(path)!r} is damaged: {type(err).__name__}: {err}") from err
 
 
 def _scaled(values: tuple[float, float], factor: float) -> tuple[float, float]:

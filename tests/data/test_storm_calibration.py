@@ -142,6 +142,9 @@ def test_bad_archives_and_calibration_files_are_named(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a storm calibration"):
         StormCalibration.load(tmp_path / "other.json")
+    (tmp_path / "damaged.json").write_text(json.dumps({"format": "prediff storm calibration 1", "parameters": {}}))
+    with pytest.raises(ValueError, match="damaged.json' is damaged: KeyError"):
+        StormCalibration.load(tmp_path / "damaged.json")
     with pytest.raises(ValueError, match="non-decreasing"):
         StormCalibration(StormParameters(), np.linspace(1.0, 0.0, 256))
 
