@@ -36,6 +36,12 @@ __all__ = ["PREDIFF_PIPELINE_PRESETS", "Extrapolation", "PreDiffPipeline"]
 
 OUTPUT_TYPES = ("np", "pt", "latent")
 
+#: The chunk sizes that `unet_chunk_size = "auto"` (rows per denoiser call) and `vae_chunk_size = "auto"` (frames
+#: per autoencoder call) pick. On a CPU, calls this small keep their activations in cache: 8 rows and 32 frames
+#: were 1.4x and 1.9x faster than 32 rows and 64 frames on a 2-core CPU. On an accelerator, larger calls keep it
+#: busy while still bounding memory.
+AUTO_CHUNK_SIZES = {"cpu": {"unet": 8, "vae": 32}, "accelerator": {"unet": 32, "vae": 64}}
+
 #: Pipeline presets: each component is a preset name of its class or the keyword arguments of its constructor.
 PREDIFF_PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     "prediff-sevirlr": dict(
@@ -196,17 +202,20 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             default_inference_steps=_check_default_steps(default_inference_steps),
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        #: Frames per autoencoder call when encoding / decoding (bounds memory for large ensembles).
-        self.vae_chunk_size: int | None = 64
+        #: Frames per autoencoder call when encoding / decoding (None: all at once; "auto": by device, see
+        #: `AUTO_CHUNK_SIZES`). Chunks bound memory for large ensembles and, on a CPU, keep a call's activations in
+        #: cache.
+        self.vae_chunk_size: int | str | None = "auto"
         #: Forecast frames whose knowledge-control gradient is computed together (rows of `T_out` frames, at least
         #: one row; None: all rows). A control that decodes holds the autoencoder's graph of every frame it
         #: differentiates, about 10 MB per 64x64 frame of the shipped pipeline; chunks bound that. Only controls
         #: that are `rowwise` are chunked, and not with `differentiate_through_unet`.
         self.control_chunk_size: int | None = 32
-        #: Rows (context x member) per denoiser call (None: all rows at once). The denoiser's activations grow with
-        #: the rows of a call, about 10 MB a row of the shipped pipeline; chunks bound that for large ensembles.
-        #: A call of at most this many rows is unchanged bit for bit (float32 results depend on the batch size).
-        self.unet_chunk_size: int | None = 32
+        #: Rows (context x member) per denoiser call (None: all rows at once; "auto": by device, see
+        #: `AUTO_CHUNK_SIZES`). The denoiser's activations grow with the rows of a call, about 10 MB a row of the
+        #: shipped pipeline; chunks bound that for large ensembles. A call of at most this many rows is unchanged
+        #: bit for bit (float32 results depend on the batch size).
+        self.unet_chunk_size: int | str | None = "auto"
         self._interrupt = False
         self._num_timesteps = 0
 
@@ -275,11 +284,20 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         presets): latents are multiplied by it after encoding and divided by it before decoding."""
         return float(self.vae.config.scaling_factor)
 
+    def chunk_size(self, component: str) -> int | None:
+        """Rows per denoiser call (`component="unet"`) or frames per autoencoder call (`"vae"`): the pipeline's
+        `unet_chunk_size` / `vae_chunk_size`, with `"auto"` resolved by the execution device (`AUTO_CHUNK_SIZES`)."""
+        size = getattr(self, f"{component}_chunk_size")
+        if size != "auto":
+            return size
+        device = "cpu" if self._execution_device.type == "cpu" else "accelerator"
+        return AUTO_CHUNK_SIZES[device][component]
+
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames `(B, T, H, W, C)` in [0, 1] -> scaled posterior-mean latents `(B, T, h, w, c)`, float32."""
         device = self._execution_device
         frames = frames.to(device=device, dtype=torch.float32)
-        latents = encode_sequence(self.vae, frames, sample_posterior=False, chunk_size=self.vae_chunk_size)
+        latents = encode_sequence(self.vae, frames, sample_posterior=False, chunk_size=self.chunk_size("vae"))
         return latents.float() * self.scaling_factor
 
     def encode_context(self, context: torch.Tensor) -> torch.Tensor:
@@ -289,7 +307,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     def decode_unit(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in the [0, 1] scale, float32,
         differentiable."""
-        return decode_sequence(self.vae, latents / self.scaling_factor, chunk_size=self.vae_chunk_size).float()
+        return decode_sequence(self.vae, latents / self.scaling_factor, chunk_size=self.chunk_size("vae")).float()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents `(N, T, h, w, c)` -> frames `(N, T, H, W, C)` in physical units, float32,
@@ -551,7 +569,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         """The denoiser's noise estimate `(N, T_out, h, w, c)` in float32, `unet_chunk_size` rows per call."""
         dtype = self.unet.dtype
         num_rows = model_input.shape[0]
-        chunk = self.unet_chunk_size or num_rows
+        chunk = self.chunk_size("unet") or num_rows
         if num_rows <= chunk:
             return self.unet(model_input.to(dtype), t, context_latents).sample.float()
         return torch.cat(

@@ -145,3 +145,28 @@ def test_the_denoiser_takes_chunks_of_rows(pipe, context):
     assert rows == [B * M] * 3 + [4, 2] * 3 + [B * M] * 3
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-3)
     np.testing.assert_array_equal(at_most, whole)
+
+
+def test_auto_chunk_sizes_follow_the_device(pipe, context):
+    """`"auto"` (the default) resolves to the CPU's chunk sizes here; integers and None are kept as given, and a
+    forecast of more rows than the CPU chunk runs in calls of that many rows."""
+    from prediff.pipelines.pipeline_prediff import AUTO_CHUNK_SIZES
+
+    assert pipe.unet_chunk_size == pipe.vae_chunk_size == "auto"
+    assert pipe.chunk_size("unet") == AUTO_CHUNK_SIZES["cpu"]["unet"]
+    assert pipe.chunk_size("vae") == AUTO_CHUNK_SIZES["cpu"]["vae"]
+    rows, frames = [], []
+    unet_hook = pipe.unet.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[0]))
+    vae_hook = pipe.vae.decoder.register_forward_hook(lambda module, args, output: frames.append(args[0].shape[0]))
+    members = 2 * AUTO_CHUNK_SIZES["cpu"]["unet"] // B + 1
+    try:
+        pipe(context, num_inference_steps=1, num_ensemble_members=members, output_type="pt")
+        pipe.unet_chunk_size, pipe.vae_chunk_size = None, 5
+        assert (pipe.chunk_size("unet"), pipe.chunk_size("vae")) == (None, 5)
+    finally:
+        pipe.unet_chunk_size = pipe.vae_chunk_size = "auto"
+        unet_hook.remove()
+        vae_hook.remove()
+    chunk = AUTO_CHUNK_SIZES["cpu"]["unet"]
+    assert rows == [chunk, chunk, B * members - 2 * chunk]
+    assert max(frames) <= AUTO_CHUNK_SIZES["cpu"]["vae"]
