@@ -54,7 +54,6 @@ __getattr__, __dir__ = lazy_exports(
             "RadarFrames",
             "RadarSource",
             "block_mean",
-    "calibrate_storm_generator",
             "parse_radar_time",
             "read_radar_events",
             "scan_radar",
