@@ -118,8 +118,8 @@ class TrainingConfig:
         model: constructor arguments of the trained network; `preset` names a published configuration.
         init_weights: fine-tune instead of starting from random weights: a saved network, or a folder holding
             it in the trained component's subfolder (`vae/`, `unet/` of a pipeline), or the name of a shipped
-            pipeline (`prediff-storms-tiny`); its configuration replaces `model` (`prediff train vae` and
-            `denoiser`).
+            pipeline (`prediff-storms-tiny`); its configuration replaces `model` (`prediff train vae`,
+            `denoiser` and `alignment`, whose subfolder in a pipeline is `knowledge_model/`).
         train_batch_size: items per process and micro-batch.
         max_train_steps: optimizer steps; when null, `num_train_epochs` passes over the data.
         num_train_epochs: used only without `max_train_steps`.
@@ -574,6 +574,16 @@ class AlignmentTrainingConfig(_LatentTrainingConfig):
             the network's input gradient and the gradient of the decoded statistic, relative to the latter's
             squared norm. A learned control steps along the network's gradient; matched, it moves the forecast
             the way the exact control does. 0: off.
+        steered_pipeline: a saved or shipped `PreDiffPipeline` in the same latent space (its autoencoder and
+            latent scaling are this run's) whose sampler supplies more timestep-0 rows: every training batch's
+            contexts are forecast by it in `steered_steps` steps, one member each, steered by the network being
+            trained (`AnticipatedIntensityControl`, method "learned") to the batch's observed mean intensity
+            times a gain drawn log-uniformly from `intensity_gain` (1 without it); as many of the clean
+            estimates the network read on the way as the batch has rows are drawn and labelled by decoding. A
+            few-step sampler's clean estimates are not the autoencoder's encodings, and a control pushes them
+            where the network over- or under-predicts; training there, with the network's own steering, removes
+            that bias. Null: off. Fine-tune a trained network with `init_weights`.
+        steered_steps: the steered pipeline's denoising steps (its own scheduler).
     """
 
     statistic: str = "avg_intensity"
@@ -582,6 +592,8 @@ class AlignmentTrainingConfig(_LatentTrainingConfig):
     labels: str = "data"
     robust_step: float = 0.0
     gradient_weight: float = 0.0
+    steered_pipeline: str | None = None
+    steered_steps: int = 2
 
     @property
     def label_key(self) -> str | None:
@@ -593,6 +605,7 @@ class AlignmentTrainingConfig(_LatentTrainingConfig):
         if self.statistic == "energy":
             frame_only = {"intensity_gain": self.intensity_gain is not None, "labels": self.labels != "data"}
             frame_only |= {"robust_step": self.robust_step > 0, "gradient_weight": self.gradient_weight > 0}
+            frame_only |= {"steered_pipeline": self.steered_pipeline is not None}
             used = [name for name, on in frame_only.items() if on]
             if used:
                 raise ValueError(
@@ -611,6 +624,12 @@ class AlignmentTrainingConfig(_LatentTrainingConfig):
         _check(self.labels in ALIGNMENT_LABELS, "labels", f"one of {ALIGNMENT_LABELS}", self.labels)
         _check(self.robust_step >= 0.0, "robust_step", "a number >= 0", self.robust_step)
         _check(self.gradient_weight >= 0.0, "gradient_weight", "a number >= 0", self.gradient_weight)
+        _check(
+            isinstance(self.steered_steps, int) and self.steered_steps >= 1,
+            "steered_steps",
+            "an integer >= 1",
+            self.steered_steps,
+        )
 
 
 @dataclass

@@ -25,8 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..knowledge import AnticipatedIntensityControl
 from ..models.alignment import KnowledgeAlignmentModel
 from ..models.autoencoder import decode_sequence
+from ..pipelines import PreDiffPipeline
+from ..pipelines.loading import load_forecast_pipeline
 from ..schedulers import prediff_training_scheduler
 from ..utils.units import to_intensity_unit
 from .config import AlignmentTrainingConfig
@@ -62,11 +65,87 @@ class AlignmentTrainer(LatentTrainer):
                 f"model.out_len = {kwargs['out_len']} does not fit the data: the statistic has one value per "
                 f"target frame (data.target_length={t_out})"
             )
-        model = KnowledgeAlignmentModel(**kwargs)
+        model = self.initial_network(KnowledgeAlignmentModel, "knowledge_model")
+        if model is None:
+            model = KnowledgeAlignmentModel(**kwargs)
+        elif (tuple(model.input_shape), model.config.out_channels) != (derived["input_shape"], 1):
+            raise ValueError(
+                f"init_weights {cfg.init_weights!r} holds an alignment network of input_shape "
+                f"{tuple(model.input_shape)} and {model.config.out_channels} outputs; the data and autoencoder "
+                f"need {derived['input_shape']} and 1"
+            )
         self.configure_network(model)
+        self.steered = None if cfg.steered_pipeline is None else self.load_steered_pipeline(derived["input_shape"])
         self.noise_scheduler = prediff_training_scheduler()
         self.train_modules = {"alignment": model}
         self.param_groups = {"alignment": (list(model.parameters()), cfg.learning_rate)}
+
+    def load_steered_pipeline(self, target_shape: tuple[int, ...]) -> PreDiffPipeline:
+        """The pipeline of `steered_pipeline`, checked to work in this run's latent space."""
+        cfg = self.config
+        pipe = load_forecast_pipeline(cfg.steered_pipeline)
+        if not isinstance(pipe, PreDiffPipeline):
+            raise ValueError(
+                f"steered_pipeline {cfg.steered_pipeline!r} is a {type(pipe).__name__}, not a PreDiffPipeline"
+            )
+        d = cfg.data
+        fits = tuple(pipe.context_shape) == (d.context_length, *self.item_shape[1:])
+        fits = fits and tuple(pipe.unet.target_shape) == tuple(target_shape)
+        if not fits or not math.isclose(pipe.scaling_factor, self.scaling_factor, rel_tol=1e-4):
+            raise ValueError(
+                f"steered_pipeline {cfg.steered_pipeline!r} takes contexts {tuple(pipe.context_shape)} and denoises "
+                f"latents {tuple(pipe.unet.target_shape)} scaled by {pipe.scaling_factor:.6g}; this run has "
+                f"{self.describe_data()}, latents {tuple(target_shape)} scaled by {self.scaling_factor:.6g}"
+            )
+        if (pipe.extrapolator is None) != (self.extrapolator is None):
+            raise ValueError(
+                f"steered_pipeline {cfg.steered_pipeline!r} and this run must both extrapolate (extrapolation) or "
+                "both not: the network reads latents with the extrapolation's offset"
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def move_frozen_to(self, device: torch.device, dtype: torch.dtype) -> None:
+        super().move_frozen_to(device, dtype)
+        if self.steered is not None:
+            self.steered.to(device)
+
+    def steered_rows(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean estimates `(B, T_out, h, w, c)` (offset included) that the network read at timestep 0 while
+        steering the steered pipeline's forecast of the contexts of `frames` `(B, T, H, W, C)` (see
+        `steered_pipeline`), and their decoded statistic `(B, T_out, 1)`."""
+        cfg = self.config
+        context, target = (self.to_physical(part.float()) for part in self.split(frames))
+        gain = torch.ones(frames.shape[0])
+        if cfg.intensity_gain is not None:
+            low, high = (math.log(g) for g in cfg.intensity_gain)
+            gain = gain.uniform_(low, high).exp()
+        targets = (target.mean(dim=(1, 2, 3, 4)).cpu() * gain).tolist()
+        model = self.unwrap("alignment")
+        read: list[torch.Tensor] = []
+
+        def record(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if bool((args[1] == 0).all()):
+                read.append(args[0].detach())
+
+        was_training = model.training
+        hook = model.register_forward_hook(record)
+        generator = torch.Generator(device=frames.device).manual_seed(int(torch.randint(0, 2**62, ()).item()))
+        try:
+            model.eval()
+            self.steered(
+                context,
+                num_inference_steps=cfg.steered_steps,
+                generator=generator,
+                knowledge_controls=AnticipatedIntensityControl(target=targets, method="learned", model=model),
+                output_type="latent",
+            )
+        finally:
+            hook.remove()
+            model.train(was_training)
+        latents = torch.cat(read)
+        latents = latents[torch.randperm(latents.shape[0], device=latents.device)[: frames.shape[0]]]
+        return latents, self.decoded_statistic(latents)
 
     def ema_model(self) -> torch.nn.Module:
         return self.unwrap("alignment")
@@ -75,6 +154,7 @@ class AlignmentTrainer(LatentTrainer):
         self, frames: torch.Tensor, model: torch.nn.Module, labels: torch.Tensor | None = None, augment: bool = False
     ) -> torch.Tensor:
         cfg = self.config
+        steered = self.steered_rows(frames) if augment and self.steered is not None else None
         if augment and cfg.intensity_gain is not None:
             frames = self.brighten(frames)
         _, latents, offset = self.diffusion_latents(frames)
@@ -88,6 +168,10 @@ class AlignmentTrainer(LatentTrainer):
             timesteps = torch.where(clean, torch.zeros_like(timesteps), timesteps)
         # The network sees what the pipeline's controls see: the noisy diffusion latents plus their offset.
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps) + offset
+        if steered is not None:
+            noisy = torch.cat([noisy, steered[0]])
+            label = torch.cat([label, steered[1]])
+            timesteps = torch.cat([timesteps, torch.zeros_like(timesteps[: steered[0].shape[0]])])
         if augment and cfg.robust_step > 0 and bool((timesteps == 0).any()):
             moved, moved_label = self.gradient_steps(noisy[timesteps == 0], label[timesteps == 0])
             noisy = torch.cat([noisy, moved])

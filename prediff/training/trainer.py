@@ -82,8 +82,10 @@ class Trainer(TrainerCheckpoints, ValidationPictures):
         scaling: DataScaling | None = None,
     ) -> None:
         config.validate()
-        if config.init_weights is not None and self.kind not in ("vae", "denoiser"):
-            raise ValueError(f"init_weights is supported by `prediff train vae` and `denoiser`, not {self.kind!r}")
+        if config.init_weights is not None and self.kind not in ("vae", "denoiser", "alignment"):
+            raise ValueError(
+                f"init_weights is supported by `prediff train vae`, `denoiser` and `alignment`, not {self.kind!r}"
+            )
         self.config = config
         if train_dataset is None:
             self.train_dataset, self.val_dataset, self.scaling = build_datasets(config)

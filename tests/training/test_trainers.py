@@ -84,6 +84,11 @@ def test_shipped_recipes_are_valid(path, tmp_path):
         teacher = tmp_path / "teacher"
         teacher.mkdir()
         overrides["teacher"] = str(teacher)
+    if "init_weights: runs/" in path.read_text():
+        # A fine-tuning recipe starts from the output folder of an earlier one.
+        start = tmp_path / "start"
+        start.mkdir()
+        overrides["init_weights"] = str(start)
     if "knowledge_model:" in path.read_text():
         knowledge_model = tmp_path / "knowledge_model"
         knowledge_model.mkdir()
@@ -430,6 +435,7 @@ def test_tiny_earthformer_recipe_exports_a_pipeline_with_its_units(tmp_path, uma
         ({"robust_step": -1.0}, "robust_step must be a number >= 0"),
         ({"labels": "pixels"}, "labels must be one of \\('data', 'decoded'\\)"),
         ({"gradient_weight": -0.1}, "gradient_weight must be a number >= 0"),
+        ({"steered_steps": 0}, "steered_steps must be an integer >= 1"),
     ],
 )
 def test_alignment_augmentation_options_are_checked(overrides, match, tmp_path, vae_dir):
@@ -693,3 +699,49 @@ def test_bad_extrapolation_settings_fail_before_training(tmp_path, vae_dir):
         DenoiserTrainer(config)
     with pytest.raises(ValueError, match="latent_scaling must be one of"):
         tiny("denoiser", tmp_path, vae=str(vae_dir), latent_scaling="auto")
+
+
+def test_alignment_fine_tunes_on_the_clean_estimates_of_a_steered_pipeline(tmp_path, vae_dir):
+    """`init_weights` starts from a pipeline's alignment network; `steered_pipeline` adds, per batch, clean
+    estimates the network read while steering that pipeline, labelled by decoding; a pipeline in another latent
+    space is refused."""
+    from prediff.pipelines import PreDiffPipeline
+
+    fixed = SyntheticStormDataset(4, 5, 32, 32, seed=3)
+    shared = dict(vae=str(vae_dir), extrapolation={"num_iterations": 10}, latent_scaling="std")
+    align = tiny("alignment", tmp_path, max_train_steps=2, num_validation_samples=0, **shared)
+    AlignmentTrainer(align, train_dataset=fixed, val_dataset=fixed).train()
+    denoiser = tiny("denoiser", tmp_path, max_train_steps=2, knowledge_model=str(tmp_path / "alignment"), **shared)
+    DenoiserTrainer(denoiser, train_dataset=fixed, val_dataset=fixed).train()
+    pipeline = tmp_path / "denoiser"
+
+    options = dict(init_weights=str(pipeline), steered_pipeline=str(pipeline), steered_steps=2, labels="decoded")
+    options |= dict(intensity_gain=[1.0, 3.0], max_train_steps=2, num_validation_samples=0)
+    config = tiny("alignment", tmp_path, output_dir=str(tmp_path / "steered"), **shared, **options)
+    trainer = AlignmentTrainer(config, train_dataset=fixed, val_dataset=fixed)
+    shipped = PreDiffPipeline.from_pretrained(pipeline).knowledge_model.state_dict()
+    for name, weight in trainer.unwrap("alignment").state_dict().items():
+        torch.testing.assert_close(weight, shipped[name])
+
+    frames = torch.stack([fixed[i]["frames"] for i in range(4)])
+    seen = []
+    model = trainer.unwrap("alignment")
+    hook = model.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
+    try:
+        torch.manual_seed(0)
+        latents, labels = trainer.steered_rows(frames)
+    finally:
+        hook.remove()
+    # As many rows as the batch, each one the network read during the steered forecast (3 iterations of the
+    # control at 2 steps: more than the batch's rows), labelled with its decoded per-frame mean.
+    read = torch.cat(seen)
+    assert latents.shape == (4, *model.input_shape) and read.shape[0] > 4
+    assert all(bool((read - row).abs().amax(dim=(1, 2, 3, 4)).min() == 0) for row in latents)
+    torch.testing.assert_close(labels, trainer.decoded_statistic(latents))
+    assert model.training
+    trainer.train()
+    assert np.isfinite(trainer.last_logs["train/loss"])
+
+    other = tiny("alignment", tmp_path, vae=str(vae_dir), steered_pipeline=str(pipeline), max_train_steps=1)
+    with pytest.raises(ValueError, match=f"steered_pipeline '{pipeline}'"):
+        AlignmentTrainer(other, train_dataset=fixed, val_dataset=fixed)
