@@ -5,9 +5,9 @@ seed 0), with `--members` members and noise seeded per (sequence, member), and i
 machine. Printed in Markdown:
 
 1. **All sequences** (`--num-sequences`): the teacher with its default sampler (SDE-DPM-Solver++ 20), the student
-   with each of `--student-steps`, a student trained against CRPS (`--crps-student`) at its own step count, pysteps
-   STEPS and extrapolation: seconds per `--members`-member sequence, CRPS, spread/skill and CSI at 74 and 133 (VIL
-   levels), and each ratio to the teacher.
+   with each of `--student-steps`, other students (`--extra-student LABEL=PIPELINE`, e.g. an earlier student) at
+   their own default step counts, pysteps STEPS and extrapolation: seconds per `--members`-member sequence, CRPS,
+   spread/skill and CSI at 74 and 133 (VIL levels), and each ratio to the teacher.
 2. **Official subset** (the first `--official-sequences`): the same PreDiff rows and the teacher's official
    DDPM-1000 loop, which costs 50 times the default sampler.
 
@@ -48,9 +48,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the forecast noise")
     parser.add_argument("--student-steps", nargs="+", type=int, default=[1, 2, 4], help="student step counts")
     parser.add_argument(
-        "--crps-student",
-        default="",
-        help="a student trained against CRPS (`objective: crps`), scored at its own step count ('' for none)",
+        "--extra-student",
+        action="append",
+        default=[],
+        metavar="LABEL=PIPELINE",
+        help="another student (a shipped name or a folder), scored at its default step count as LABEL (repeatable)",
     )
     parser.add_argument(
         "--teacher-samplers",
@@ -68,19 +70,30 @@ def teacher_label(entry: str) -> str:
     return f"teacher ({name} {steps})"
 
 
-def prediff_rows(args: argparse.Namespace, student, teacher, crps_student=None) -> dict[str, Forecaster]:
+def prediff_rows(args: argparse.Namespace, student, teacher, others: dict) -> dict[str, Forecaster]:
     """The teacher's default sampler (first), its `--teacher-samplers`, the student at each step count (with
-    its own scheduler) and the CRPS student at its own step count."""
+    its own scheduler) and every other student (label: pipeline) at its own default step count."""
     rows = {}
     for entry in [TEACHER_DEFAULT, *args.teacher_samplers]:
         name, _, steps = entry.partition(":")
         rows[teacher_label(entry)] = prediff_forecaster(teacher, name, int(steps), args.members, args.seed)
     for steps in args.student_steps:
         rows[f"student (lcm {steps})"] = prediff_forecaster(student, None, steps, args.members, args.seed)
-    if crps_student is not None:
-        steps = crps_student.default_num_inference_steps
-        rows[f"crps student (lcm {steps})"] = prediff_forecaster(crps_student, None, steps, args.members, args.seed)
+    for label, pipe in others.items():
+        steps = pipe.default_num_inference_steps
+        rows[f"{label} (lcm {steps})"] = prediff_forecaster(pipe, None, steps, args.members, args.seed)
     return rows
+
+
+def other_students(args: argparse.Namespace) -> dict:
+    """Every `--extra-student LABEL=PIPELINE`, loaded: label -> pipeline."""
+    others = {}
+    for entry in args.extra_student:
+        label, sep, path = entry.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--extra-student takes LABEL=PIPELINE, got {entry!r}")
+        others[label] = load_forecast_pipeline(path)
+    return others
 
 
 def table(results: dict, seconds: dict[str, float], count: int, reference: str) -> str:
@@ -136,10 +149,9 @@ def main() -> None:
     torch.manual_seed(0)
     student = load_forecast_pipeline(args.student)
     teacher = load_forecast_pipeline(args.teacher)
-    crps_student = load_forecast_pipeline(args.crps_student) if args.crps_student else None
-    for pipe in (student, teacher, crps_student):
-        if pipe is not None:
-            pipe.set_progress_bar_config(disable=True)
+    others = other_students(args)
+    for pipe in (student, teacher, *others.values()):
+        pipe.set_progress_bar_config(disable=True)
     T_in, H, W, _ = teacher.context_shape
     T_out = teacher.forecast_shape[0]
     total = max(args.num_sequences, args.official_sequences)
@@ -150,7 +162,7 @@ def main() -> None:
     )
 
     if args.num_sequences:
-        forecasters = prediff_rows(args, student, teacher, crps_student)
+        forecasters = prediff_rows(args, student, teacher, others)
         baselines = baseline_forecasters(T_out, args.members, args.seed, min(H, W))
         forecasters.update({name: fn for name, fn in baselines.items() if name != "persistence"})
         results, seconds = score(forecasters, dataset, teacher, args.num_sequences, args.batch_size)
@@ -164,7 +176,7 @@ def main() -> None:
         official: dict[str, Forecaster] = {
             "teacher (ddpm 1000)": prediff_forecaster(teacher, "ddpm", 1000, args.members, args.seed)
         }
-        official.update(prediff_rows(args, student, teacher, crps_student))
+        official.update(prediff_rows(args, student, teacher, others))
         results, seconds = score(official, dataset, teacher, args.official_sequences, args.batch_size)
         print(
             f"\n## The first {args.official_sequences} sequences x {args.members} members (ratio to the official "
