@@ -12,9 +12,9 @@ anticipated-intensity knowledge control uses for its `mu + n sigma` targets.
 pysteps' example archive, 2 km, 10 minutes) through pysteps' dB transform: 4 frames of 64x64 mm/h in, 4 out,
 forecasting frames of any larger size by blended tiles.
 
-`prediff-storms-fast` is `prediff-storms-tiny` with its denoiser distilled into a few-step student by latent
-consistency distillation (`prediff train distill`): the same components otherwise, sampled by default with Diffusers'
-`LCMScheduler` in 4 steps instead of 20 (1 to 4 work).
+`prediff-storms-fast` is `prediff-storms-tiny` with its denoiser distilled into a two-step student trained against
+CRPS (`prediff train distill`) and its alignment network fine-tuned for that student: the same components otherwise,
+sampled by default with Diffusers' `LCMScheduler` in 2 steps instead of 20 (1 to 4 work).
 
 `earthformer-storms-tiny` is a deterministic Earthformer forecaster ([`EarthformerPipeline`]) trained on the same
 storms with `prediff train earthformer`: the same 4 -> 4 frames of 64x64 VIL, one forecast per context.
@@ -66,7 +66,7 @@ SHIPPED_PIPELINE_FILES: dict[str, tuple[str, ...]] = {
         "model/config.json",
         "model/diffusion_pytorch_model.safetensors",
     ),
-    # The denoiser of prediff-storms-tiny distilled to 1-4 steps (`prediff train distill`), with its LCMScheduler.
+    # The denoiser of prediff-storms-tiny distilled to 2 steps (`prediff train distill`), with its LCMScheduler.
     "prediff-storms-fast": (
         "model_index.json",
         "vae/config.json",

@@ -1,5 +1,6 @@
-"""The shipped few-step student `prediff-storms-fast`: complete, small, loaded with its LCMScheduler by default,
-sharing the teacher's frozen components, and forecasting members that differ."""
+"""The shipped few-step student `prediff-storms-fast`: complete, small, loaded with its LCMScheduler and two steps
+by default, sharing the teacher's frozen components, its recipes chained as the card says, and forecasting members
+that differ."""
 
 from __future__ import annotations
 
@@ -28,17 +29,24 @@ def test_folder_is_small_and_shares_the_teachers_frozen_components():
     weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     assert weights <= 6 * 2**20, f"{weights / 2**20:.2f} MiB"
     assert all(p.suffix in {".json", ".safetensors", ".md"} for p in folder.rglob("*") if p.is_file())
-    for component in ("vae", "knowledge_model"):
-        ours = load_file(str(folder / component / "diffusion_pytorch_model.safetensors"))
-        theirs = load_file(str(teacher / component / "diffusion_pytorch_model.safetensors"))
-        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), component
+    ours, theirs = (load_file(str(f / "vae" / "diffusion_pytorch_model.safetensors")) for f in (folder, teacher))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # The alignment network is the teacher's architecture, fine-tuned (alignment-steered.yaml).
+    ours, theirs = (json.loads((f / "knowledge_model" / "config.json").read_text()) for f in (folder, teacher))
+    assert {k: v for k, v in ours.items() if k != "_name_or_path"} == {
+        k: v for k, v in theirs.items() if k != "_name_or_path"
+    }
     assert json.loads((folder / "extrapolator" / "config.json").read_text())["_class_name"] == "MotionExtrapolator"
     assert shipped_intensity_stats("prediff-storms-fast") == shipped_intensity_stats("prediff-storms-tiny")
     card = (folder / "README.md").read_text()
-    # The shipped student's recipe first, then the CRPS students': each distils the teacher, or the output of a recipe
-    # before it, on the teacher's training storms.
+    # The shipped student's two stages first, then the consistency student's recipe: each distils the teacher, or
+    # the output of a recipe before it, on the teacher's training storms.
     recipes = re.findall(r"prediff train distill --config ([^\s`]+)", card)
-    assert recipes[0] == "examples/configs/shipped/distill.yaml"
+    assert recipes[:2] == [
+        "examples/configs/shipped/distill-crps.yaml",
+        "examples/configs/shipped/distill-crps-2step.yaml",
+    ]
+    assert "examples/configs/shipped/distill.yaml" in recipes
     outputs = []
     for recipe in recipes:
         later_stage = "teacher: runs/" in (REPO / recipe).read_text()
@@ -49,12 +57,18 @@ def test_folder_is_small_and_shares_the_teachers_frozen_components():
             assert config.teacher == "prediff-storms-tiny"
         assert config.data.seed == 0
         outputs.append(config.output_dir)
+    # The alignment network is fine-tuned from, and steers, the output of the second stage.
+    (alignment,) = re.findall(r"prediff train alignment --config ([^\s`]+)", card)
+    steered = yaml.safe_load((REPO / alignment).read_text())
+    assert steered["init_weights"] == steered["steered_pipeline"] == steered["vae"] == outputs[1]
+    assert steered["data"]["seed"] == 0 and steered["steered_steps"] == 2
 
 
 def test_loads_with_its_few_step_scheduler_and_members_differ():
     pipe = load_shipped_pipeline("prediff-storms-fast")
     assert isinstance(pipe.scheduler, LCMScheduler)
     assert 1 <= default_inference_steps(pipe.scheduler) <= 4
+    assert pipe.default_num_inference_steps == 2  # recorded by the two-step recipe
     # `prediff forecast --pipeline prediff-storms-fast` loads the same pipeline.
     assert isinstance(load_forecast_pipeline("prediff-storms-fast").scheduler, LCMScheduler)
     pipe.set_progress_bar_config(disable=True)
