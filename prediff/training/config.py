@@ -15,6 +15,7 @@ overrides, and checking the types of its values, is the work of [`~prediff.train
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,6 +459,10 @@ class DistillTrainingConfig(TrainingConfig):
         crps_pool_sizes: the CRPS is averaged over these scales: 1 is per pixel, `k` the CRPS of the `k x k`
             maxima of members and observation (as `EnsembleCRPS` pools), which rewards a core forecast a few pixels
             off instead of hedging it away. Each must divide the frame size.
+        crps_thresholds: for each threshold `u`, in the teacher's physical units (mm/h for rain rate), the loss
+            adds the threshold-weighted CRPS of members and observation floored at `u` (the chaining function
+            `max(x, u)`), which counts errors above `u` once more: a proper score that weighs heavy rain without
+            rewarding a forecast for exceeding the threshold. On the scale of `crps_space`, per pixel.
         num_ddim_timesteps: levels of the ODE grid (1000 / this timesteps per teacher step); also the
             `original_inference_steps` of the exported `LCMScheduler`, whose 1 to 4 steps lie on this grid.
         timestep_scaling: of the boundary conditions `c_skip(t) = 0.25 / ((s t)^2 + 0.25)`,
@@ -477,6 +482,7 @@ class DistillTrainingConfig(TrainingConfig):
     crps_steps: int = 1
     crps_space: str = "unit"
     crps_pool_sizes: list[int] = field(default_factory=lambda: [1])
+    crps_thresholds: list[float] = field(default_factory=list)
     num_ddim_timesteps: int = 20
     timestep_scaling: float = 10.0
     loss_type: str = "huber"
@@ -514,6 +520,17 @@ class DistillTrainingConfig(TrainingConfig):
             "crps_pool_sizes",
             "a non-empty list of distinct positive integers",
             self.crps_pool_sizes,
+        )
+        _check(
+            isinstance(self.crps_thresholds, (list, tuple))
+            and all(
+                isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u)
+                for u in self.crps_thresholds
+            )
+            and len(set(self.crps_thresholds)) == len(self.crps_thresholds),
+            "crps_thresholds",
+            "a list of distinct finite numbers (physical units)",
+            self.crps_thresholds,
         )
         if self.objective == "crps" and self.latent_cache_items:
             raise ValueError(

@@ -286,14 +286,18 @@ class DistillTrainer(DenoiserTrainer):
         return forecast.reshape(target.shape[0], members, *target.shape[1:]), target.float()
 
     def _crps_losses(self, frames: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fair CRPS of `crps_forecast` on the scale of `crps_space`, averaged over `crps_pool_sizes`, and the
-        mean absolute error of the ensemble mean (for the logs)."""
+        """The fair CRPS of `crps_forecast` on the scale of `crps_space`, averaged over `crps_pool_sizes`, plus the
+        threshold-weighted CRPS at each of `crps_thresholds`, and the mean absolute error of the ensemble mean (for
+        the logs)."""
         forecast, target = self.crps_forecast(frames, module)
+        thresholds = torch.tensor(self.config.crps_thresholds, dtype=torch.float32, device=forecast.device)
         if self.config.crps_space == "physical":
             # Clamped to [0, 1] first, as the pipeline's forecast is: above 1 the inverse of a dB transform grows
             # without bound, and one wild member would swamp the loss.
             to_physical = self.teacher_pipeline.scale_to_physical
             forecast, target = to_physical(forecast.clamp(0.0, 1.0)), to_physical(target)
+        else:
+            thresholds = self.teacher_pipeline.scale_to_unit(thresholds)
         height, width = target.shape[-3:-1]
         for k in self.config.crps_pool_sizes:
             if height % k or width % k:
@@ -305,6 +309,8 @@ class DistillTrainer(DenoiserTrainer):
                 for k in self.config.crps_pool_sizes
             ]
         ).mean()
+        for u in thresholds:
+            crps = crps + crps_ensemble_tensor(forecast.clamp(min=u), target.clamp(min=u), fair=True).mean()
         return crps, (forecast.detach().mean(dim=1) - target).abs().mean()
 
     def compute_losses(

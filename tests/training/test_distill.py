@@ -198,6 +198,24 @@ def test_crps_student_draws_its_training_ensemble_exactly_as_its_pipeline(teache
         trainer._crps_losses(frames, trainer.unwrap("student"))
     trainer.config.crps_pool_sizes = [1]
 
+    # With thresholds (VIL levels here), the threshold-weighted CRPS of members and observation floored at each one
+    # is added: a plain pairwise reference on the unit scale.
+    def fair_crps(members: np.ndarray, observed: np.ndarray) -> float:
+        m = members.shape[1]
+        skill = np.abs(members - observed[:, None]).mean(axis=1)
+        spread = np.abs(members[:, :, None] - members[:, None, :]).sum(axis=(1, 2)) / (2 * m * (m - 1))
+        return float((skill - spread).mean())
+
+    trainer.config.crps_thresholds = [74.0, 133.0]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        weighted, _ = trainer._crps_losses(frames, trainer.unwrap("student"))
+    f, y = forecast.double().numpy(), target.double().numpy()
+    expected = fair_crps(f, y) + sum(fair_crps(np.maximum(f, u / 255), np.maximum(y, u / 255)) for u in (74, 133))
+    assert float(weighted) == pytest.approx(expected, rel=1e-5)
+    assert float(weighted) > float(crps) * 1.01
+    trainer.config.crps_thresholds = []
+
     # The loss reaches the student's weights through the chain and the decoder.
     crps, _ = trainer._crps_losses(frames, trainer.unwrap("student"))
     crps.backward()
@@ -243,6 +261,9 @@ def test_crps_objective_settings_are_checked(teacher_dir, tmp_path):
     for pool_sizes in (4, [], [0], [4, 4], [2.5]):
         with pytest.raises(ValueError, match="crps_pool_sizes"):
             check(objective="crps", crps_pool_sizes=pool_sizes, latent_cache_items=0)
+    for thresholds in (5.0, [float("nan")], [5.0, 5.0], [True]):
+        with pytest.raises(ValueError, match="crps_thresholds"):
+            check(objective="crps", crps_thresholds=thresholds, latent_cache_items=0)
     with pytest.raises(ValueError, match="latent_cache_items"):
         check(objective="crps", latent_cache_items=8)
     with pytest.raises(ValueError, match="default_inference_steps"):
