@@ -81,7 +81,8 @@ def prediff_rows(args: argparse.Namespace, student, teacher, others: dict) -> di
         rows[f"student (lcm {steps})"] = prediff_forecaster(student, None, steps, args.members, args.seed)
     for label, pipe in others.items():
         steps = pipe.default_num_inference_steps
-        rows[f"{label} (lcm {steps})"] = prediff_forecaster(pipe, None, steps, args.members, args.seed)
+        sampler = type(pipe.scheduler).__name__.removesuffix("Scheduler").lower()
+        rows[f"{label} ({sampler} {steps})"] = prediff_forecaster(pipe, None, steps, args.members, args.seed)
     return rows
 
 
