@@ -93,7 +93,10 @@ def other_students(args: argparse.Namespace) -> dict:
         label, sep, path = entry.partition("=")
         if not sep or not label or not path:
             raise SystemExit(f"--extra-student takes LABEL=PIPELINE, got {entry!r}")
-        others[label] = load_forecast_pipeline(path)
+        try:
+            others[label] = load_forecast_pipeline(path)
+        except FileNotFoundError as error:
+            raise SystemExit(f"--extra-student {label}: {error}") from None
     return others
 
 
