@@ -8,6 +8,8 @@ sequences in and out of latent space, shared by the pipelines and the training l
   frame becomes a 16x16x64 latent; "prediff-tiny" for tests), either as a frame-wise `AutoencoderKL` or, with
   `temporal_decoder=True`, as Diffusers' [`~diffusers.AutoencoderKLTemporalDecoder`] whose decoder mixes
   frames.
+- [`with_lighter_decoder`] keeps a trained autoencoder's encoder (so its latents) and gives it a new, narrower
+  decoder, as Diffusers' [`~diffusers.AsymmetricAutoencoderKL`]: the decoder of a fast student pipeline.
 - [`encode_sequence`] / [`decode_sequence`] map `(B, T, H, W, C)` to `(B, T, h, w, c)` and back, chunked over
   frames so that long sequences or large ensembles fit in memory. Both are differentiable (knowledge control
   backpropagates through the decoder).
@@ -15,18 +17,26 @@ sequences in and out of latent space, shared by the pipelines and the training l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, AutoencoderKLTemporalDecoder
 
 __all__ = [
+    "AUTOENCODER_CLASSES",
     "AUTOENCODER_PRESETS",
     "autoencoder_from_preset",
     "decode_sequence",
     "encode_sequence",
     "latent_frame_shape",
+    "with_lighter_decoder",
 ]
+
+#: The autoencoder classes PreDiff's pipelines and trainers take: frame-wise, with a temporal decoder, or with a
+#: decoder narrower than the encoder.
+AUTOENCODER_CLASSES = (AutoencoderKL, AutoencoderKLTemporalDecoder, AsymmetricAutoencoderKL)
+Autoencoder = AutoencoderKL | AutoencoderKLTemporalDecoder | AsymmetricAutoencoderKL
 
 #: Published autoencoder configurations: preset name -> `AutoencoderKL` keyword arguments.
 AUTOENCODER_PRESETS: dict[str, dict[str, Any]] = {
@@ -95,7 +105,70 @@ def autoencoder_from_preset(
     return model.eval()
 
 
-def latent_frame_shape(vae: AutoencoderKL | AutoencoderKLTemporalDecoder, frame_shape: tuple[int, int, int]):
+def with_lighter_decoder(
+    vae: AutoencoderKL, block_out_channels: Sequence[int], layers_per_block: int = 1
+) -> AsymmetricAutoencoderKL:
+    """`vae`'s encoder with a new decoder of its own widths, as Diffusers' `AsymmetricAutoencoderKL`.
+
+    The encoder, `quant_conv`, `post_quant_conv` and the scaling factor are copied from `vae`, so the latents are
+    the same and a denoiser trained on them works unchanged; the decoder is randomly initialised, to be trained
+    (`prediff train distill` with `student_decoder`). The encoder and the decoder's inpainting branch
+    (`decoder.condition_encoder`, which PreDiff never uses) are frozen.
+
+    Args:
+        vae: a frame-wise `AutoencoderKL` with quantisation convolutions and mid-block attention.
+        block_out_channels: the decoder's widths, one per level of `vae` (the same downsampling); each a multiple of
+            `vae`'s `norm_num_groups`.
+        layers_per_block: the decoder's ResNet layers per level, plus one (as in `AutoencoderKL`).
+    """
+    cfg = vae.config
+    if (
+        type(vae) is not AutoencoderKL
+        or not cfg.get("use_quant_conv", True)
+        or not cfg.get("use_post_quant_conv", True)
+    ):
+        raise ValueError(
+            "a lighter decoder needs a frame-wise AutoencoderKL with quant_conv and post_quant_conv, "
+            f"got {type(vae).__name__}"
+        )
+    if not cfg.get("mid_block_add_attention", True):
+        raise ValueError("a lighter decoder needs an encoder with mid-block attention (mid_block_add_attention)")
+    widths = tuple(int(w) for w in block_out_channels)
+    if len(widths) != len(cfg.block_out_channels):
+        raise ValueError(
+            f"the decoder needs {len(cfg.block_out_channels)} levels, as the encoder downsamples "
+            f"{2 ** (len(cfg.block_out_channels) - 1)}x; got block_out_channels {widths}"
+        )
+    if any(w % cfg.norm_num_groups for w in widths):
+        raise ValueError(
+            f"every decoder width must be a multiple of norm_num_groups={cfg.norm_num_groups}, got {widths}"
+        )
+    model = AsymmetricAutoencoderKL(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        down_block_types=tuple(cfg.down_block_types),
+        down_block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_down_block=cfg.layers_per_block,
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        up_block_out_channels=widths,
+        layers_per_up_block=layers_per_block,
+        act_fn=cfg.act_fn,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=cfg.sample_size,
+        scaling_factor=cfg.scaling_factor,
+    )
+    if vae.dtype != model.dtype:
+        model = model.to(dtype=vae.dtype)
+    for name in ("encoder", "quant_conv", "post_quant_conv"):
+        getattr(model, name).load_state_dict(getattr(vae, name).state_dict())
+    model.encoder.requires_grad_(False)
+    model.quant_conv.requires_grad_(False)
+    model.decoder.condition_encoder.requires_grad_(False)
+    return model.eval()
+
+
+def latent_frame_shape(vae: Autoencoder, frame_shape: tuple[int, int, int]):
     """``(h, w, c)`` of the latent of one ``(H, W, C)`` frame; ``H`` and ``W`` must divide by the
     downsampling."""
     H, W, C = frame_shape
@@ -121,7 +194,7 @@ def _check_chunk_size(chunk_size: int | None) -> None:
 
 
 def encode_sequence(
-    vae: AutoencoderKL | AutoencoderKLTemporalDecoder,
+    vae: Autoencoder,
     frames: torch.Tensor,
     sample_posterior: bool = False,
     generator: torch.Generator | list[torch.Generator] | None = None,
@@ -161,7 +234,7 @@ def encode_sequence(
 
 
 def decode_sequence(
-    vae: AutoencoderKL | AutoencoderKLTemporalDecoder,
+    vae: Autoencoder,
     latents: torch.Tensor,
     chunk_size: int | None = None,
 ) -> torch.Tensor:

@@ -10,14 +10,20 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DDPMScheduler, DiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..knowledge import KnowledgeControl, KnowledgeControlState, knowledge_gradients
 from ..models.alignment import KnowledgeAlignmentModel
-from ..models.autoencoder import autoencoder_from_preset, decode_sequence, encode_sequence
+from ..models.autoencoder import (
+    AUTOENCODER_CLASSES,
+    Autoencoder,
+    autoencoder_from_preset,
+    decode_sequence,
+    encode_sequence,
+)
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..models.extrapolation import MotionExtrapolator
 from ..schedulers import (
@@ -119,7 +125,8 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
     independent sample.
 
     Args:
-        vae ([`~diffusers.AutoencoderKL`] or [`~diffusers.AutoencoderKLTemporalDecoder`]):
+        vae ([`~diffusers.AutoencoderKL`], [`~diffusers.AutoencoderKLTemporalDecoder`] or
+            [`~diffusers.AsymmetricAutoencoderKL`], whose decoder may be narrower than its encoder):
             Frame autoencoder; frames enter it in [0, 1] (physical units scaled by `value_range`).
         unet ([`EarthformerUNetModel`]): the latent denoiser (predicts epsilon).
         scheduler ([`~diffusers.schedulers.SchedulerMixin`]): any epsilon scheduler on the training noise
@@ -161,7 +168,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL | AutoencoderKLTemporalDecoder,
+        vae: Autoencoder,
         unet: EarthformerUNetModel,
         scheduler: SchedulerMixin,
         knowledge_model: KnowledgeAlignmentModel | None = None,
@@ -177,8 +184,9 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
         default_inference_steps: dict[str, int] | None = None,
     ):
         super().__init__()
-        if not isinstance(vae, (AutoencoderKL, AutoencoderKLTemporalDecoder)):
-            raise ValueError(f"vae must be an AutoencoderKL or AutoencoderKLTemporalDecoder, got {type(vae).__name__}")
+        if not isinstance(vae, AUTOENCODER_CLASSES):
+            names = ", ".join(cls.__name__ for cls in AUTOENCODER_CLASSES)
+            raise ValueError(f"vae must be one of {names}, got {type(vae).__name__}")
         if unet.input_shape[3] != vae.config.latent_channels:
             raise ValueError(
                 f"unet input_shape {unet.input_shape} has {unet.input_shape[3]} channels but the vae has "

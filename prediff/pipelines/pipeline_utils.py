@@ -391,13 +391,13 @@ def _check_num_train_timesteps(steps: Any, where: str) -> None:
 
 def _component_class(name: str, library: str, class_name: str, index_path: Path) -> type:
     """The class recorded for component `name` in `model_index.json`, if it is one a pipeline may load: a
-    network of `prediff.models`, Diffusers' `AutoencoderKL` / `AutoencoderKLTemporalDecoder` or a Diffusers
-    scheduler. The recorded module is never imported: it could be any module, whose import runs its code."""
-    from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
-
+    network of `prediff.models`, one of Diffusers' autoencoders PreDiff takes (`AUTOENCODER_CLASSES`) or a
+    Diffusers scheduler. The recorded module is never imported: it could be any module, whose import runs its
+    code."""
     from .. import models
+    from ..models.autoencoder import AUTOENCODER_CLASSES
 
-    candidates = [getattr(models, n) for n in models.__all__] + [AutoencoderKL, AutoencoderKLTemporalDecoder]
+    candidates = [getattr(models, n) for n in models.__all__] + list(AUTOENCODER_CLASSES)
     allowed = {c.__name__: c for c in candidates if isinstance(c, type) and issubclass(c, ModelMixin)}
     component_cls = allowed.get(class_name)
     if component_cls is None and library == "diffusers":

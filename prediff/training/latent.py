@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 
-from ..models.autoencoder import encode_sequence, latent_frame_shape
+from ..models.autoencoder import AUTOENCODER_CLASSES, Autoencoder, encode_sequence, latent_frame_shape
 from ..models.extrapolation import MotionExtrapolator
 from .trainer import Trainer
 
 __all__ = ["DiffusionLatents", "LatentTrainer", "load_pretrained_component", "load_vae"]
 
-_VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "AutoencoderKLTemporalDecoder": AutoencoderKLTemporalDecoder}
+_VAE_CLASSES = {cls.__name__: cls for cls in AUTOENCODER_CLASSES}
 
 
 def _component_folder(path: str | os.PathLike, subfolder: str, what: str) -> Path:
@@ -33,7 +32,7 @@ def _component_folder(path: str | os.PathLike, subfolder: str, what: str) -> Pat
     )
 
 
-def load_vae(path: str | os.PathLike) -> AutoencoderKL | AutoencoderKLTemporalDecoder:
+def load_vae(path: str | os.PathLike) -> Autoencoder:
     """The autoencoder saved in `path` (a `prediff train vae` output, or a pipeline folder with `vae/`),
     frozen, in evaluation mode. Only safetensors weights are read."""
     folder = _component_folder(path, "vae", "vae")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, AutoencoderKLTemporalDecoder
 
 from prediff.models.autoencoder import (
     AUTOENCODER_PRESETS,
@@ -12,6 +12,7 @@ from prediff.models.autoencoder import (
     decode_sequence,
     encode_sequence,
     latent_frame_shape,
+    with_lighter_decoder,
 )
 
 
@@ -123,3 +124,42 @@ def test_bad_inputs_raise_clear_errors(tiny_vae):
     with pytest.raises(ValueError, match="latent_channels=4"):
         decode_sequence(tiny_vae, torch.rand(1, 2, 8, 8, 3))
     assert set(AUTOENCODER_PRESETS) >= {"prediff-sevirlr", "prediff-tiny"}
+
+
+def test_lighter_decoder_keeps_the_encoder_and_its_latents(tiny_vae, tmp_path):
+    torch.manual_seed(1)
+    light = with_lighter_decoder(tiny_vae, (4, 8, 8), layers_per_block=0)
+    assert isinstance(light, AsymmetricAutoencoderKL)
+    assert light.config.scaling_factor == tiny_vae.config.scaling_factor
+    assert latent_frame_shape(light, (32, 32, 1)) == (8, 8, 4)
+    frames = torch.rand(2, 3, 32, 32, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(encode_sequence(light, frames), encode_sequence(tiny_vae, frames))
+        decoded = decode_sequence(light, torch.randn(2, 3, 8, 8, 4))
+    assert decoded.shape == (2, 3, 32, 32, 1) and torch.isfinite(decoded).all()
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(light.decoder) < count(tiny_vae.decoder) / 2
+    # Only the decoder trains; its inpainting branch is never used by PreDiff.
+    trainable = {name.split(".")[0] for name, p in light.named_parameters() if p.requires_grad}
+    assert trainable == {"decoder", "post_quant_conv"}
+    assert not any(p.requires_grad for p in light.decoder.condition_encoder.parameters())
+
+    # Saved and loaded back as a plain Diffusers model: the same decoding.
+    light.save_pretrained(tmp_path / "light")
+    loaded = AsymmetricAutoencoderKL.from_pretrained(tmp_path / "light", use_safetensors=True)
+    z = torch.randn(1, 2, 8, 8, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(decode_sequence(loaded, z), decode_sequence(light, z))
+
+
+def test_lighter_decoder_settings_are_checked(tiny_vae):
+    with pytest.raises(ValueError, match="needs 3 levels"):
+        with_lighter_decoder(tiny_vae, (8, 8))
+    with pytest.raises(ValueError, match="multiple of norm_num_groups=4"):
+        with_lighter_decoder(tiny_vae, (6, 8, 8))
+    temporal = autoencoder_from_preset("prediff-tiny", temporal_decoder=True, block_out_channels=(32, 32, 32))
+    with pytest.raises(ValueError, match="frame-wise AutoencoderKL"):
+        with_lighter_decoder(temporal, (32, 32, 32))

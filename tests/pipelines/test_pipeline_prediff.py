@@ -326,6 +326,10 @@ def test_bad_inputs_give_clear_errors(pipe, context):
     with pytest.raises(ValueError, match="has 4 channels but the vae has latent_channels=8"):
         other_vae = autoencoder_from_preset("prediff-tiny", latent_channels=8)
         PreDiffPipeline(other_vae, pipe.unet, pipe.scheduler)
+    with pytest.raises(
+        ValueError, match="vae must be one of AutoencoderKL, .*AsymmetricAutoencoderKL, got Earthformer"
+    ):
+        PreDiffPipeline(pipe.unet, pipe.unet, pipe.scheduler)
 
 
 def test_non_callable_callback_is_refused_before_any_step(pipe, context):
