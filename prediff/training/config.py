@@ -429,28 +429,44 @@ class DenoiserTrainingConfig(_LatentTrainingConfig):
 #: The losses between the student's and the target's consistency outputs (see `DistillTrainingConfig`).
 DISTILL_LOSSES = ("l2", "huber")
 #: What the student learns, and the scale its CRPS is taken on (see `DistillTrainingConfig`).
-DISTILL_OBJECTIVES = ("consistency", "crps")
+DISTILL_OBJECTIVES = ("consistency", "crps", "imitation")
+#: What `student_decoder` may set: the widths and depth of the lighter decoder.
+STUDENT_DECODER_KEYS = ("block_out_channels", "layers_per_block")
 CRPS_SPACES = ("unit", "physical")
 
 
 @dataclass
 class DistillTrainingConfig(TrainingConfig):
     """`prediff train distill`: a few-step student of a trained PreDiff pipeline, by latent consistency
-    distillation or by ensemble CRPS; the result is a `PreDiffPipeline` folder sampling with `LCMScheduler` in 1 to
-    4 steps.
+    distillation, by ensemble CRPS or by imitating a few-step teacher; the result is a `PreDiffPipeline` folder
+    sampling with `LCMScheduler` in 1 to 4 steps.
 
-    The student starts from the teacher's denoiser. With `objective: consistency` it learns the consistency
-    function of the teacher's probability-flow ODE: for a sample noised to `t_n` on a grid of `num_ddim_timesteps`
-    levels, its clean estimate must equal that of the target network (the EMA of the student, `ema_decay`) at the
-    point that one DDIM step of the teacher reaches at `t_{n-1}`. With `objective: crps` it draws `crps_members`
-    forecasts of every training sequence with the exported sampler in `crps_steps` steps, gradients through the
-    whole chain and the decoder, and minimises their fair CRPS against the observed frames (`crps_space`): a
-    proper score, so the optimum is a calibrated ensemble, not the mean. The teacher's
-    autoencoder, extrapolator, knowledge model and latent scaling are reused unchanged.
+    The student starts from the teacher's denoiser (or, with `student_model`, as a new, smaller network). With
+    `objective: consistency` it learns the consistency function of the teacher's probability-flow ODE: for a sample
+    noised to `t_n` on a grid of `num_ddim_timesteps` levels, its clean estimate must equal that of the target
+    network (the EMA of the student, `ema_decay`) at the point that one DDIM step of the teacher reaches at
+    `t_{n-1}`. With `objective: crps` it draws `crps_members` forecasts of every training sequence with the
+    exported sampler in `crps_steps` steps, gradients through the whole chain and the decoder, and minimises their
+    fair CRPS against the observed frames (`crps_space`): a proper score, so the optimum is a calibrated ensemble,
+    not the mean. With `objective: imitation` the teacher must itself be a few-step student (an `LCMScheduler`
+    pipeline on the same grid): the student learns the teacher's clean estimate at every level of the
+    `imitation_steps`-step sampler, for the same noise and along the teacher's own trajectory, so the same noise
+    gives nearly the same member and the ensemble keeps the teacher's spread. That is how a smaller student
+    (`student_model`) and a lighter decoder (`student_decoder`) are made. The teacher's encoder, extrapolator,
+    knowledge model and latent scaling are reused unchanged.
 
     Attributes:
         teacher: the teacher pipeline: a folder or the name of a shipped one.
-        objective: "consistency" or "crps".
+        objective: "consistency", "crps" or "imitation".
+        student_model: settings of the student's `EarthformerUNetModel` that differ from the teacher's (e.g.
+            `{base_units: 12, num_heads: 1}`): the student is then a new, randomly initialised network of the
+            teacher's configuration with these changes, not a copy of the teacher (empty: a copy).
+        student_decoder: `{block_out_channels: [...], layers_per_block: n}` of a lighter decoder for the teacher's
+            encoder (`objective: imitation` only), exported as Diffusers' `AsymmetricAutoencoderKL`: trained to
+            reproduce the teacher's decoding of the teacher's forecast latents (mean absolute difference, [0, 1]
+            scale), so the latents and the encoder stay the teacher's (empty: the teacher's autoencoder).
+        imitation_steps: sampler steps the student imitates the teacher over (`objective: imitation`), also the
+            exported pipeline's `default_inference_steps`.
         crps_members: members drawn per training sequence (`objective: crps`), at least 2.
         crps_steps: sampler steps the CRPS is trained through (`objective: crps`), also the exported pipeline's
             `default_inference_steps`.
@@ -483,6 +499,9 @@ class DistillTrainingConfig(TrainingConfig):
     crps_space: str = "unit"
     crps_pool_sizes: list[int] = field(default_factory=lambda: [1])
     crps_thresholds: list[float] = field(default_factory=list)
+    student_model: dict[str, Any] = field(default_factory=dict)
+    student_decoder: dict[str, Any] = field(default_factory=dict)
+    imitation_steps: int = 2
     num_ddim_timesteps: int = 20
     timestep_scaling: float = 10.0
     loss_type: str = "huber"
@@ -540,7 +559,8 @@ class DistillTrainingConfig(TrainingConfig):
         _check(self.loss_type in DISTILL_LOSSES, "loss_type", f"one of {DISTILL_LOSSES}", self.loss_type)
         _check(self.huber_c > 0, "huber_c", "a positive number", self.huber_c)
         _check(self.latent_cache_items >= 0, "latent_cache_items", "an integer >= 0", self.latent_cache_items)
-        for name in ("crps_steps", "validation_inference_steps"):  # sampler steps lie on the distillation grid
+        self._validate_student()
+        for name in ("crps_steps", "imitation_steps", "validation_inference_steps"):  # on the distillation grid
             steps = getattr(self, name)
             _check(
                 1 <= steps <= self.num_ddim_timesteps,
@@ -549,6 +569,48 @@ class DistillTrainingConfig(TrainingConfig):
                 steps,
             )
         _check(self.num_ensemble_members >= 1, "num_ensemble_members", "an integer >= 1", self.num_ensemble_members)
+
+    def _validate_student(self) -> None:
+        """`student_model` names settings of the denoiser other than its shapes; `student_decoder` gives the widths
+        (and at most the depth) of a decoder, for `objective: imitation` only."""
+        import inspect
+
+        from ..models.earthformer_unet import EarthformerUNetModel
+
+        _check(isinstance(self.student_model, dict), "student_model", "a mapping", self.student_model)
+        settings = set(inspect.signature(EarthformerUNetModel.__init__).parameters)
+        settings -= {"self", "input_shape", "target_shape"}
+        unknown = sorted(set(self.student_model) - settings)
+        if unknown:
+            raise ValueError(
+                f"student_model: {unknown} are not settings of the student denoiser (its shapes are the teacher's); "
+                f"expected some of {sorted(settings)}"
+            )
+        _check(isinstance(self.student_decoder, dict), "student_decoder", "a mapping", self.student_decoder)
+        if not self.student_decoder:
+            return
+        if self.objective != "imitation":
+            raise ValueError(
+                "student_decoder: a lighter decoder is trained by objective imitation only, "
+                f"got objective {self.objective!r}"
+            )
+        unknown = sorted(set(self.student_decoder) - set(STUDENT_DECODER_KEYS))
+        widths = self.student_decoder.get("block_out_channels")
+        if unknown or widths is None:
+            raise ValueError(
+                "student_decoder: expected block_out_channels and optionally layers_per_block, "
+                f"got {sorted(self.student_decoder)}"
+            )
+        _check(
+            isinstance(widths, (list, tuple))
+            and len(widths) > 0
+            and all(isinstance(w, int) and w >= 1 for w in widths),
+            "student_decoder.block_out_channels",
+            "a non-empty list of positive integers",
+            widths,
+        )
+        depth = self.student_decoder.get("layers_per_block", 1)
+        _check(isinstance(depth, int) and depth >= 0, "student_decoder.layers_per_block", "an integer >= 0", depth)
 
 
 #: The statistics an alignment network can learn: the per-frame mean intensity (computed from the frames) or

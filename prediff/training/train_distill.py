@@ -30,8 +30,18 @@ differentiated through the whole chain. The CRPS is a proper score: it is lowest
 true conditional distribution, so the members must differ as much as the outcome is uncertain; a student that
 returned the mean would pay the spread term. The teacher is then only the starting point.
 
-The teacher's autoencoder, extrapolator, knowledge-alignment network and latent scaling are reused as they
-are; the result is a `PreDiffPipeline` folder with the student and an `LCMScheduler`.
+With `objective: imitation` the teacher is itself a few-step student (an `LCMScheduler` pipeline) and the
+student learns to be the same sampler at a lower price: every training row starts from fresh noise, the teacher's
+`imitation_steps`-step trajectory is drawn (its estimate at each level, noised afresh to the next), and at every
+level the student's estimate for the teacher's input must equal the teacher's. The same noise then gives nearly
+the same member, so the ensemble keeps the teacher's spread and skill. This is how a smaller student is trained
+(`student_model`, a new network, not a copy), together with a lighter decoder (`student_decoder`): Diffusers'
+`AsymmetricAutoencoderKL` with the teacher's encoder, trained to decode the teacher's forecast latents as the
+teacher's decoder does.
+
+The teacher's autoencoder (or its encoder, with a lighter decoder), extrapolator, knowledge-alignment network and
+latent scaling are reused as they are; the result is a `PreDiffPipeline` folder with the student and an
+`LCMScheduler`.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from torch.utils.data import Dataset
 
 from ..metrics.categorical import max_pool_frames
 from ..metrics.probabilistic import crps_ensemble_tensor, max_pool_ensemble
+from ..models.autoencoder import decode_sequence, with_lighter_decoder
 from ..models.earthformer_unet import EarthformerUNetModel
 from ..pipelines import PreDiffPipeline
 from ..schedulers import prediff_scheduler, prediff_training_scheduler
@@ -146,6 +157,18 @@ class LatentItems(Dataset):
         return {"frames": self.latents[index]}
 
 
+class _DecoderForTraining(torch.nn.Module):
+    """The lighter autoencoder's decoding of scaled latents `(B, T, h, w, c)` to `(B, T, H, W, C)` frames in [0, 1],
+    as `forward` (what data-parallel training synchronises)."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return decode_sequence(self.vae, latents / self.vae.config.scaling_factor).float()
+
+
 class DistillTrainer(DenoiserTrainer):
     """Distils the teacher pipeline's denoiser into a few-step student (see the module docstring)."""
 
@@ -174,7 +197,9 @@ class DistillTrainer(DenoiserTrainer):
         self.extrapolator = teacher.extrapolator
         self.knowledge_model = teacher.knowledge_model
         self.teacher = teacher.unet.requires_grad_(False).eval()
-        student = copy.deepcopy(self.teacher).requires_grad_(True).train()
+        if cfg.objective == "imitation":
+            self.check_few_step_teacher()
+        student = self.new_student().requires_grad_(True).train()
         self.configure_network(student)
         self.noise_scheduler = prediff_training_scheduler()
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.float()
@@ -182,9 +207,35 @@ class DistillTrainer(DenoiserTrainer):
         self.solver_stride = int(self.grid[0]) + 1
         self.train_modules = {"student": student}
         self.param_groups = {"student": (list(student.parameters()), cfg.learning_rate)}
+        if cfg.student_decoder:
+            decoder = _DecoderForTraining(with_lighter_decoder(self.vae, **cfg.student_decoder).train())
+            self.train_modules["decoder"] = decoder
+            self.param_groups["decoder"] = ([p for p in decoder.parameters() if p.requires_grad], cfg.learning_rate)
         self.cached = cfg.latent_cache_items > 0
         if self.cached:
             self.train_dataset = self.cache_latents(cfg.latent_cache_items)
+
+    def new_student(self) -> EarthformerUNetModel:
+        """A copy of the teacher's denoiser, or with `student_model` a new network of the teacher's configuration
+        with those settings changed."""
+        if not self.config.student_model:
+            return copy.deepcopy(self.teacher)
+        settings = {k: v for k, v in self.teacher.config.items() if not k.startswith("_")}
+        return EarthformerUNetModel(**{**settings, **self.config.student_model})
+
+    def check_few_step_teacher(self) -> None:
+        """Imitation copies the teacher's sampler: it must be `LCMScheduler` on this run's grid and boundary
+        scalings."""
+        cfg = self.config
+        scheduler = self.teacher_pipeline.scheduler
+        expected = {"original_inference_steps": cfg.num_ddim_timesteps, "timestep_scaling": cfg.timestep_scaling}
+        found = {k: scheduler.config.get(k) for k in expected}
+        if type(scheduler).__name__ != "LCMScheduler" or found != expected:
+            raise ValueError(
+                f"objective imitation needs a few-step teacher sampling with LCMScheduler {expected} (the output of "
+                f"a consistency or crps distillation); {cfg.teacher!r} samples with {type(scheduler).__name__} "
+                f"{found}"
+            )
 
     @torch.no_grad()
     def cache_latents(self, count: int) -> LatentItems:
@@ -204,7 +255,10 @@ class DistillTrainer(DenoiserTrainer):
         self.teacher.to(device=device)
 
     def checkpoint_models(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.unwrap("student")}
+        models = {"unet": self.unwrap("student")}
+        if "decoder" in self.train_modules:
+            models["vae"] = self.unwrap("decoder").vae
+        return models
 
     def ema_model(self) -> torch.nn.Module:
         return self.unwrap("student")
@@ -248,6 +302,44 @@ class DistillTrainer(DenoiserTrainer):
         # How far the student's clean estimate is from the data, for the logs (not optimised).
         mse = (prediction.detach() - latents).pow(2).mean()
         return loss, mse
+
+    def _imitation_losses(
+        self, frames: torch.Tensor, student: torch.nn.Module, decoder: torch.nn.Module | None, cached: bool = False
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The student's miss of the teacher's estimate, averaged over the levels of the teacher's
+        `imitation_steps`-step trajectory from fresh noise, and with a lighter decoder its mean absolute difference
+        from the teacher's decoding of the teacher's forecast ([0, 1] scale); frames `(B, T, H, W, C)`, or with
+        `cached`, cached latents (see `cache_latents`)."""
+        cfg = self.config
+        if cached:
+            condition = frames[:, : -cfg.data.target_length]
+        else:
+            condition = self.diffusion_latents(frames).condition
+        sampler = self.scheduler()
+        sampler.set_timesteps(cfg.imitation_steps)
+        levels = [int(t) for t in sampler.timesteps]
+        alphas = self.alphas_cumprod
+        sample = torch.randn((condition.shape[0], *self.teacher.target_shape), device=condition.device)
+        losses = []
+        for i, level in enumerate(levels):
+            timesteps = torch.full((sample.shape[0],), level, dtype=torch.long)
+            with torch.no_grad(), self.autocast():
+                teacher_eps = self.teacher(sample, timesteps.to(sample.device), condition).sample.float()
+                target = consistency_output(sample, teacher_eps, alphas, timesteps, cfg.timestep_scaling)
+            student_eps = student(sample, timesteps.to(sample.device), condition).sample.float()
+            prediction = consistency_output(sample, student_eps, alphas, timesteps, cfg.timestep_scaling)
+            losses.append(distillation_loss(prediction, target, cfg.loss_type, cfg.huber_c))
+            if i + 1 < len(levels):
+                alpha_next = float(alphas[levels[i + 1]])
+                sample = alpha_next**0.5 * target + (1 - alpha_next) ** 0.5 * torch.randn_like(target)
+        result = {"student": torch.stack(losses).mean()}
+        logs = {"x0_mse": (prediction.detach() - target).pow(2).mean()}
+        if decoder is not None:
+            with torch.no_grad():
+                reference = self.teacher_pipeline.decode_unit(target.to(self.vae.dtype)).float()
+            result["decoder"] = (decoder(target) - reference).abs().mean()
+            logs["decoder_mae"] = result["decoder"].detach()
+        return result, logs
 
     def crps_forecast(self, frames: torch.Tensor, module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """`crps_members` forecasts of every sequence of frames `(B, T, H, W, C)` in [0, 1], drawn as the exported
@@ -319,6 +411,9 @@ class DistillTrainer(DenoiserTrainer):
         if self.config.objective == "crps":
             crps, mean_error = self._crps_losses(frames, self.train_modules["student"])
             return {"student": crps}, {"mean_mae": mean_error}
+        if self.config.objective == "imitation":
+            decoder = self.train_modules.get("decoder")
+            return self._imitation_losses(frames, self.train_modules["student"], decoder, cached=self.cached)
         loss, mse = self._losses(frames, self.train_modules["student"], cached=self.cached)
         return {"student": loss}, {"x0_mse": mse}
 
@@ -326,6 +421,10 @@ class DistillTrainer(DenoiserTrainer):
         if self.config.objective == "crps":
             crps, mean_error = self._crps_losses(frames, self.unwrap("student"))
             return {"loss": crps, "mean_mae": mean_error}
+        if self.config.objective == "imitation":
+            decoder = self.unwrap("decoder") if "decoder" in self.train_modules else None
+            losses, logs = self._imitation_losses(frames, self.unwrap("student"), decoder)
+            return {"loss": sum(losses.values()), **logs}
         loss, mse = self._losses(frames, self.unwrap("student"))
         return {"loss": loss, "x0_mse": mse}
 
@@ -339,10 +438,12 @@ class DistillTrainer(DenoiserTrainer):
     def pipeline(self, unet: EarthformerUNetModel | None = None, export: bool = False) -> PreDiffPipeline:
         """A `PreDiffPipeline` of the student with the teacher's other components (`export`: float32 copies)."""
         teacher = self.teacher_pipeline
-        vae = copy.deepcopy(self.vae).float() if export else self.vae
+        vae = self.unwrap("decoder").vae if "decoder" in self.train_modules else self.vae
+        vae = copy.deepcopy(vae).float().eval() if export else vae
         scheduler = self.scheduler()
-        # A CRPS student is trained for its own step count only; a consistency student for 1 to 4 steps.
-        steps = {type(scheduler).__name__: self.config.crps_steps} if self.config.objective == "crps" else None
+        # A CRPS or imitation student is trained for its own step count only; a consistency student for 1 to 4.
+        steps = {"crps": self.config.crps_steps, "imitation": self.config.imitation_steps}.get(self.config.objective)
+        steps = {type(scheduler).__name__: steps} if steps else None
         return PreDiffPipeline(
             vae=vae,
             unet=unet if unet is not None else self.unwrap("student"),

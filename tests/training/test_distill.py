@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, LCMScheduler
+from diffusers import AsymmetricAutoencoderKL, DDIMScheduler, LCMScheduler
 from safetensors.torch import load_file
 
 from prediff.metrics import EnsembleCRPS, crps_ensemble
@@ -268,3 +268,116 @@ def test_crps_objective_settings_are_checked(teacher_dir, tmp_path):
         check(objective="crps", latent_cache_items=8)
     with pytest.raises(ValueError, match="default_inference_steps"):
         PreDiffPipeline.from_pretrained(teacher_dir, default_inference_steps={"LCMScheduler": 0})
+
+
+@pytest.fixture(scope="module")
+def few_step_teacher_dir(teacher_dir, tmp_path_factory) -> Path:
+    """The tiny teacher, its denoiser's weights perturbed (an untrained one predicts zero noise, which any fresh
+    student matches), sampling with LCMScheduler on the 20-level grid: a few-step teacher to imitate."""
+    pipe = PreDiffPipeline.from_pretrained(teacher_dir)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pipe.scheduler = prediff_scheduler("lcm", original_inference_steps=20, timestep_scaling=10.0)
+    folder = tmp_path_factory.mktemp("few-step") / "teacher"
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_imitation_loss_follows_the_teachers_own_lcm_trajectory(few_step_teacher_dir, tmp_path):
+    trainer = DistillTrainer(tiny_distill(few_step_teacher_dir, tmp_path / "s", objective="imitation", loss_type="l2"))
+    teacher, student = trainer.teacher, trainer.unwrap("student").eval()
+    # A copy of the teacher imitates it exactly.
+    latents = torch.randn(3, 5, 8, 8, 4)
+    with torch.no_grad():
+        losses, _ = trainer._imitation_losses(latents, student, None, cached=True)
+    assert float(losses["student"]) < 1e-6 and set(losses) == {"student"}
+
+    # Another student against a plain loop over LCMScheduler.step with the teacher's noise predictions, the
+    # student's estimate read at every sample the teacher's sampler visits.
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    condition = latents[:, :3]
+    torch.manual_seed(11)
+    with torch.no_grad():
+        losses, _ = trainer._imitation_losses(latents, student, None, cached=True)
+    torch.manual_seed(11)
+    lcm = trainer.scheduler()
+    lcm.set_timesteps(2)
+    sample = torch.randn(3, *teacher.target_shape)
+    expected = []
+    with torch.no_grad():
+        for t in lcm.timesteps:
+            rows = torch.full((3,), int(t))
+            student_estimate = consistency_output(
+                sample, student(sample, rows, condition).sample, trainer.alphas_cumprod, rows, 10.0
+            )
+            sample, teacher_estimate = lcm.step(teacher(sample, rows, condition).sample, t, sample, return_dict=False)
+            expected.append(torch.nn.functional.mse_loss(student_estimate, teacher_estimate))
+    assert len(expected) == 2 and float(losses["student"]) > 0
+    assert float(losses["student"]) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-4)
+
+
+def test_a_smaller_student_with_a_lighter_decoder_trains_resumes_and_exports(few_step_teacher_dir, tmp_path):
+    out = tmp_path / "small"
+    settings = dict(
+        objective="imitation",
+        imitation_steps=2,
+        student_model={"base_units": 8, "num_heads": 1},
+        student_decoder={"block_out_channels": [4, 8, 8], "layers_per_block": 0},
+        learning_rate=1e-3,
+    )
+    trainer = DistillTrainer(tiny_distill(few_step_teacher_dir, out, **settings))
+    trainer.train()
+    assert np.isfinite(trainer.last_logs["val/loss"]) and trainer.last_logs["val/decoder_mae"] > 0
+    exported = _unet_weights(out)
+
+    pipe = PreDiffPipeline.from_pretrained(out)
+    teacher = PreDiffPipeline.from_pretrained(few_step_teacher_dir)
+    assert pipe.unet.config.base_units == 8 and pipe.unet.config.num_heads == 1
+    assert pipe.unet.config.input_shape == teacher.unet.config.input_shape
+    assert isinstance(pipe.vae, AsymmetricAutoencoderKL) and tuple(pipe.vae.config.block_out_channels) == (4, 8, 8)
+    assert json.loads((out / "model_index.json").read_text())["default_inference_steps"] == {"LCMScheduler": 2}
+    encoder = {k: v for k, v in pipe.vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+    reference = teacher.vae.state_dict()
+    assert encoder and all(torch.equal(v, reference[k]) for k, v in encoder.items()), "the encoder changed"
+    pipe.set_progress_bar_config(disable=True)
+    context = np.random.default_rng(0).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
+    frames = pipe(context, num_ensemble_members=2, generator=torch.manual_seed(0)).frames
+    assert frames.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(frames).all()
+    assert np.abs(frames[0, 0] - frames[0, 1]).mean() > 1e-3, "the members are identical"
+
+    # Resuming from checkpoint-2 repeats steps 3..4 exactly, the decoder's optimizer included.
+    decoder = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    shutil.rmtree(out / "checkpoint-4")
+    DistillTrainer(tiny_distill(few_step_teacher_dir, out, resume_from_checkpoint="latest", **settings)).train()
+    for name, value in _unet_weights(out).items():
+        torch.testing.assert_close(value, exported[name], rtol=1e-5, atol=1e-6)
+    resumed = load_file(str(out / "vae" / "diffusion_pytorch_model.safetensors"))
+    for name, value in resumed.items():
+        torch.testing.assert_close(value, decoder[name], rtol=1e-5, atol=1e-6)
+
+
+def test_imitation_settings_are_checked(teacher_dir, few_step_teacher_dir, tmp_path):
+    def config(**overrides):
+        return tiny_distill(few_step_teacher_dir, tmp_path / "x", **overrides)
+
+    with pytest.raises(ValueError, match=r"student_model: \['input_shape'\] are not settings"):
+        config(student_model={"input_shape": [1, 8, 8, 4]}).validate()
+    with pytest.raises(ValueError, match="student_decoder: a lighter decoder is trained by objective imitation"):
+        config(student_decoder={"block_out_channels": [4, 8, 8]}).validate()
+    with pytest.raises(ValueError, match="expected block_out_channels"):
+        config(objective="imitation", student_decoder={"layers_per_block": 0}).validate()
+    with pytest.raises(ValueError, match="student_decoder.layers_per_block"):
+        config(
+            objective="imitation", student_decoder={"block_out_channels": [4, 8, 8], "layers_per_block": -1}
+        ).validate()
+    with pytest.raises(ValueError, match="imitation_steps"):
+        config(objective="imitation", imitation_steps=0).validate()
+    # The teacher must itself be a few-step sampler on the run's grid.
+    with pytest.raises(ValueError, match="objective imitation needs a few-step teacher"):
+        DistillTrainer(tiny_distill(teacher_dir, tmp_path / "x", objective="imitation"))
+    with pytest.raises(ValueError, match="objective imitation needs a few-step teacher"):
+        DistillTrainer(config(objective="imitation", num_ddim_timesteps=50))
