@@ -221,7 +221,12 @@ class DistillTrainer(DenoiserTrainer):
         if not self.config.student_model:
             return copy.deepcopy(self.teacher)
         settings = {k: v for k, v in self.teacher.config.items() if not k.startswith("_")}
-        return EarthformerUNetModel(**{**settings, **self.config.student_model})
+        try:
+            return EarthformerUNetModel(**{**settings, **self.config.student_model})
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"student_model {self.config.student_model}: no denoiser can be built with these settings ({error})"
+            ) from None
 
     def check_few_step_teacher(self) -> None:
         """Imitation copies the teacher's sampler: it must be `LCMScheduler` on this run's grid and boundary

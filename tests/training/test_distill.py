@@ -376,6 +376,10 @@ def test_imitation_settings_are_checked(teacher_dir, few_step_teacher_dir, tmp_p
         ).validate()
     with pytest.raises(ValueError, match="imitation_steps"):
         config(objective="imitation", imitation_steps=0).validate()
+    # Settings of the right name but a value no network can take are named with the builder's reason.
+    for bad, reason in (({"base_units": "wide"}, "can't multiply"), ({"num_heads": 5}, "multiple of num_heads=5")):
+        with pytest.raises(ValueError, match=f"student_model .*no denoiser can be built.*{reason}"):
+            DistillTrainer(config(objective="imitation", student_model=bad))
     # The teacher must itself be a few-step sampler on the run's grid.
     with pytest.raises(ValueError, match="objective imitation needs a few-step teacher"):
         DistillTrainer(tiny_distill(teacher_dir, tmp_path / "x", objective="imitation"))
