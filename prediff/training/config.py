@@ -463,8 +463,9 @@ class DistillTrainingConfig(TrainingConfig):
             teacher's configuration with these changes, not a copy of the teacher (empty: a copy).
         student_decoder: `{block_out_channels: [...], layers_per_block: n}` of a lighter decoder for the teacher's
             encoder (`objective: imitation` only), exported as Diffusers' `AsymmetricAutoencoderKL`: trained to
-            reproduce the teacher's decoding of the teacher's forecast latents (mean absolute difference, [0, 1]
-            scale), so the latents and the encoder stay the teacher's (empty: the teacher's autoencoder).
+            reproduce the teacher's decoding of what the pipeline decodes, the teacher's forecast latents and the
+            observed future's, extrapolation included (mean absolute difference, [0, 1] scale), so the latents and
+            the encoder stay the teacher's (empty: the teacher's autoencoder).
         imitation_steps: sampler steps the student imitates the teacher over (`objective: imitation`), also the
             exported pipeline's `default_inference_steps`.
         crps_members: members drawn per training sequence (`objective: crps`), at least 2.

@@ -133,3 +133,11 @@ class LatentTrainer(Trainer):
         advected = self.extrapolator(context.float(), target.shape[1]).to(context.dtype)
         offset = self.encode(advected, sample=False)
         return DiffusionLatents(torch.cat([condition, offset], dim=1), target_latents - offset, offset)
+
+    def forecast_offset(self, condition: torch.Tensor) -> torch.Tensor:
+        """The `offset` `(B, T_out, h, w, c)` of `diffusion_latents` read back from its `condition` `(B, T_cond, h,
+        w, c)`: the encoded extrapolation (its last `T_out` frames), or zeros without an extrapolator."""
+        T_out = self.config.data.target_length
+        if self.extrapolator is None:
+            return condition.new_zeros((condition.shape[0], T_out, *condition.shape[2:]))
+        return condition[:, -T_out:]

@@ -36,8 +36,8 @@ student learns to be the same sampler at a lower price: every training row start
 level the student's estimate for the teacher's input must equal the teacher's. The same noise then gives nearly
 the same member, so the ensemble keeps the teacher's spread and skill. This is how a smaller student is trained
 (`student_model`, a new network, not a copy), together with a lighter decoder (`student_decoder`): Diffusers'
-`AsymmetricAutoencoderKL` with the teacher's encoder, trained to decode the teacher's forecast latents as the
-teacher's decoder does.
+`AsymmetricAutoencoderKL` with the teacher's encoder, trained to decode what the pipeline decodes (the teacher's
+forecast latents and the observed future's, the extrapolation's latents added) as the teacher's decoder does.
 
 The teacher's autoencoder (or its encoder, with a lighter decoder), extrapolator, knowledge-alignment network and
 latent scaling are reused as they are; the result is a `PreDiffPipeline` folder with the student and an
@@ -317,9 +317,9 @@ class DistillTrainer(DenoiserTrainer):
         `cached`, cached latents (see `cache_latents`)."""
         cfg = self.config
         if cached:
-            condition = frames[:, : -cfg.data.target_length]
+            condition, observed = frames[:, : -cfg.data.target_length], frames[:, -cfg.data.target_length :]
         else:
-            condition = self.diffusion_latents(frames).condition
+            condition, observed, _ = self.diffusion_latents(frames)
         sampler = self.scheduler()
         sampler.set_timesteps(cfg.imitation_steps)
         levels = [int(t) for t in sampler.timesteps]
@@ -340,9 +340,13 @@ class DistillTrainer(DenoiserTrainer):
         result = {"student": torch.stack(losses).mean()}
         logs = {"x0_mse": (prediction.detach() - target).pow(2).mean()}
         if decoder is not None:
+            # The pipeline decodes the denoiser's residual plus the extrapolation's latents, not the residual alone;
+            # the observed futures join the teacher's forecasts so that the decoder also meets the intense cores
+            # that forecasts steered by knowledge control reach.
+            forecast = torch.cat([target, observed]) + self.forecast_offset(condition).repeat(2, 1, 1, 1, 1)
             with torch.no_grad():
-                reference = self.teacher_pipeline.decode_unit(target.to(self.vae.dtype)).float()
-            result["decoder"] = (decoder(target) - reference).abs().mean()
+                reference = self.teacher_pipeline.decode_unit(forecast.to(self.vae.dtype)).float()
+            result["decoder"] = (decoder(forecast) - reference).abs().mean()
             logs["decoder_mae"] = result["decoder"].detach()
         return result, logs
 

@@ -14,6 +14,7 @@ from diffusers import AsymmetricAutoencoderKL, DDIMScheduler, LCMScheduler
 from safetensors.torch import load_file
 
 from prediff.metrics import EnsembleCRPS, crps_ensemble
+from prediff.models import EarthformerUNetModel, MotionExtrapolator
 from prediff.pipelines import PreDiffPipeline
 from prediff.schedulers import PREDIFF_NOISE_SCHEDULE, default_inference_steps, prediff_scheduler
 from prediff.training import DistillTrainer, load_config
@@ -318,6 +319,51 @@ def test_imitation_loss_follows_the_teachers_own_lcm_trajectory(few_step_teacher
             expected.append(torch.nn.functional.mse_loss(student_estimate, teacher_estimate))
     assert len(expected) == 2 and float(losses["student"]) > 0
     assert float(losses["student"]) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-4)
+
+
+def test_a_lighter_decoder_learns_what_the_pipeline_decodes(few_step_teacher_dir, tmp_path):
+    """With an extrapolator the pipeline decodes the denoiser's residual plus the extrapolation's latents: the lighter
+    decoder is scored on those (the teacher's forecast and the observed future) against the teacher's decoding."""
+    base = PreDiffPipeline.from_pretrained(few_step_teacher_dir)
+    torch.manual_seed(2)
+    unet = EarthformerUNetModel(
+        input_shape=(5, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
+    )
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = tmp_path / "extrapolating-teacher"
+    PreDiffPipeline(
+        vae=base.vae, unet=unet, scheduler=base.scheduler, extrapolator=MotionExtrapolator(num_iterations=5)
+    ).save_pretrained(folder)
+    settings = dict(
+        objective="imitation",
+        imitation_steps=1,
+        latent_cache_items=0,
+        student_decoder={"block_out_channels": [4, 8, 8]},
+    )
+    trainer = DistillTrainer(tiny_distill(folder, tmp_path / "s", **settings))
+    rows = trainer.cache_latents(2).latents
+    decoder = trainer.unwrap("decoder").eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        losses, _ = trainer._imitation_losses(rows, trainer.unwrap("student"), decoder, cached=True)
+
+    torch.manual_seed(3)
+    sample = torch.randn(2, 2, 8, 8, 4)
+    lcm = trainer.scheduler()
+    lcm.set_timesteps(1)
+    frames = torch.stack([trainer.train_dataset[i]["frames"] for i in range(2)]).float()
+    offset = trainer.diffusion_latents(frames, sample_target=False).offset
+    assert offset.abs().mean() > 0.1, "the extrapolation's latents must matter for this test"
+    teacher = PreDiffPipeline.from_pretrained(folder)
+    with torch.no_grad():
+        rows_t = torch.full((2,), int(lcm.timesteps[0]))
+        noise_estimate = teacher.unet(sample, rows_t, rows[:, :5]).sample
+        _, residual = lcm.step(noise_estimate, lcm.timesteps[0], sample, return_dict=False)
+        decoded = torch.cat([residual, rows[:, 5:]]) + torch.cat([offset, offset])
+        expected = (decoder(decoded) - teacher.decode_unit(decoded)).abs().mean()
+    assert float(losses["decoder"]) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_a_smaller_student_with_a_lighter_decoder_trains_resumes_and_exports(few_step_teacher_dir, tmp_path):
