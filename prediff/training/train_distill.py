@@ -121,6 +121,12 @@ def consistency_output(
     return _per_row(c_skip, sample) * sample + _per_row(c_out, sample) * x0
 
 
+def renoise(estimate: torch.Tensor, alphas_cumprod: torch.Tensor, timestep: int, noise: torch.Tensor) -> torch.Tensor:
+    """`LCMScheduler.step`'s next sample: the clean estimate `(B, ...)` noised afresh, with `noise`, to `timestep`."""
+    alpha = float(alphas_cumprod[timestep])
+    return alpha**0.5 * estimate + (1 - alpha) ** 0.5 * noise
+
+
 def ddim_solver_step(
     sample: torch.Tensor,
     noise_pred: torch.Tensor,
@@ -335,8 +341,7 @@ class DistillTrainer(DenoiserTrainer):
             prediction = consistency_output(sample, student_eps, alphas, timesteps, cfg.timestep_scaling)
             losses.append(distillation_loss(prediction, target, cfg.loss_type, cfg.huber_c))
             if i + 1 < len(levels):
-                alpha_next = float(alphas[levels[i + 1]])
-                sample = alpha_next**0.5 * target + (1 - alpha_next) ** 0.5 * torch.randn_like(target)
+                sample = renoise(target, alphas, levels[i + 1], torch.randn_like(target))
         result = {"student": torch.stack(losses).mean()}
         logs = {"x0_mse": (prediction.detach() - target).pow(2).mean()}
         if decoder is not None:
@@ -380,9 +385,7 @@ class DistillTrainer(DenoiserTrainer):
             noise_pred = module(sample, timesteps.to(sample.device), condition).sample.float()
             denoised = consistency_output(sample, noise_pred, alphas, timesteps, cfg.timestep_scaling)
             if i + 1 < len(levels):
-                # LCMScheduler.step: the estimate noised afresh to the next level of the grid.
-                alpha_next = float(alphas[levels[i + 1]])
-                sample = alpha_next**0.5 * denoised + (1 - alpha_next) ** 0.5 * noises[i + 1]
+                sample = renoise(denoised, alphas, levels[i + 1], noises[i + 1])
         forecast = teacher.decode_forecast_unit(denoised.to(self.vae.dtype), extrapolation).float()
         return forecast.reshape(target.shape[0], members, *target.shape[1:]), target.float()
 
