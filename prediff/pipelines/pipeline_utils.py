@@ -440,13 +440,31 @@ def _load_component(
     if issubclass(component_cls, SchedulerMixin):
         _check_num_train_timesteps(config.get("num_train_timesteps", 1000), where)
         return component_cls.from_config(config)
-    check_model_config_memory(component_cls, config, where)
-    # Diffusers reads use_safetensors=False as ".bin only"; None is its "safetensors, else .bin" fallback.
-    model = component_cls.from_pretrained(
-        folder,
-        subfolder=name,
-        use_safetensors=None if allow_pickle else True,
-        torch_dtype=torch_dtype,
-        variant=variant,
-    )
+    # Diffusers' AsymmetricAutoencoderKL records `block_out_channels` and `force_upcast` in its config itself, then
+    # warns whenever it is built from that config that they are not its arguments: that one class is built and
+    # loaded without Diffusers' warnings.
+    quiet = component_cls.__name__ == "AsymmetricAutoencoderKL"
+    with _diffusers_errors_only() if quiet else contextlib.nullcontext():
+        check_model_config_memory(component_cls, config, where)
+        # Diffusers reads use_safetensors=False as ".bin only"; None is its "safetensors, else .bin" fallback.
+        model = component_cls.from_pretrained(
+            folder,
+            subfolder=name,
+            use_safetensors=None if allow_pickle else True,
+            torch_dtype=torch_dtype,
+            variant=variant,
+        )
     return model.eval()
+
+
+@contextlib.contextmanager
+def _diffusers_errors_only() -> Iterator[None]:
+    """Diffusers' logging at error level inside the block, its previous level restored after."""
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    AsymmetricAutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -24,7 +26,7 @@ from diffusers import (
 from prediff.data import NBodyDataset
 from prediff.knowledge import AnticipatedIntensityControl, EnergyConservationControl, FunctionControl
 from prediff.metrics import EnergyConservationError
-from prediff.models.autoencoder import autoencoder_from_preset, decode_sequence
+from prediff.models.autoencoder import autoencoder_from_preset, decode_sequence, with_lighter_decoder
 from prediff.pipelines import PreDiffPipeline, PreDiffPipelineOutput
 from prediff.schedulers import default_inference_steps, official_betas, prediff_scheduler
 
@@ -407,6 +409,29 @@ def test_temporal_decoder_variant_runs(context):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(context[:1], num_inference_steps=2, num_ensemble_members=2, generator=generators(2)).frames
     assert out.shape == (1, 2, 2, 32, 32, 1) and np.isfinite(out).all()
+
+
+def test_lighter_decoder_pipeline_loads_back_quietly_and_forecasts_the_same(context, tmp_path):
+    base = tiny_pipeline("ddim")
+    pipe = PreDiffPipeline(with_lighter_decoder(base.vae, (4, 8, 8), layers_per_block=0), base.unet, base.scheduler)
+    pipe.save_pretrained(tmp_path)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(handler)
+    try:
+        loaded = PreDiffPipeline.from_pretrained(tmp_path)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    # Diffusers' own warning that this class's self-recorded config entries are not its arguments is not shown.
+    assert not [m for m in messages if "AsymmetricAutoencoderKL" in m]
+    assert isinstance(loaded.vae, AsymmetricAutoencoderKL)
+    outputs = []
+    for p in (pipe, loaded):
+        p.set_progress_bar_config(disable=True)
+        outputs.append(p(context[:1], num_inference_steps=2, num_ensemble_members=2, generator=generators(2)).frames)
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- knowledge control
