@@ -39,22 +39,23 @@ def test_folder_is_small_and_shares_the_teachers_frozen_components():
     assert json.loads((folder / "extrapolator" / "config.json").read_text())["_class_name"] == "MotionExtrapolator"
     assert shipped_intensity_stats("prediff-storms-fast") == shipped_intensity_stats("prediff-storms-tiny")
     card = (folder / "README.md").read_text()
-    # The shipped student's two stages first, then the consistency student's recipe: each distils the teacher, or
-    # the output of a recipe before it, on the teacher's training storms.
+    # The shipped student's two stages first, then the consistency student's and the smaller student's recipes (not
+    # shipped): each distils the teacher, or the output of a recipe before it, on the teacher's training storms.
     recipes = re.findall(r"prediff train distill --config ([^\s`]+)", card)
     assert recipes[:2] == [
         "examples/configs/shipped/distill-crps.yaml",
         "examples/configs/shipped/distill-crps-2step.yaml",
     ]
     assert "examples/configs/shipped/distill.yaml" in recipes
+    assert recipes.index("examples/configs/shipped/distill-small.yaml") + 1 == recipes.index(
+        "examples/configs/shipped/distill-small-crps.yaml"
+    )
     outputs = []
     for recipe in recipes:
         later_stage = "teacher: runs/" in (REPO / recipe).read_text()
         config = load_config("distill", REPO / recipe, {"teacher": str(folder)} if later_stage else {})
         if later_stage:
             assert yaml.safe_load((REPO / recipe).read_text())["teacher"] in outputs, recipe
-        elif config.objective == "imitation":  # the smaller student (not shipped) imitates this pipeline
-            assert config.teacher == "prediff-storms-fast"
         else:
             assert config.teacher == "prediff-storms-tiny"
         assert config.data.seed == 0
