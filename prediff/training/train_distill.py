@@ -346,8 +346,8 @@ class DistillTrainer(DenoiserTrainer):
         logs = {"x0_mse": (prediction.detach() - target).pow(2).mean()}
         if decoder is not None:
             # The pipeline decodes the denoiser's residual plus the extrapolation's latents, not the residual alone;
-            # the observed futures join the teacher's forecasts so that the decoder also meets the intense cores
-            # that forecasts steered by knowledge control reach.
+            # the observed futures join the teacher's forecasts so that the decoder also meets the sharp, intense
+            # cores that an ensemble member smooths.
             forecast = torch.cat([target, observed]) + self.forecast_offset(condition).repeat(2, 1, 1, 1, 1)
             with torch.no_grad():
                 reference = self.teacher_pipeline.decode_unit(forecast.to(self.vae.dtype)).float()
