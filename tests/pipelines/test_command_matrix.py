@@ -50,8 +50,9 @@ HUB_SOURCE = "saved-prediff+extrapolator+knowledge"
 HUB_REPO = "prediff-tests/storms-extrapolating"
 HUB_PARTIAL_REPO = "prediff-tests/partly-cached"
 CASES = (*SHIPPED_PIPELINES, *SAVED, HUB)
-#: 2-process evaluation is slow (two interpreters): the shipped default and a saved pipeline with an extrapolator.
-TWO_PROCESS_CASES = {"prediff-storms-tiny": 29571, "saved-prediff+extrapolator": 29573}
+#: 2-process evaluation is slow (two interpreters): the shipped default, which has an extrapolator and a knowledge
+#: model (tests/evaluation/test_distributed.py evaluates a saved folder on two processes).
+TWO_PROCESS_CASES = {"prediff-storms-tiny": 29571}
 
 FORECAST_OPTIONS = ["--members", 2, "--steps", 2, "--seed", 0, "--no-plots", "--no-progress"]
 EVALUATE_OPTIONS = [
