@@ -228,9 +228,6 @@ def test_bad_inputs_are_rejected_with_clear_messages():
 @pytest.mark.slow
 def test_compile_fullgraph_matches_eager():
     # One level keeps compilation short; the decoder still runs cross, self (with globals) and cross blocks.
-    # Dynamo must capture the whole forecaster in one graph. Inductor's generated code is checked on the denoiser
-    # (test_earthformer_unet.py), the network a forecast runs at every step; AOTAutograd's eager backend here
-    # spares a second C++ build (50 s of the suite), at the price of not compiling the masked cross attention.
     config = {
         **TINY_GLOBAL,
         "enc_depth": (1,),
@@ -242,5 +239,5 @@ def test_compile_fullgraph_matches_eager():
     context = context_for(config, batch=1)
     with torch.no_grad():
         eager = model(context).sample
-        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        compiled = torch.compile(model, fullgraph=True)
         torch.testing.assert_close(compiled(context).sample, eager, rtol=1e-4, atol=1e-5)
