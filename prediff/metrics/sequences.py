@@ -9,6 +9,9 @@ sequence and lead time, the sums behind each score of one forecaster, restricted
 - MSE and MAE of the ensemble mean, and the mean forecast (ensemble mean) and observed values;
 - POD, SUCR, CSI, frequency BIAS and FAR (= F / (H + F)) of a point forecast (the ensemble median by default, the
   mean of the two middle members for an even ensemble; or the ensemble mean) at every threshold, per pixel;
+- optionally the same scores of an ensemble's event forecast: an event where at least a fraction
+  ``event_probability`` of the members reach the threshold (the exceedance probability a forecaster issues a
+  warning at), as ``event_csi_{t}`` etc.;
 - FSS of that point forecast for every threshold and neighbourhood (see [`~prediff.metrics.spatial`]); pixels
   outside the mask count as no event in both fields, as pysteps counts NaN, and the sums run over the whole
   frame;
@@ -23,7 +26,7 @@ e.g. of a CRPS difference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,6 +88,10 @@ class SequenceScores:
         rank_x_min (`float`, *optional*): values below it tie in the rank histogram, and pixels where the
             observation and every member lie below it are left out (pysteps' ``X_min``).
         seed (`int`, defaults to 0): seed of the rank histogram's tie-breaking.
+        event_probability (`float`, *optional*): in (0, 1]; also score the event forecast "at least this fraction
+            of the members reach the threshold" (``event_pod_{t}``, ``event_sucr_{t}``, ``event_csi_{t}``,
+            ``event_bias_{t}``, ``event_far_{t}``). For an odd ensemble, 0.5 is the median's events; a
+            deterministic forecast's events are its point forecast's for any value.
 
     Example:
         >>> scores = SequenceScores(thresholds=(1.0, 5.0))
@@ -101,6 +108,7 @@ class SequenceScores:
         point: str = "median",
         rank_x_min: float | None = None,
         seed: int = 0,
+        event_probability: float | None = None,
     ) -> None:
         if len(thresholds) == 0:
             raise ValueError("thresholds must name at least one threshold, got an empty sequence")
@@ -108,12 +116,15 @@ class SequenceScores:
             raise ValueError(f"fss_scales must be positive integers, got {tuple(fss_scales)}")
         if point not in POINT_FORECASTS:
             raise ValueError(f"point must be one of {POINT_FORECASTS}, got {point!r}")
+        if event_probability is not None and not 0.0 < event_probability <= 1.0:
+            raise ValueError(f"event_probability must be in (0, 1], got {event_probability!r}")
         self.thresholds = tuple(float(t) for t in thresholds)
         self.fss_thresholds = tuple(float(t) for t in fss_thresholds)
         self.fss_scales = tuple(int(s) for s in fss_scales)
         self.point = point
         self.rank_x_min = None if rank_x_min is None else float(rank_x_min)
         self.seed = check_seed(seed)
+        self.event_probability = None if event_probability is None else float(event_probability)
         self.members: int | None = None
         self.num_frames: int | None = None
         self.indices: list[int] = []
@@ -194,14 +205,13 @@ class SequenceScores:
             "forecast_sum": per_sequence(mean),
             "observed_sum": per_sequence(obs),
         }
-        counts = np.zeros((b, t, len(self.thresholds), 3))
-        for i, threshold in enumerate(self.thresholds):
-            forecast_events, observed_events = (point >= threshold) & keep, (obs >= threshold) & keep
-            hits = (forecast_events & observed_events).sum(dim=(2, 3, 4)).double()
-            counts[:, :, i, 0] = hits.numpy()
-            counts[:, :, i, 1] = (observed_events.sum(dim=(2, 3, 4)).double() - hits).numpy()
-            counts[:, :, i, 2] = (forecast_events.sum(dim=(2, 3, 4)).double() - hits).numpy()
-        parts["contingency"] = counts
+        parts["contingency"] = self._contingency(lambda threshold: point >= threshold, obs, keep)
+        if self.event_probability is not None:
+            # A small tolerance so that p = k / M counts k members despite rounding.
+            def exceeding(threshold: float) -> torch.Tensor:
+                return (pred >= threshold).double().mean(dim=1) >= self.event_probability - 1e-9
+
+            parts["event_contingency"] = self._contingency(exceeding, obs, keep)
         parts["fss"] = self._fss_sums(point, obs, keep)
         if m >= 2:
             parts["variance"] = per_sequence(pred.var(dim=1, unbiased=True))
@@ -218,6 +228,21 @@ class SequenceScores:
         for name, value in parts.items():
             self._parts.setdefault(name, []).append(value)
         self.indices += indices
+
+    def _contingency(
+        self, events: Callable[[float], torch.Tensor], obs: torch.Tensor, keep: torch.Tensor
+    ) -> np.ndarray:
+        """(B, T, thresholds, 3): hits, misses and false alarms over the valid pixels of each sequence, of the
+        forecast events ``events(threshold)`` (bool, shaped as ``obs``)."""
+        b, t = obs.shape[:2]
+        counts = np.zeros((b, t, len(self.thresholds), 3))
+        for i, threshold in enumerate(self.thresholds):
+            forecast_events, observed_events = events(threshold) & keep, (obs >= threshold) & keep
+            hits = (forecast_events & observed_events).sum(dim=(2, 3, 4)).double()
+            counts[:, :, i, 0] = hits.numpy()
+            counts[:, :, i, 1] = (observed_events.sum(dim=(2, 3, 4)).double() - hits).numpy()
+            counts[:, :, i, 2] = (forecast_events.sum(dim=(2, 3, 4)).double() - hits).numpy()
+        return counts
 
     def _fss_sums(self, point: torch.Tensor, obs: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
         """(B, T, thresholds, scales, 3): sums of S_f^2, S_f S_o and S_o^2 over every pixel of each sequence."""
@@ -237,11 +262,21 @@ class SequenceScores:
                 sums[:, :, i, j, 2] = (s_o * s_o).sum(dim=2).numpy()
         return sums
 
+    def _categorical(self, contingency: np.ndarray) -> dict[str, np.ndarray]:
+        """POD, SUCR, CSI, BIAS and FAR per threshold from summed counts ``(..., thresholds, 3)``."""
+        counts = torch.from_numpy(contingency)
+        out = {k: v.numpy() for k, v in scores_from_counts(counts, self.thresholds).items() if k != "csi_m"}
+        far = false_alarm_ratio(counts).numpy()
+        for i, threshold in enumerate(self.thresholds):
+            out[f"far_{threshold_key(threshold)}"] = far[..., i]
+        return out
+
     def sums(self) -> dict[str, np.ndarray]:
         """The per-sequence sums, each ``(num_sequences, T, ...)`` float64: ``count`` (valid pixels), ``crps``,
         ``squared_error``, ``absolute_error``, ``forecast_sum``, ``observed_sum`` (of the ensemble mean and the
-        observation), ``contingency`` ``(..., thresholds, 3)`` (hits, misses, false alarms), ``fss``
-        ``(..., fss_thresholds, fss_scales, 3)``, and for ensembles ``variance`` and ``rank`` ``(..., M + 1)``."""
+        observation), ``contingency`` ``(..., thresholds, 3)`` (hits, misses, false alarms; also
+        ``event_contingency`` with an ``event_probability``), ``fss`` ``(..., fss_thresholds, fss_scales, 3)``, and
+        for ensembles ``variance`` and ``rank`` ``(..., M + 1)``."""
         if not self.indices:
             raise ValueError("SequenceScores holds no sequence yet: call update() first")
         return {name: np.concatenate(parts) for name, parts in self._parts.items()}
@@ -257,7 +292,8 @@ class SequenceScores:
         Returns:
             name -> float, or arrays with a leading ``num_draws`` axis for 2-D weights and a ``T`` axis per lead
             time: ``crps``, ``mse``, ``mae``, ``mean_forecast``, ``mean_observed``, ``pod_{t}``, ``sucr_{t}``,
-            ``csi_{t}``, ``bias_{t}``, ``far_{t}`` for every threshold, ``fss_{t}_scale{s}``, and for ensembles
+            ``csi_{t}``, ``bias_{t}``, ``far_{t}`` for every threshold (and ``event_``-prefixed ones with an
+            ``event_probability``), ``fss_{t}_scale{s}``, and for ensembles
             ``spread``, ``rmse_mean``, ``spread_skill_ratio`` and ``rank_histogram`` (frequencies over the last
             axis, ``M + 1`` bins). A score without any valid pixel is NaN.
         """
@@ -282,11 +318,9 @@ class SequenceScores:
                 "mean_forecast": totals["forecast_sum"] / count,
                 "mean_observed": totals["observed_sum"] / count,
             }
-            counts = torch.from_numpy(totals["contingency"])
-            out.update({k: v.numpy() for k, v in scores_from_counts(counts, self.thresholds).items() if k != "csi_m"})
-            far = false_alarm_ratio(counts).numpy()
-            for i, threshold in enumerate(self.thresholds):
-                out[f"far_{threshold_key(threshold)}"] = far[..., i]
+            out.update(self._categorical(totals["contingency"]))
+            if "event_contingency" in totals:
+                out.update({f"event_{k}": v for k, v in self._categorical(totals["event_contingency"]).items()})
             ff, fo, oo = np.moveaxis(totals["fss"], -1, 0)
             fss = 1.0 - (ff - 2.0 * fo + oo) / (ff + oo)
             for i, threshold in enumerate(self.fss_thresholds):

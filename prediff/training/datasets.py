@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Subset
 from ..data.building import build_sequence_dataset, sequence_units
 from .config import TrainingConfig
 
-__all__ = ["build_datasets", "collate_batch", "collate_frames"]
+__all__ = ["build_datasets", "collate_batch", "collate_frames", "split_indices"]
 
 
 class _InMemory(Dataset):
@@ -62,6 +62,16 @@ class DataScaling(NamedTuple):
     frame_interval_minutes: float | None = None
 
 
+def split_indices(n: int, val_fraction: float, split_seed: int = 0) -> tuple[list[int], list[int]]:
+    """The training and validation items (sorted) of a data set of `n` items: `round(n * val_fraction)` of them
+    (at least one when the fraction is positive and `n > 1`), drawn by a permutation seeded with `split_seed`."""
+    num_val = int(round(n * val_fraction))
+    if val_fraction > 0 and num_val == 0 and n > 1:
+        num_val = 1
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
+    return sorted(order[num_val:]), sorted(order[:num_val])
+
+
 def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, DataScaling]:
     """The training and validation splits described by `config.data`, and how the data's values are scaled
     (see [`DataScaling`])."""
@@ -98,12 +108,9 @@ def build_datasets(config: TrainingConfig) -> tuple[Dataset, Dataset | None, Dat
     n = len(full)
     if n == 0:
         raise ValueError(f"data set {d.dataset!r} ({d.path or 'generated'}) holds no window of seq_len={seq_len}")
-    num_val = int(round(n * d.val_fraction))
-    if d.val_fraction > 0 and num_val == 0 and n > 1:
-        num_val = 1
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(d.split_seed)).tolist()
-    train: Dataset = Subset(full, sorted(order[num_val:]))
-    val: Dataset | None = Subset(full, sorted(order[:num_val])) if num_val else None
+    train_indices, val_indices = split_indices(n, d.val_fraction, d.split_seed)
+    train: Dataset = Subset(full, train_indices)
+    val: Dataset | None = Subset(full, val_indices) if val_indices else None
     if d.cache_in_memory:
         train = _InMemory(train, config.label_key)
         val = _InMemory(val, config.label_key) if val is not None else None
