@@ -40,13 +40,18 @@ every context and lead frame.
 **Scores**, in mm/h over the selected sequences, with `prediff.metrics.SequenceScores`: CRPS of the ensemble (of a
 deterministic forecast: its MAE), averaged over lead times and at the last lead; MSE and MAE of the ensemble mean;
 CSI, POD and FAR = F / (H + F) at 1 and 5 mm/h, and FSS at 5 mm/h over 16 km (8 pixels at 2 km), all of the
-ensemble median (the mean of the two middle members for even ensembles); the spread/skill ratio; the rank
+ensemble median (the mean of the two middle members for even ensembles); the same categorical scores of each
+ensemble's event forecasts, an event where at least a fraction p of the members reach the threshold, as a
+forecaster issues a warning at an exceedance probability (`--event-probability`, 0.375 for the pipeline, and
+`--steps-event-probability`, 0.25 for STEPS: chosen on the validation split of the training data by
+`benchmarks/radar_event_probability.py`, never on MeteoSwiss); the spread/skill ratio; the rank
 histogram over pixels where the observation or a member reaches 0.1 mm/h (below it all tie). 95% intervals come
 from `--bootstrap` (1000) resamplings of the sequences (seeded by `--seed`, the same draws for every forecaster,
-so the interval of a CRPS difference to STEPS is paired). Wall time per sequence of each forecaster is reported.
+so the interval of a CRPS difference to STEPS, and of a CSI difference to the extrapolation, is paired). Wall time
+per sequence of each forecaster is reported.
 
-**Output**: a Markdown table, the intervals and the rank histograms printed; under `--out`:
-`bench_radar.json` (settings, selected sequences, every score per lead time, intervals) and
+**Output**: a Markdown table, the intervals, the event forecasts' scores and the rank histograms printed; under
+`--out`: `bench_radar.json` (settings, selected sequences, every score per lead time, intervals) and
 `rank_histogram.png` (one line per ensemble forecaster, the uniform frequency dashed), both written atomically.
 
 Examples (ARCHIVE holds `radar/mch`, e.g. from `pysteps.datasets.download_pysteps_data`):
@@ -62,7 +67,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +101,12 @@ FSS_THRESHOLD = 5.0
 FSS_KM = 16.0
 WET_THRESHOLD = 0.1
 STEPS_NAME = "pysteps STEPS"
+EXTRAPOLATION_NAME = "pysteps extrapolation"
+#: Exceedance probabilities of the ensembles' event forecasts (an event where at least this fraction of the members
+#: reach the threshold), chosen on the validation split of the radar training file (FMI and KNMI, never MeteoSwiss)
+#: by benchmarks/radar_event_probability.py: the k/8 with the highest mean of CSI at 1 and 5 mm/h, 8 members.
+EVENT_PROBABILITY = 0.375  # prediff-radar-tiny with its default sampler
+STEPS_EVENT_PROBABILITY = 0.25
 SELECTION_RULE = (
     "windows of T_in + T_out frames every window_stride frames, never spanning a missing file; crops of the tile "
     "every crop_stride pixels (whole frames with --whole-domain); kept: no NaN (crops) and a fraction >= "
@@ -117,8 +128,28 @@ COLUMNS = (
     ("FSS5@16km", None, None),  # the FSS key depends on the pixel size
     ("spread/skill", "spread_skill_ratio", None),
 )
+#: Columns of the event forecasts' table.
+EVENT_COLUMNS = (
+    ("CSI1", "event_csi_1"),
+    ("CSI5", "event_csi_5"),
+    ("POD1", "event_pod_1"),
+    ("FAR1", "event_far_1"),
+    ("POD5", "event_pod_5"),
+    ("FAR5", "event_far_5"),
+    ("BIAS1", "event_bias_1"),
+    ("BIAS5", "event_bias_5"),
+)
 #: Scores given bootstrap intervals: (label, score, lead time index or None).
-INTERVALS = (("CRPS", "crps", None), ("CRPS last", "crps", -1), ("CSI1", "csi_1", None), ("CSI5", "csi_5", None))
+INTERVALS = (
+    ("CRPS", "crps", None),
+    ("CRPS last", "crps", -1),
+    ("CSI1", "csi_1", None),
+    ("CSI5", "csi_5", None),
+    ("event CSI1", "event_csi_1", None),
+    ("event CSI5", "event_csi_5", None),
+)
+#: CSI scores given paired intervals of their difference to the extrapolation's: (label, score).
+CSI_DIFFERENCES = (("CSI1", "csi_1"), ("CSI5", "csi_5"), ("event CSI1", "event_csi_1"), ("event CSI5", "event_csi_5"))
 
 
 # ---------------------------------------------------------------------------------------------- units
@@ -257,11 +288,13 @@ def score_sequences(
     batch_size: int = 4,
     seed: int = 0,
     progress: bool = True,
+    event_probabilities: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, SequenceScores], dict[str, float]]:
     """Forecast the selected items of `dataset` with every forecaster and keep their scores per sequence.
 
     Sequence ids are positions in `selected` (0, 1, ...), which seed the noise. Pixels count where the target
-    and every context frame are inside the radar domain (not NaN).
+    and every context frame are inside the radar domain (not NaN). A forecaster named in `event_probabilities`
+    also gets the scores of its event forecasts at that exceedance probability (`event_csi_1`, ...).
 
     Returns:
         name -> [`SequenceScores`] (mm/h), and name -> wall seconds in all.
@@ -270,8 +303,11 @@ def score_sequences(
 
     seconds: dict[str, float] = {}
     runs = {name: timed(fn, seconds, name) for name, fn in forecasters.items()}
+    event_probabilities = event_probabilities or {}
     scores = {
-        name: SequenceScores(THRESHOLDS, (FSS_THRESHOLD,), (fss_scale,), "median", WET_THRESHOLD, seed)
+        name: SequenceScores(
+            THRESHOLDS, (FSS_THRESHOLD,), (fss_scale,), "median", WET_THRESHOLD, seed, event_probabilities.get(name)
+        )
         for name in forecasters
     }
     for first in tqdm(range(0, len(selected), batch_size), desc="sequences", disable=not progress):
@@ -291,9 +327,11 @@ def summarize(
     num_draws: int = 1000,
     seed: int = 0,
     reference: str = STEPS_NAME,
+    csi_reference: str = EXTRAPOLATION_NAME,
 ) -> dict[str, Any]:
     """Scores, per-lead scores, bootstrap 95% intervals and time per sequence of every forecaster, and the paired
-    intervals of its CRPS minus the reference's (STEPS), from the same resamplings of the sequences."""
+    intervals of its CRPS minus the reference's (STEPS) and of its CSI minus the `csi_reference`'s (pysteps
+    extrapolation; a deterministic forecast's event CSI is its CSI), from the same resamplings of the sequences."""
     count = next(iter(scores.values())).num_sequences
     weights = bootstrap_weights(count, num_draws, seed)
     draws = {name: (s.compute(weights), s.compute(weights, per_lead_time=True)) for name, s in scores.items()}
@@ -320,6 +358,11 @@ def summarize(
                     label: percentile_interval(drawn(name, "crps", lead) - drawn(reference, "crps", lead))
                     for label, lead in (("CRPS", None), ("CRPS last", -1))
                 },
+            }
+        if csi_reference in scores and name != csi_reference:
+            entry["csi_minus_extrapolation"] = {
+                label: percentile_interval(drawn(name, key, None) - drawn(csi_reference, key, None))
+                for label, key in CSI_DIFFERENCES
             }
         summary[name] = entry
     return summary
@@ -359,6 +402,32 @@ def interval_table(summary: dict[str, Any]) -> str:
             for label in ("CRPS", "CRPS last"):
                 cells.append(f"{difference[label][0]:+.3g} - {difference[label][1]:+.3g}" if difference else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csi_difference_table(summary: dict[str, Any]) -> str:
+    """The paired 95% intervals of each forecaster's CSI minus the extrapolation's (positive: better)."""
+    labels = [label for label, _ in CSI_DIFFERENCES]
+    lines = ["| forecast | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name, entry in summary.items():
+        difference = entry.get("csi_minus_extrapolation")
+        if difference is not None:
+            cells = [f"{difference[label][0]:+.3g} - {difference[label][1]:+.3g}" for label in labels]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def event_table(summary: dict[str, Any], probabilities: dict[str, float]) -> str:
+    """The event forecasts' scores: each ensemble forecasts an event where at least a fraction p of its members
+    reach the threshold; a deterministic forecast's events are its own."""
+    labels = [label for label, _ in EVENT_COLUMNS]
+    lines = ["| forecast | p | " + " | ".join(labels) + " |", "|---" * (len(labels) + 2) + "|"]
+    for name, entry in summary.items():
+        if name not in probabilities:
+            continue
+        p = f"{probabilities[name]:g}" if entry["members"] > 1 else "-"
+        cells = [_cell(entry["scores"].get(key)) for _, key in EVENT_COLUMNS]
+        lines.append(f"| {name} | {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -461,6 +530,8 @@ def benchmark(
     bootstrap: int = 1000,
     out: Path | None = None,
     progress: bool = True,
+    event_probability: float = EVENT_PROBABILITY,
+    steps_event_probability: float = STEPS_EVENT_PROBABILITY,
 ) -> dict[str, Any]:
     """Select the sequences, forecast them with every forecaster, score them (see the module's docstring).
 
@@ -500,12 +571,17 @@ def benchmark(
         steps_kwargs={"wet_threshold": WET_THRESHOLD, "km_per_pixel": pixel_km, "timestep_minutes": minutes},
     )
     # STEPS second, next to the pipelines, then the deterministic baselines.
-    for baseline in (STEPS_NAME, "pysteps extrapolation", "persistence"):
+    for baseline in (STEPS_NAME, EXTRAPOLATION_NAME, "persistence"):
         if baseline in baselines:
             forecasters[baseline] = dry_filled(baselines[baseline])
 
+    # The storms pipeline's and the deterministic forecasts' events are those of the median (odd ensembles).
+    probabilities = {forecaster: 0.5 for forecaster in forecasters}
+    probabilities.update({name: event_probability, STEPS_NAME: steps_event_probability})
     fss_scale = max(1, round(FSS_KM / pixel_km))
-    scores, seconds = score_sequences(dataset, selected, forecasters, T_in, fss_scale, batch_size, seed, progress)
+    scores, seconds = score_sequences(
+        dataset, selected, forecasters, T_in, fss_scale, batch_size, seed, progress, probabilities
+    )
     summary = summarize(scores, seconds, bootstrap, seed)
     result = {
         "benchmark": "bench_radar",
@@ -528,6 +604,7 @@ def benchmark(
             "units": "mm/h",
             "thresholds_mm_h": list(THRESHOLDS),
             "point_forecast": "ensemble median (CSI, POD, FAR, FSS); ensemble mean (MSE, MAE)",
+            "event_probabilities": {k: v for k, v in probabilities.items() if k in forecasters},
             "fss": {"threshold_mm_h": FSS_THRESHOLD, "scale_pixels": fss_scale, "scale_km": fss_scale * pixel_km},
             "rank_histogram_x_min_mm_h": WET_THRESHOLD,
             "bootstrap_draws": bootstrap,
@@ -573,6 +650,17 @@ def report(result: dict[str, Any]) -> str:
         "",
         interval_table(summary),
         "",
+        "### Event forecasts: an event where at least a fraction p of the members reach the threshold",
+        "",
+        "p chosen on the validation split of the training data (benchmarks/radar_event_probability.py); a "
+        "deterministic forecast's events are its own.",
+        "",
+        event_table(summary, settings["event_probabilities"]),
+        "",
+        "CSI minus the extrapolation's, paired 95% intervals (median and event forecasts; positive: better):",
+        "",
+        csi_difference_table(summary),
+        "",
         "### Rank histograms (pixels where the observation or a member reaches 0.1 mm/h)",
         "",
         rank_lines(summary),
@@ -605,6 +693,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="sequences forecast together")
     parser.add_argument("--device", default=None, help="of the pipelines (default: cuda when there is one, else cpu)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamplings of the sequences for intervals")
+    parser.add_argument(
+        "--event-probability",
+        type=float,
+        default=EVENT_PROBABILITY,
+        help=f"exceedance probability of the pipeline's event forecasts (default {EVENT_PROBABILITY:g})",
+    )
+    parser.add_argument(
+        "--steps-event-probability",
+        type=float,
+        default=STEPS_EVENT_PROBABILITY,
+        help=f"exceedance probability of STEPS' event forecasts (default {STEPS_EVENT_PROBABILITY:g})",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench-radar"), help="folder of the JSON and picture")
     return parser.parse_args(argv)
 
@@ -632,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         options = ("members", "seed", "num_sequences", "window_stride", "stride", "min_wet_fraction")
         options += ("whole_domain", "pixel_size_km", "interval_minutes", "batch_size", "bootstrap", "out")
+        options += ("event_probability", "steps_event_probability")
         result = benchmark(
             source,
             events,

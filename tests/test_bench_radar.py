@@ -113,6 +113,25 @@ def test_sequence_scores_match_numpy_with_a_mask_and_the_accumulating_metrics_wi
         assert result[f"pod_{threshold:g}"] == pytest.approx(hits / (hits + misses + 1e-4), rel=1e-10)
         assert result[f"far_{threshold:g}"] == pytest.approx(false_alarms / (hits + false_alarms + 1e-4), rel=1e-10)
     assert result["mse"] == pytest.approx(((ensemble.mean(axis=1) - observed) ** 2)[valid].mean(), rel=1e-6)
+    # Event forecasts at an exceedance probability: at least 2 of the 3 members are the median's events.
+    for p, at_least in ((1 / 3, 1), (0.5, 2), (2 / 3, 2), (1.0, 3)):
+        events = SequenceScores(thresholds=(1.0, 5.0), event_probability=p)
+        events.update(ensemble, nan_outside, mask=valid)
+        scored = events.compute()
+        assert "event_csi_1" not in result and scored["csi_5"] == pytest.approx(result["csi_5"], rel=1e-12)
+        for threshold in (1.0, 5.0):
+            forecast = (ensemble >= threshold).sum(axis=1) >= at_least
+            hits = ((forecast & (observed >= threshold)) & valid).sum()
+            misses = ((~forecast & (observed >= threshold)) & valid).sum()
+            false_alarms = ((forecast & (observed < threshold)) & valid).sum()
+            key = f"{threshold:g}"
+            assert scored[f"event_csi_{key}"] == pytest.approx(hits / (hits + misses + false_alarms + 1e-4))
+            assert scored[f"event_far_{key}"] == pytest.approx(false_alarms / (hits + false_alarms + 1e-4))
+            assert scored[f"event_bias_{key}"] == pytest.approx((hits + false_alarms) / (hits + misses + 1e-4))
+            if at_least == 2:
+                assert scored[f"event_csi_{key}"] == pytest.approx(result[f"csi_{key}"], rel=1e-12)
+    with pytest.raises(ValueError, match="event_probability must be in"):
+        SequenceScores(event_probability=0.0)
     # Sequence 1 drawn twice and 3 never: the sums of those draws.
     weighted = scores.compute(weights=np.array([1, 2, 1, 0]))
     w = np.array([1, 2, 1, 0], dtype=np.float64)[:, None, None, None, None] * valid
@@ -187,7 +206,22 @@ def test_benchmark_selects_forecasts_and_scores_a_standin_archive(bench, pipe, t
     assert written["forecasters"]["persistence"]["scores"]["crps"] == pytest.approx(scores["crps"])
     assert (tmp_path / "out" / "rank_histogram.png").read_bytes()[:4] == b"\x89PNG"
     text = bench.report(result)
+    # Event forecasts: the pipeline's and STEPS' at their chosen exceedance probabilities, the rest the median's.
+    assert settings["event_probabilities"] == {
+        "tiny": bench.EVENT_PROBABILITY, "tiny-storms zero-shot": 0.5, "pysteps STEPS": bench.STEPS_EVENT_PROBABILITY,
+        "pysteps extrapolation": 0.5, "persistence": 0.5,
+    }  # fmt: skip
+    assert scores["event_csi_5"] == pytest.approx(scores["csi_5"], rel=1e-12)
+    low, high = summary["tiny"]["intervals"]["event CSI1"]
+    assert 0 <= low <= summary["tiny"]["scores"]["event_csi_1"] <= high <= 1
+    # Paired CSI differences to the extrapolation: persistence's median and event CSI are the same, so are theirs.
+    difference = summary["persistence"]["csi_minus_extrapolation"]
+    assert difference["CSI5"] == difference["event CSI5"] and difference["CSI1"][0] <= difference["CSI1"][1]
+    assert "csi_minus_extrapolation" not in summary["pysteps extrapolation"]
+    assert "| forecast | CSI1 | CSI5 | event CSI1 | event CSI5 |" in text
     assert "| forecast | CRPS | CRPS last | MSE | MAE | CSI1 | CSI5 | POD1 | FAR1 | POD5 | FAR5 | FSS5@16km" in text
+    assert "| forecast | p | CSI1 | CSI5 | POD1 | FAR1 | POD5 | FAR5 | BIAS1 | BIAS5 |" in text
+    assert f"| tiny | {bench.EVENT_PROBABILITY:g} |" in text and "| persistence | - |" in text
     assert all(f"| {name} |" in text for name in names) and "STEPS" in text.splitlines()[-1]
 
 
@@ -223,3 +257,33 @@ def test_pysteps_baselines_estimate_the_motion_of_rain_rate_in_db():
     assert np.abs(decibels - linear).max() > 0.01  # another motion field
     with pytest.raises(ValueError, match="motion_db_threshold must be > 0"):
         extrapolation(context, 2, motion_db_threshold=0.0)
+
+
+def test_event_probability_is_chosen_on_a_validation_split(bench, pipe_dir, tmp_path, capsys):
+    """benchmarks/radar_event_probability.py on a small file of rain rate: every k / M scored, p chosen by the
+    highest mean CSI, the frequency bias falling as p rises."""
+    from prediff.data.io import write_sequences
+    from prediff.training import split_indices
+
+    spec = importlib.util.spec_from_file_location("radar_event_probability", BENCHMARKS / "radar_event_probability.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    fields = np.stack(storm_fields(10))[None, ::2, ::4, ::4, None]  # 5 frames of 32x32 every 10 minutes
+    frames = np.nan_to_num(np.concatenate([fields, fields[:, :, ::-1], fields[:, :, :, ::-1], fields.swapaxes(2, 3)]))
+    path = tmp_path / "rain.h5"
+    metadata = {"units": "mm/h", "pixel_size_km": 2.0, "frame_interval_minutes": 10}
+    write_sequences(path, frames.astype(np.float32), 4, frames.shape[1:], np.float32, metadata, progress=False)
+    argv = ["--data", str(path), "--pipeline", str(pipe_dir), "--members", "2", "--inference-steps", "2"]
+    assert script.main([*argv, "--val-fraction", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(split_indices(4, 0.5, 0)[1])} sequences x 2 members" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| tiny |")]
+    assert [row[1] for row in rows] == ["1/2", "2/2"]
+    mean_csi = [float(row[4]) for row in rows]
+    biases = [(float(row[5]), float(row[6].rstrip(" |"))) for row in rows]
+    assert biases[0][0] >= biases[1][0] and biases[0][1] >= biases[1][1]
+    chosen = 0.5 if mean_csi[0] >= mean_csi[1] else 1.0
+    assert f"tiny p = {chosen:g}" in out.splitlines()[-1]
+    assert len([line for line in out.splitlines() if line.startswith("| pysteps extrapolation |")]) == 1
+    assert script.main(["--data", str(tmp_path / "missing.h5")]) == 2
+    assert "no data file at" in capsys.readouterr().err
