@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pool-sizes", default=",".join(map(str, SEVIR_POOL_SIZES)), help="max-pooling sizes of CSI and CRPS"
     )
     parser.add_argument("--fss-scales", default="1,4,16", help="FSS neighbourhood sizes in pixels")
+    parser.add_argument(
+        "--event-probability",
+        type=float,
+        default=None,
+        help="CSI, POD, BIAS and FSS of an ensemble score its events at this exceedance probability (an event "
+        "where at least this fraction of the members reach the threshold, e.g. 0.375) instead of its mean's",
+    )
     parser.add_argument("--interval-minutes", type=float, default=None, help="minutes between frames (labels)")
     parser.add_argument(
         "--observed-factor",
@@ -235,6 +242,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             pipeline_name=str(args.pipeline),
             dataset_name=label,
             progress=not args.no_progress,
+            event_probability=args.event_probability,
         )
     except ImportError as error:
         # A baseline's optional package is missing: say which, without a traceback.

@@ -39,9 +39,10 @@ from ..metrics import (
     KnowledgeControlError,
     RankHistogram,
     SpreadSkill,
+    exceedance_point,
 )
 from ..metrics.defaults import default_thresholds
-from ..utils.checks import check_positive_int, check_seed, to_numpy
+from ..utils.checks import check_event_probability, check_positive_int, check_seed, to_numpy
 from ..utils.units import to_physical
 from .report import EvaluationReport, ForecasterScores
 
@@ -104,6 +105,8 @@ class ScoreSet:
         frame_size: `(H, W)`, to leave out the pooling sizes / SSIM that do not fit.
         thresholds, pool_sizes, fss_scales: as in [`evaluate_pipeline`].
         rank_x_min: values below it count as equal in the rank histogram (see [`RankHistogram`]).
+        event_probability: an ensemble's categorical scores and FSS are those of its events at this exceedance
+            probability (see [`exceedance_point`]) instead of its mean's.
     """
 
     def __init__(
@@ -114,14 +117,16 @@ class ScoreSet:
         pool_sizes: Sequence[int] = SEVIR_POOL_SIZES,
         fss_scales: Sequence[int] = DEFAULT_FSS_SCALES,
         rank_x_min: float | None = None,
+        event_probability: float | None = None,
     ) -> None:
         side = min(frame_size)
         pools = [k for k in pool_sizes if k <= side] or [1]
         self.ensemble = ensemble
-        self.deterministic = [
-            CategoricalScore(thresholds, pools),
-            ContinuousScore(("mse", "rmse", "mae", "ssim") if side >= _SSIM_MIN_SIZE else ("mse", "rmse", "mae")),
-            FractionsSkillScore(thresholds, fss_scales),
+        self.event_probability = check_event_probability(event_probability)
+        # Scored on the events' field (the mean, or the ensemble at `event_probability`) / on the mean.
+        self.categorical = [CategoricalScore(thresholds, pools), FractionsSkillScore(thresholds, fss_scales)]
+        self.continuous = [
+            ContinuousScore(("mse", "rmse", "mae", "ssim") if side >= _SSIM_MIN_SIZE else ("mse", "rmse", "mae"))
         ]
         self.crps = EnsembleCRPS(pools)
         self.spread = SpreadSkill() if ensemble else None
@@ -145,7 +150,11 @@ class ScoreSet:
         self.members = members.shape[1]
         self.num_sequences += len(target)
         point = members.mean(axis=1) if self.ensemble else forecast
-        for metric in self.deterministic:
+        for metric in self.continuous:
+            metric.update(point, target)
+        if self.ensemble and self.event_probability is not None:
+            point = exceedance_point(members, self.event_probability).numpy()
+        for metric in self.categorical:
             metric.update(point, target)
         self.crps.update(members, target)
         if self.spread is not None and self.members >= 2:
@@ -169,8 +178,8 @@ class ScoreSet:
             raise ValueError(f"cannot merge scores of {other.members} members into scores of {self.members}")
         self.members = other.members
         self.num_sequences += other.num_sequences
-        metrics = self.deterministic + [self.crps, self.spread, self.rank, self.intensity]
-        others = other.deterministic + [other.crps, other.spread, other.rank, other.intensity]
+        metrics = self.categorical + self.continuous + [self.crps, self.spread, self.rank, self.intensity]
+        others = other.categorical + other.continuous + [other.crps, other.spread, other.rank, other.intensity]
         for metric, theirs in zip(metrics, others):
             if metric is not None:
                 metric.merge(theirs)
@@ -180,7 +189,7 @@ class ScoreSet:
         """The accumulated scores as [`ForecasterScores`]."""
         scores: dict[str, float] = {}
         per_lead: dict[str, list[float]] = {}
-        metrics = self.deterministic + [self.crps]
+        metrics = self.categorical + self.continuous + [self.crps]
         if self.spread is not None and self.spread._num_frames is not None:
             metrics.append(self.spread)
         for metric in metrics:
@@ -261,6 +270,7 @@ def evaluate_forecasts(
     descriptions: dict[str, str] | None = None,
     rank_x_min: float | None = None,
     progress: bool = True,
+    event_probability: float | None = None,
 ) -> tuple[dict[str, ForecasterScores], int]:
     """Score any forecast functions on a data set (the loop behind [`evaluate_pipeline`]).
 
@@ -271,6 +281,9 @@ def evaluate_forecasts(
         anticipated: maps observed futures `(B, T_out, H, W, C)` to anticipated mean intensities `(B,)`; when
             given every forecaster gets the `kc_*` intensity errors.
         descriptions: forecaster name -> knowledge-control description for the report.
+        event_probability: the ensembles' categorical scores and FSS score their events at this exceedance
+            probability (an event where at least this fraction of the members reach the threshold) instead of
+            their mean's.
 
     Under `accelerate launch` every process forecasts its own contiguous share of the sequences; the sums and
     counts of every score are then gathered and added, so every process returns the scores of all sequences
@@ -310,8 +323,9 @@ def evaluate_forecasts(
                         )
                     if name not in scores:
                         scores[name] = ScoreSet(
-                            ensemble, target.shape[2:4], thresholds, pool_sizes, fss_scales, rank_x_min
-                        )
+                            ensemble, target.shape[2:4], thresholds, pool_sizes, fss_scales, rank_x_min,
+                            event_probability,
+                        )  # fmt: skip
                     scores[name].update(forecast, target, expected, indices)
                 bar.update(len(indices))
         finally:
@@ -350,6 +364,7 @@ def evaluate_pipeline(
     pipeline_name: str | None = None,
     dataset_name: str | None = None,
     progress: bool = True,
+    event_probability: float | None = None,
 ) -> EvaluationReport:
     """Evaluate a PreDiff or Earthformer pipeline on a data set, next to baselines, with and without knowledge
     control.
@@ -379,6 +394,9 @@ def evaluate_pipeline(
         rank_x_min: values below it are ties in the rank histogram.
         pipeline_name, dataset_name: labels for the report.
         progress: show a progress bar.
+        event_probability: the ensembles' CSI, POD, SUCR, BIAS and FSS score their event forecasts at this
+            exceedance probability (an event where at least this fraction of the members reach the threshold, e.g.
+            0.375) instead of their mean's events; MSE, MAE and SSIM stay those of the mean.
 
     Returns:
         An [`EvaluationReport`]: `.to_table()`, `.to_markdown()`, `.to_json()`, `.save(path)`.
@@ -399,6 +417,7 @@ def evaluate_pipeline(
             )
     is_prediff = isinstance(pipeline, PreDiffPipeline)
     members = check_positive_int("num_ensemble_members", num_ensemble_members)
+    event_probability = check_event_probability(event_probability)
     if is_prediff:
         # Before a list of generators per member is built: one context's ensemble must fit at least.
         pipeline.check_forecast_memory(1, members, "num_ensemble_members")
@@ -507,6 +526,7 @@ def evaluate_pipeline(
         descriptions=descriptions,
         rank_x_min=rank_x_min,
         progress=progress,
+        event_probability=event_probability,
     )
     lo, hi = value_range
     settings: dict[str, Any] = {
@@ -528,6 +548,9 @@ def evaluate_pipeline(
         "thresholds": [float(t) for t in thresholds],
         "pool_sizes": [int(k) for k in pool_sizes if k <= min(H, W)],
         "fss_scales": [int(s) for s in fss_scales],
+        "categorical_point": "ensemble mean"
+        if event_probability is None
+        else f"events where at least {event_probability:g} of the members reach the threshold",
     }
     if knowledge_control is not None:
         settings["anticipated_intensity"] = knowledge_control.describe()

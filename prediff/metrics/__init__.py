@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         crps_ensemble_elementwise,
         crps_ensemble_tensor,
         ensemble_ranks,
+        exceedance_point,
         rank_histogram,
         spread_skill_ratio,
     )
@@ -85,6 +86,7 @@ __getattr__, __dir__ = lazy_exports(
             "crps_ensemble_elementwise",
             "crps_ensemble_tensor",
             "ensemble_ranks",
+            "exceedance_point",
             "rank_histogram",
             "spread_skill_ratio",
         ],
@@ -116,6 +118,7 @@ __all__ = [
     "crps_ensemble_tensor",
     "csi",
     "ensemble_ranks",
+    "exceedance_point",
     "false_alarm_ratio",
     "far",
     "frequency_bias",

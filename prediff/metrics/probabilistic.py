@@ -13,16 +13,21 @@ Ensembles are ``(B, M, T, H, W, C)`` (M members), observations ``(B, T, H, W, C)
 - Spread-skill ratio (Fortin et al. 2014): ``sqrt((M + 1) / M) * spread / RMSE``, with ``spread`` the root
   of the mean unbiased member variance and RMSE that of the ensemble mean; 1 for a reliable ensemble,
   below 1 for an under-dispersive one.
+- Event forecasts at an exceedance probability: an event wherever at least a fraction ``p`` of the members reach
+  the threshold. For every threshold at once that is the ``ceil(p M)``-th largest member reaching it, so
+  [`exceedance_point`] gives the one field whose events are those of the ensemble at probability ``p``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..utils.checks import check_event_probability
 from ._base import ArrayLike, Metric, check_pair, finalize
 from .categorical import max_pool_frames
 
@@ -32,6 +37,23 @@ def max_pool_ensemble(pred: torch.Tensor, pool_size: int) -> torch.Tensor:
     b, m = pred.shape[:2]
     pooled = max_pool_frames(pred.reshape(b * m, *pred.shape[2:]), pool_size)
     return pooled.reshape(b, m, *pooled.shape[1:])
+
+
+def exceedance_point(pred: ArrayLike, probability: float) -> torch.Tensor:
+    """The ``ceil(probability * M)``-th largest of the ``M`` members along axis 1: ``(B, T, H, W, C)``.
+
+    It reaches a threshold exactly where at least a fraction ``probability`` (in (0, 1]) of the members do, so
+    its events at every threshold are the ensemble's event forecast at that exceedance probability (1/2 of an odd
+    ensemble: the median's events; 1: the smallest member).
+    """
+    if check_event_probability(probability, "probability") is None:
+        raise ValueError("probability must be in (0, 1], got None")
+    members = torch.as_tensor(pred)
+    if members.ndim != 6:
+        raise ValueError(f"expected an ensemble of shape (B, M, T, H, W, C), got {tuple(members.shape)}")
+    # The tolerance keeps p = k / M at k members despite rounding.
+    k = max(1, math.ceil(probability * members.shape[1] - 1e-9))
+    return members.topk(k, dim=1).values[:, k - 1]
 
 
 def crps_ensemble_elementwise(pred: ArrayLike, target: ArrayLike, fair: bool = False) -> torch.Tensor:

@@ -26,16 +26,16 @@ e.g. of a CRPS difference.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..utils.checks import check_array, check_positive_int, check_seed, to_numpy
+from ..utils.checks import check_array, check_event_probability, check_positive_int, check_seed, to_numpy
 from ._base import ArrayLike, check_pair
 from .categorical import false_alarm_ratio, scores_from_counts, threshold_key
-from .probabilistic import crps_ensemble_elementwise, ensemble_ranks
+from .probabilistic import crps_ensemble_elementwise, ensemble_ranks, exceedance_point
 from .spatial import fss_key, neighbourhood_fraction
 
 __all__ = ["POINT_FORECASTS", "SequenceScores", "bootstrap_weights", "percentile_interval"]
@@ -116,15 +116,13 @@ class SequenceScores:
             raise ValueError(f"fss_scales must be positive integers, got {tuple(fss_scales)}")
         if point not in POINT_FORECASTS:
             raise ValueError(f"point must be one of {POINT_FORECASTS}, got {point!r}")
-        if event_probability is not None and not 0.0 < event_probability <= 1.0:
-            raise ValueError(f"event_probability must be in (0, 1], got {event_probability!r}")
         self.thresholds = tuple(float(t) for t in thresholds)
         self.fss_thresholds = tuple(float(t) for t in fss_thresholds)
         self.fss_scales = tuple(int(s) for s in fss_scales)
         self.point = point
         self.rank_x_min = None if rank_x_min is None else float(rank_x_min)
         self.seed = check_seed(seed)
-        self.event_probability = None if event_probability is None else float(event_probability)
+        self.event_probability = check_event_probability(event_probability)
         self.members: int | None = None
         self.num_frames: int | None = None
         self.indices: list[int] = []
@@ -205,13 +203,9 @@ class SequenceScores:
             "forecast_sum": per_sequence(mean),
             "observed_sum": per_sequence(obs),
         }
-        parts["contingency"] = self._contingency(lambda threshold: point >= threshold, obs, keep)
+        parts["contingency"] = self._contingency(point, obs, keep)
         if self.event_probability is not None:
-            # A small tolerance so that p = k / M counts k members despite rounding.
-            def exceeding(threshold: float) -> torch.Tensor:
-                return (pred >= threshold).double().mean(dim=1) >= self.event_probability - 1e-9
-
-            parts["event_contingency"] = self._contingency(exceeding, obs, keep)
+            parts["event_contingency"] = self._contingency(exceedance_point(pred, self.event_probability), obs, keep)
         parts["fss"] = self._fss_sums(point, obs, keep)
         if m >= 2:
             parts["variance"] = per_sequence(pred.var(dim=1, unbiased=True))
@@ -229,15 +223,13 @@ class SequenceScores:
             self._parts.setdefault(name, []).append(value)
         self.indices += indices
 
-    def _contingency(
-        self, events: Callable[[float], torch.Tensor], obs: torch.Tensor, keep: torch.Tensor
-    ) -> np.ndarray:
+    def _contingency(self, field: torch.Tensor, obs: torch.Tensor, keep: torch.Tensor) -> np.ndarray:
         """(B, T, thresholds, 3): hits, misses and false alarms over the valid pixels of each sequence, of the
-        forecast events ``events(threshold)`` (bool, shaped as ``obs``)."""
+        events ``field >= threshold`` (``field`` shaped as ``obs``)."""
         b, t = obs.shape[:2]
         counts = np.zeros((b, t, len(self.thresholds), 3))
         for i, threshold in enumerate(self.thresholds):
-            forecast_events, observed_events = events(threshold) & keep, (obs >= threshold) & keep
+            forecast_events, observed_events = (field >= threshold) & keep, (obs >= threshold) & keep
             hits = (forecast_events & observed_events).sum(dim=(2, 3, 4)).double()
             counts[:, :, i, 0] = hits.numpy()
             counts[:, :, i, 1] = (observed_events.sum(dim=(2, 3, 4)).double() - hits).numpy()

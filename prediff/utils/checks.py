@@ -86,6 +86,15 @@ def check_intensity_growth(value: Any, name: str = "max_intensity_growth") -> fl
     return float(value)
 
 
+def check_event_probability(value: Any, name: str = "event_probability") -> float | None:
+    """An exceedance probability of event forecasts: None, or a number in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
 def check_cap_radius(radius_km: Any, pixel_size_km: float | None) -> float | None:
     """`intensity_cap_radius_km`: None (the cap of the whole frame) or a positive distance, which needs the
     pipeline's `pixel_size_km` to become pixels."""

@@ -181,6 +181,18 @@ def test_ensemble_scores_are_those_of_the_pipeline(pipe):
         assert entry["scores"][name] == pytest.approx(expected[name], rel=1e-4), name
         np.testing.assert_allclose(entry["per_lead_time"][name], per_lead[name], rtol=1e-4)
     assert list(report.forecasters) == ["prediff"] and "kc_mae" not in entry["scores"]
+    assert report.settings["categorical_point"] == "ensemble mean"
+    # Events where at least 1 of the 2 members reaches the threshold: the larger member's events; MSE stays the mean's.
+    events = evaluate_pipeline(
+        pipe, dataset, batch_size=2, num_ensemble_members=2, num_inference_steps=2, baselines=(), progress=False,
+        event_probability=0.5,
+    )  # fmt: skip
+    larger, _ = direct_scores(ensemble.max(axis=1), frames[:, 3:])
+    scored = events.to_dict()["forecasters"]["prediff"]["scores"]
+    for name in ("csi_16", "csi_74", "pod_133", "bias_16", "csi_m", "fss_74_scale4"):
+        assert scored[name] == pytest.approx(larger[name], rel=1e-4, abs=1e-6), name
+    assert scored["mse"] == pytest.approx(expected["mse"], rel=1e-4)
+    assert "at least 0.5 of the members" in events.settings["categorical_point"]
 
 
 def test_data_file_and_fixed_target(pipe_dir, tmp_path):
@@ -263,6 +275,7 @@ def test_bad_datasets(pipe):
         (["--dataset", "storms", "--knowledge-control", "intensity", "--n-sigma", 2], "--intensity-mean"),
         (["--dataset", "storms", "--out", "EXISTING"], "already exist.*--overwrite"),
         (["--dataset", "NOT_HDF5"], r"cannot read .*notreally\.h5 as HDF5"),
+        (["--dataset", "storms", "--event-probability", 0], r"event_probability must be in \(0, 1\], got 0"),
     ],
 )
 def test_command_errors(extra, message, pipe_dir, tmp_path, capsys):

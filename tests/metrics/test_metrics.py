@@ -179,6 +179,25 @@ def test_crps_sorted_formula_matches_pairwise(m):
     np.testing.assert_allclose(per_lead, _crps_pairwise(pred, target).mean(axis=(0, 2, 3, 4)), rtol=1e-10)
 
 
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_exceedance_point_events_are_the_members_counted(m):
+    rng = np.random.default_rng(11 + m)
+    pred = np.round(_vil(rng, (2, m, 3, 8, 8, 1)) / 32.0) * 32.0  # ties between members
+    for k in range(1, m + 1):
+        field = metrics.exceedance_point(pred, k / m).numpy()
+        for threshold in (16.0, 74.0, 133.0, 160.0):
+            counted = (pred >= threshold).sum(axis=1) >= k
+            np.testing.assert_array_equal(field >= threshold, counted)
+    if m == 3:
+        np.testing.assert_array_equal(metrics.exceedance_point(pred, 0.5).numpy(), np.median(pred, axis=1))
+    np.testing.assert_array_equal(metrics.exceedance_point(pred, 1.0).numpy(), pred.min(axis=1))
+    for bad in (0.0, 1.5, None, True):
+        with pytest.raises(ValueError, match="probability must be in"):
+            metrics.exceedance_point(pred, bad)
+    with pytest.raises(ValueError, match="expected an ensemble"):
+        metrics.exceedance_point(pred[:, 0], 0.5)
+
+
 def test_crps_accumulates_and_pools():
     rng = np.random.default_rng(6)
     batches = [(_vil(rng, (1, 3, 2, 16, 16, 1)), _vil(rng, (1, 2, 16, 16, 1))) for _ in range(2)]
