@@ -87,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.data} does not hold rain rate in mm/h (units: {data.metadata.get('units')!r})")
         pipe = load_forecast_pipeline(args.pipeline)
         pipe.set_progress_bar_config(disable=True)
+        T_in, T_out = pipe.context_shape[0], pipe.forecast_shape[0]
+        if data.shape[1] < T_in + T_out:
+            raise ValueError(
+                f"{args.data} holds sequences of {data.shape[1]} frames; the pipeline needs {T_in} + {T_out}"
+            )
+        _, validation = split_indices(len(data), args.val_fraction, args.split_seed)
+        if not validation:
+            raise ValueError(f"--val-fraction {args.val_fraction} holds out no sequence of the {len(data)}")
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"radar_event_probability.py: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    T_in, T_out = pipe.context_shape[0], pipe.forecast_shape[0]
-    _, validation = split_indices(len(data), args.val_fraction, args.split_seed)
     steps = args.inference_steps or pipe.default_num_inference_steps
     baselines = baseline_forecasters(
         T_out,

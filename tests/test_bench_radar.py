@@ -287,3 +287,9 @@ def test_event_probability_is_chosen_on_a_validation_split(bench, pipe_dir, tmp_
     assert len([line for line in out.splitlines() if line.startswith("| pysteps extrapolation |")]) == 1
     assert script.main(["--data", str(tmp_path / "missing.h5")]) == 2
     assert "no data file at" in capsys.readouterr().err
+    assert script.main([*argv, "--val-fraction", "0"]) == 2
+    assert "holds out no sequence of the 4" in capsys.readouterr().err
+    short = tmp_path / "short.h5"
+    write_sequences(short, frames[:, :4].astype(np.float32), 4, (4, 32, 32, 1), np.float32, metadata, progress=False)
+    assert script.main(["--data", str(short), "--pipeline", str(pipe_dir)]) == 2
+    assert "sequences of 4 frames; the pipeline needs 3 + 2" in capsys.readouterr().err
