@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.checks import check_event_probability
+from ..utils.checks import check_array, check_event_probability
 from ._base import ArrayLike, Metric, check_pair, finalize
 from .categorical import max_pool_frames
 
@@ -48,9 +48,7 @@ def exceedance_point(pred: ArrayLike, probability: float) -> torch.Tensor:
     """
     if check_event_probability(probability, "probability") is None:
         raise ValueError("probability must be in (0, 1], got None")
-    members = torch.as_tensor(pred)
-    if members.ndim != 6:
-        raise ValueError(f"expected an ensemble of shape (B, M, T, H, W, C), got {tuple(members.shape)}")
+    members = check_array("pred", pred, 6, "shape (B, M, T, H, W, C)", to="tensor")
     # The tolerance keeps p = k / M at k members despite rounding.
     k = max(1, math.ceil(probability * members.shape[1] - 1e-9))
     return members.topk(k, dim=1).values[:, k - 1]

@@ -194,8 +194,10 @@ def test_exceedance_point_events_are_the_members_counted(m):
     for bad in (0.0, 1.5, None, True):
         with pytest.raises(ValueError, match="probability must be in"):
             metrics.exceedance_point(pred, bad)
-    with pytest.raises(ValueError, match="expected an ensemble"):
+    with pytest.raises(ValueError, match=r"pred must have shape \(B, M, T, H, W, C\), got shape \(2, 3, 8, 8, 1\)"):
         metrics.exceedance_point(pred[:, 0], 0.5)
+    with pytest.raises(ValueError, match="pred contains NaN"):
+        metrics.exceedance_point(np.where(pred > 100, np.nan, pred), 0.5)
 
 
 def test_crps_accumulates_and_pools():
