@@ -348,7 +348,10 @@ def summarize(
             "seconds_per_sequence": seconds.get(name, 0.0) / count,
             "scores": {k: v for k, v in total.items() if k != "rank_histogram"},
             "per_lead_time": {k: v for k, v in s.compute(per_lead_time=True).items() if k != "rank_histogram"},
-            "intervals": {label: percentile_interval(drawn(name, key, lead)) for label, key, lead in INTERVALS},
+            # Scores a forecaster lacks (event scores without an event probability) get no interval.
+            "intervals": {
+                label: percentile_interval(drawn(name, key, lead)) for label, key, lead in INTERVALS if key in total
+            },
             "rank_histogram": total.get("rank_histogram"),
         }
         if reference in scores and name != reference:
@@ -363,6 +366,7 @@ def summarize(
             entry["csi_minus_extrapolation"] = {
                 label: percentile_interval(drawn(name, key, None) - drawn(csi_reference, key, None))
                 for label, key in CSI_DIFFERENCES
+                if key in total and key in draws[csi_reference][0]
             }
         summary[name] = entry
     return summary
@@ -396,7 +400,8 @@ def interval_table(summary: dict[str, Any]) -> str:
     extra = ["CRPS - STEPS", "CRPS last - STEPS"] if paired else []
     lines = ["| forecast | " + " | ".join(labels + extra) + " |", "|---" * (len(labels) + len(extra) + 1) + "|"]
     for name, entry in summary.items():
-        cells = [f"{_cell(lo)} - {_cell(hi)}" for lo, hi in (entry["intervals"][label] for label in labels)]
+        intervals = [entry["intervals"].get(label, (None, None)) for label in labels]
+        cells = [f"{_cell(lo)} - {_cell(hi)}" for lo, hi in intervals]
         if paired:
             difference = entry.get("crps_minus_reference")
             for label in ("CRPS", "CRPS last"):
@@ -412,7 +417,10 @@ def csi_difference_table(summary: dict[str, Any]) -> str:
     for name, entry in summary.items():
         difference = entry.get("csi_minus_extrapolation")
         if difference is not None:
-            cells = [f"{difference[label][0]:+.3g} - {difference[label][1]:+.3g}" for label in labels]
+            cells = [
+                f"{difference[label][0]:+.3g} - {difference[label][1]:+.3g}" if label in difference else "-"
+                for label in labels
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -575,7 +583,7 @@ def benchmark(
         if baseline in baselines:
             forecasters[baseline] = dry_filled(baselines[baseline])
 
-    # The storms pipeline's and the deterministic forecasts' events are those of the median (odd ensembles).
+    # Any p gives a deterministic forecast's own events; the storms pipeline's are those of half its members.
     probabilities = {forecaster: 0.5 for forecaster in forecasters}
     probabilities.update({name: event_probability, STEPS_NAME: steps_event_probability})
     fss_scale = max(1, round(FSS_KM / pixel_km))

@@ -158,6 +158,20 @@ def test_sequence_scores_match_numpy_with_a_mask_and_the_accumulating_metrics_wi
     np.testing.assert_allclose(full.compute()["rank_histogram"], ranks.compute()["rank_histogram"], rtol=1e-12)
 
 
+def test_summary_without_event_probabilities_leaves_their_intervals_out(bench):
+    rng = np.random.default_rng(2)
+    observed = rng.gamma(0.6, 4.0, size=(3, 2, 8, 8, 1))
+    scores = {name: SequenceScores() for name in ("ensemble", "pysteps STEPS", "pysteps extrapolation")}
+    scores["ensemble"].update(rng.gamma(0.6, 4.0, size=(3, 4, 2, 8, 8, 1)), observed)
+    scores["pysteps STEPS"].update(rng.gamma(0.6, 4.0, size=(3, 4, 2, 8, 8, 1)), observed)
+    scores["pysteps extrapolation"].update(rng.gamma(0.6, 4.0, size=(3, 2, 8, 8, 1)), observed)
+    summary = bench.summarize(scores, {}, num_draws=50)
+    assert set(summary["ensemble"]["intervals"]) == {"CRPS", "CRPS last", "CSI1", "CSI5"}
+    assert set(summary["ensemble"]["csi_minus_extrapolation"]) == {"CSI1", "CSI5"}
+    assert "| ensemble | " in bench.interval_table(summary) and "| - - - |" in bench.interval_table(summary)
+    assert bench.csi_difference_table(summary).splitlines()[2].endswith("| - | - |")
+
+
 def test_benchmark_selects_forecasts_and_scores_a_standin_archive(bench, pipe, tmp_path):
     source = npy_archive(tmp_path / "archive", storm_fields())
     result = bench.benchmark(
