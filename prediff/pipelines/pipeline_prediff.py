@@ -92,6 +92,20 @@ def _check_default_steps(value: dict[str, int] | None) -> dict[str, int] | None:
     return dict(value)
 
 
+def control_list(knowledge_controls: Any) -> list[KnowledgeControl]:
+    """The `knowledge_controls` argument of a forecast (None, one control, a list or tuple of them) as a list."""
+    if knowledge_controls is None:
+        return []
+    if isinstance(knowledge_controls, KnowledgeControl):
+        return [knowledge_controls]
+    if isinstance(knowledge_controls, (list, tuple)):
+        return list(knowledge_controls)
+    raise ValueError(
+        "knowledge_controls must be a KnowledgeControl or a list of them, got "
+        f"{type(knowledge_controls).__name__} (wrap a function of the forecast in FunctionControl(fn))"
+    )
+
+
 class Extrapolation(NamedTuple):
     """The extrapolation of the contexts, one row per forecast row.
 
@@ -712,17 +726,7 @@ class PreDiffPipeline(ForecastPipelineMixin, DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if callback_on_step_end_tensor_inputs is None:
             callback_on_step_end_tensor_inputs = ["latents"]
-        if knowledge_controls is None:
-            controls = []
-        elif isinstance(knowledge_controls, KnowledgeControl):
-            controls = [knowledge_controls]
-        elif isinstance(knowledge_controls, (list, tuple)):
-            controls = list(knowledge_controls)
-        else:
-            raise ValueError(
-                "knowledge_controls must be a KnowledgeControl or a list of them, got "
-                f"{type(knowledge_controls).__name__} (wrap a function of the forecast in FunctionControl(fn))"
-            )
+        controls = control_list(knowledge_controls)
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps
 

@@ -48,6 +48,21 @@ def range_outside(values: np.ndarray | torch.Tensor, value_range: tuple[float, f
     return (found_lo, found_hi) if found_lo < lo - tol or found_hi > hi + tol else None
 
 
+def warn_outside_range(pipe: Any, context: Any, stacklevel: int = 2) -> None:
+    """One warning naming both ranges when a context leaves the pipeline's `physical_range` (anything but a
+    non-empty array of finite real numbers is left to the pipeline's own checks)."""
+    real = holds_real_numbers(context) and math.prod(context.shape) > 0
+    found = range_outside(context, pipe.physical_range) if real else None
+    if found is not None and all(math.isfinite(v) for v in found):
+        lo, hi = pipe.physical_range
+        warnings.warn(
+            f"context values span [{found[0]:g}, {found[1]:g}], outside the pipeline's value_range "
+            f"[{lo:g}, {hi:g}] (its physical units); convert the context to those units, or the forecast is "
+            "meaningless",
+            stacklevel=stacklevel + 1,
+        )
+
+
 def forecast_call(call: Callable) -> Callable:
     """Decorator of a pipeline's `__call__(self, context, ...)`: what every forecast does around its own work.
 
@@ -61,17 +76,7 @@ def forecast_call(call: Callable) -> Callable:
     def wrapper(self, context: Any, *args: Any, **kwargs: Any) -> Any:
         if larger_than_tile(context, self.context_shape):
             return forecast_whole_domain(self, call, context, *args, **kwargs)
-        # Anything but a non-empty array of finite real numbers is refused by the pipeline's own checks.
-        real = holds_real_numbers(context) and math.prod(context.shape) > 0
-        found = range_outside(context, self.physical_range) if real else None
-        if found is not None and all(math.isfinite(v) for v in found):
-            lo, hi = self.physical_range
-            warnings.warn(
-                f"context values span [{found[0]:g}, {found[1]:g}], outside the pipeline's value_range "
-                f"[{lo:g}, {hi:g}] (its physical units); convert the context to those units, or the forecast is "
-                "meaningless",
-                stacklevel=2,
-            )
+        warn_outside_range(self, context)
         with self.networks_in_eval_mode():
             return call(self, context, *args, **kwargs)
 

@@ -1,11 +1,16 @@
-"""Whole-domain forecasts: frames larger than a pipeline's tile, forecast as overlapping tiles blended smoothly.
+"""Whole-domain forecasts: frames larger than a pipeline's tile, forecast through overlapping tiles.
 
 A forecaster nowcasts a whole radar composite, not a crop of the size a network was trained on. The networks
 see a fixed `(H, W)` tile (cuboid attention has a fixed grid), so [`forecast_tiled`] covers the domain with
-tiles that overlap by `overlap` pixels, forecasts them in chunks of `tile_batch_size` (memory stays bounded by
-the chunk, not the domain), and blends the overlaps with raised-cosine weights that sum to one, so no tile edge
-shows. For a PreDiff pipeline every member's initial noise is cropped from one noise field of the whole domain,
-so overlapping tiles start from the same noise where they overlap.
+tiles that overlap by `overlap` pixels, runs them in chunks of `tile_batch_size` (memory stays bounded by the
+chunk, not the domain), and blends the overlaps with raised-cosine weights that sum to one, so no tile edge shows.
+
+A PreDiff ensemble is sampled as one latent field of the whole domain per member (as MultiDiffusion samples a
+panorama): the motion is fitted to, and the last frame extrapolated over, the whole domain, so rain crossing a
+tile border keeps moving; every step the denoiser sees the field through the tiles' windows, each conditioned on
+its own crop, and their noise estimates are blended before one scheduler step of the whole field. Overlapping
+tiles therefore share one sample; blending independent samples of each tile would average members' cores away
+and shrink the spread where tiles overlap. A deterministic pipeline forecasts each tile and blends the frames.
 
 NaN marks pixels outside the radar's domain: tiles see them as the lowest physical value (no rain), and the
 forecast is NaN wherever any context frame was NaN. A tile that lies wholly outside the domain is not forecast.
@@ -18,11 +23,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .pipeline_prediff import Extrapolation, control_list
+from .pipeline_utils import warn_outside_range
 
 __all__ = ["blend_weights", "forecast_tiled", "tile_starts"]
 
@@ -51,10 +60,6 @@ def blend_weights(start: int, tile: int, size: int, overlap: int) -> np.ndarray:
     return weights
 
 
-def _tile_seed(member_seed: int, y: int, x: int) -> int:
-    return (member_seed * 1_000_003 + y * 65_537 + x) % 2**63
-
-
 def forecast_tiled(
     pipe: Any,
     context: np.ndarray | torch.Tensor,
@@ -72,12 +77,12 @@ def forecast_tiled(
             domain.
         overlap: pixels shared by neighbouring tiles (default: a quarter of the tile, rounded down to the
             autoencoder's downsampling factor).
-        tile_batch_size: tiles forecast per pipeline call; bounds memory.
+        tile_batch_size: tiles whose windows the networks see together (times the members); bounds memory.
         generator: randomness of a PreDiff pipeline's noise: one generator, or one per context and member ordered
             (context, member) as in the pipelines (the same generators give the same forecast).
-        progress: show a progress bar over the chunks of tiles.
-        call_kwargs: passed to every pipeline call (`num_inference_steps`, `num_ensemble_members`,
-            `knowledge_controls`); a control's target applies to each tile.
+        progress: show a progress bar over the chunks of tiles (and the sampler's steps).
+        call_kwargs: the forecast's arguments (`num_inference_steps`, `num_ensemble_members`,
+            `knowledge_controls`); a control's target applies to each tile's window.
 
     Returns:
         `np.ndarray` float32: `(B, M, T_out, H, W, C)` for a PreDiff pipeline, `(B, T_out, H, W, C)` for an
@@ -117,56 +122,19 @@ def forecast_tiled(
     ]
 
     ensemble = hasattr(pipe, "unet")  # a PreDiff pipeline: members and noise
-    members = int(call_kwargs.get("num_ensemble_members", 1)) if ensemble else 1
-    noise = None
     if ensemble:
-        # One noise field of the whole (padded) domain per context and member: tiles crop it.
-        T_out, h, w, c = pipe.unet.target_shape
-        field_shape = (T_out, H_pad // factor, W_pad // factor, c)
-        if isinstance(generator, list):
-            if len(generator) != B * members:
-                raise ValueError(
-                    f"a list of generators needs one per context and member, {B} * {members}, got {len(generator)}"
-                )
-            noise = torch.stack([torch.randn(field_shape, generator=g) for g in generator]).reshape(
-                B, members, *field_shape
+        members = int(call_kwargs.get("num_ensemble_members", 1))
+        if isinstance(generator, list) and len(generator) != B * members:
+            raise ValueError(
+                f"a list of generators needs one per context and member, {B} * {members}, got {len(generator)}"
             )
-            seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in generator]
-        else:
-            noise = torch.randn((B, members, *field_shape), generator=generator, dtype=torch.float32)
-            base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            seeds = [base_seed + row for row in range(B * members)]
-    T_out = pipe.forecast_shape[0]
-    total = np.zeros((B, members, T_out, H_pad, W_pad, C), dtype=np.float32)
-    weight = np.zeros((B, H_pad, W_pad), dtype=np.float32)
-
-    chunks = [tiles[i : i + tile_batch_size] for i in range(0, len(tiles), tile_batch_size)]
-    for chunk in tqdm(chunks, desc="tiles", disable=not progress):
-        batch = np.stack([filled[b, :, y : y + tile_h, x : x + tile_w] for b, y, x in chunk])
-        kwargs = dict(call_kwargs)
-        if ensemble:
-            # Each tile of each member draws its sampler noise from its own generator, seeded by the member's
-            # seed and the tile's place, so that how the tiles are chunked does not change the forecast.
-            kwargs["generator"] = [
-                torch.Generator().manual_seed(_tile_seed(seeds[b * members + m], y, x))
-                for b, y, x in chunk
-                for m in range(members)
-            ]
-            kwargs["latents"] = torch.stack(
-                [
-                    noise[b, :, :, y // factor : (y + tile_h) // factor, x // factor : (x + tile_w) // factor]
-                    for b, y, x in chunk
-                ]
+        warn_outside_range(pipe, filled)
+        with torch.no_grad(), pipe.networks_in_eval_mode():
+            total, weight = _sample_whole_domain(
+                pipe, filled, tiles, overlap, tile_batch_size, generator, progress, **call_kwargs
             )
-        with intensity_cap_lifted(pipe):
-            frames = pipe(batch, output_type="np", **kwargs).frames
-        if not ensemble:
-            frames = frames[:, None]
-        for (b, y, x), forecast in zip(chunk, frames):
-            window = np.outer(blend_weights(y, tile_h, H_pad, overlap), blend_weights(x, tile_w, W_pad, overlap))
-            window = window.astype(np.float32)
-            total[b, :, :, y : y + tile_h, x : x + tile_w] += forecast * window[None, None, :, :, None]
-            weight[b, y : y + tile_h, x : x + tile_w] += window
+    else:
+        total, weight = _forecast_tiles(pipe, filled, tiles, overlap, tile_batch_size, progress, **call_kwargs)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         blended = total / weight[:, None, None, :, :, None]
@@ -178,6 +146,185 @@ def forecast_tiled(
         cap = pipe.intensity_cap(torch.from_numpy(np.ascontiguousarray(context[:, -1]))).numpy()
         blended = np.minimum(blended, cap[:, None, None, :, :, None].astype(np.float32))
     return blended if ensemble else blended[:, 0]
+
+
+def _window(y: int, x: int, tile_h: int, tile_w: int, H: int, W: int, overlap: int) -> np.ndarray:
+    """`(tile_h, tile_w)` float32 blend weights of the tile at `(y, x)` of an `H x W` domain."""
+    window = np.outer(blend_weights(y, tile_h, H, overlap), blend_weights(x, tile_w, W, overlap))
+    return window.astype(np.float32)
+
+
+def _forecast_tiles(
+    pipe: Any,
+    filled: np.ndarray,
+    tiles: list[tuple[int, int, int]],
+    overlap: int,
+    tile_batch_size: int,
+    progress: bool,
+    **call_kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic pipeline's forecast of every tile, weighted: `(B, 1, T_out, H, W, C)` sums of the tiles'
+    forecasts times their blend weights, and `(B, H, W)` the weights' sums."""
+    B, _, H, W, C = filled.shape
+    _, tile_h, tile_w, _ = pipe.context_shape
+    total = np.zeros((B, 1, pipe.forecast_shape[0], H, W, C), dtype=np.float32)
+    weight = np.zeros((B, H, W), dtype=np.float32)
+    chunks = [tiles[i : i + tile_batch_size] for i in range(0, len(tiles), tile_batch_size)]
+    for chunk in tqdm(chunks, desc="tiles", disable=not progress):
+        batch = np.stack([filled[b, :, y : y + tile_h, x : x + tile_w] for b, y, x in chunk])
+        with intensity_cap_lifted(pipe):
+            frames = pipe(batch, output_type="np", **call_kwargs).frames
+        for (b, y, x), forecast in zip(chunk, frames):
+            window = _window(y, x, tile_h, tile_w, H, W, overlap)
+            total[b, 0, :, y : y + tile_h, x : x + tile_w] += forecast * window[None, :, :, None]
+            weight[b, y : y + tile_h, x : x + tile_w] += window
+    return total, weight
+
+
+def _sample_whole_domain(
+    pipe: Any,
+    filled: np.ndarray,
+    tiles: list[tuple[int, int, int]],
+    overlap: int,
+    tile_batch_size: int,
+    generator: torch.Generator | list[torch.Generator] | None,
+    progress: bool,
+    num_inference_steps: int | None = None,
+    num_ensemble_members: int = 1,
+    knowledge_controls: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A PreDiff pipeline's ensemble of the whole domain, sampled as one latent field per member: every step the
+    denoiser sees the field through the tiles' windows and their noise estimates are blended, so overlapping
+    tiles share one sample instead of averaging independent ones. Returns `(B, M, T_out, H, W, C)` sums of the
+    windows' decoded forecasts times their blend weights, and `(B, H, W)` the weights' sums.
+
+    The extrapolation is the whole domain's (rain moving into a tile comes from its neighbours); each window's
+    condition is its own crop encoded, as the networks were trained. Knowledge controls steer each window as
+    they steer a forecast of one tile."""
+    device = pipe._execution_device
+    factor = pipe.vae_scale_factor
+    B, T_in, H, W, C = filled.shape
+    _, tile_h, tile_w, _ = pipe.context_shape
+    T_out, h, w, c = pipe.unet.target_shape
+    members = num_ensemble_members
+    steps = pipe.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+    controls = [control for control in control_list(knowledge_controls) if control.scale != 0]
+    first = filled[:1, :, :tile_h, :tile_w]
+    pipe.check_inputs(first, steps, members, None, None, controls, "np", None, None)
+
+    condition, extrapolation = _window_conditions(pipe, filled, tiles, tile_batch_size)
+
+    # One latent field per (context, member); each window's noise estimates weighted by its blend weights.
+    latents = pipe.prepare_latents((B * members, T_out, H // factor, W // factor, c), generator, None)
+    latent_views = [(slice(y // factor, y // factor + h), slice(x // factor, x // factor + w)) for _, y, x in tiles]
+    latent_windows = [
+        torch.from_numpy(_window(y // factor, x // factor, h, w, H // factor, W // factor, overlap // factor))
+        for _, y, x in tiles
+    ]
+    latent_windows = [window.to(device) for window in latent_windows]
+    latent_weight = torch.zeros((B, H // factor, W // factor), device=device)
+    for (b, _, _), (ys, xs), window in zip(tiles, latent_views, latent_windows):
+        latent_weight[b, ys, xs] += window
+    latent_weight = latent_weight.clamp(min=1e-12).repeat_interleave(members, dim=0)[:, None, :, :, None]
+
+    def rows_of(part: range, field: torch.Tensor) -> torch.Tensor:
+        """The windows `part` of a `(B * M, T, h_all, w_all, c)` field: `(len(part) * M, T, h, w, c)`."""
+        return torch.cat(
+            [field[tiles[k][0] * members : (tiles[k][0] + 1) * members, :, *latent_views[k]] for k in part]
+        )
+
+    def window_extrapolation(part: range) -> Extrapolation | None:
+        if extrapolation is None:
+            return None
+        return extrapolation.rows(slice(part.start, part.stop)).repeat_interleave(members)
+
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(steps, device=device)
+    timesteps = scheduler.timesteps
+    extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator)
+    parts = [range(i, min(i + tile_batch_size, len(tiles))) for i in range(0, len(tiles), tile_batch_size)]
+    bar = tqdm(total=len(timesteps) * len(parts) + len(parts), desc="whole domain", disable=not progress)
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(latents, t)
+        noise_pred = torch.zeros_like(latents)
+        official_grad = torch.zeros_like(latents) if controls else None
+        for part in parts:
+            window_input = rows_of(part, model_input)
+            window_condition = condition[part.start : part.stop].repeat_interleave(members, dim=0)
+            if controls:
+                batch_index = torch.arange(len(part), device=device).repeat_interleave(members)
+                part_extrapolation = window_extrapolation(part)
+                decode = partial(pipe.decode_forecast, extrapolation=part_extrapolation)
+                estimate, gradient = pipe._noise_pred(
+                    window_input,
+                    t,
+                    window_condition,
+                    controls,
+                    batch_index,
+                    decode,
+                    part_extrapolation,
+                    len(part),
+                    final_step=i == len(timesteps) - 1,
+                )
+            else:
+                estimate, gradient = pipe._denoise(window_input, t, window_condition), None
+            for j, k in enumerate(part):
+                rows = slice(tiles[k][0] * members, (tiles[k][0] + 1) * members)
+                window = latent_windows[k][None, None, :, :, None]
+                noise_pred[rows, :, *latent_views[k]] += estimate[j * members : (j + 1) * members] * window
+                if gradient is not None:
+                    official_grad[rows, :, *latent_views[k]] += gradient[j * members : (j + 1) * members] * window
+            bar.update()
+        latents = scheduler.step(noise_pred / latent_weight, t, latents, **extra_step_kwargs, return_dict=False)[0]
+        if official_grad is not None and official_grad.any():
+            latents = latents - pipe._posterior_std(t) * (official_grad / latent_weight)
+
+    total = np.zeros((B, members, T_out, H, W, C), dtype=np.float32)
+    weight = np.zeros((B, H, W), dtype=np.float32)
+    for part in parts:
+        frames = (
+            pipe.decode_forecast(
+                rows_of(part, latents).to(pipe.vae.dtype), window_extrapolation(part), clamp=extrapolation is not None
+            )
+            .float()
+            .cpu()
+            .numpy()
+        )
+        for j, k in enumerate(part):
+            b, y, x = tiles[k]
+            window = _window(y, x, tile_h, tile_w, H, W, overlap)
+            total[b, :, :, y : y + tile_h, x : x + tile_w] += (
+                frames[j * members : (j + 1) * members] * window[None, None, :, :, None]
+            )
+            weight[b, y : y + tile_h, x : x + tile_w] += window
+        bar.update()
+    bar.close()
+    return total, weight
+
+
+def _window_conditions(
+    pipe: Any, filled: np.ndarray, tiles: list[tuple[int, int, int]], tile_batch_size: int
+) -> tuple[torch.Tensor, Extrapolation | None]:
+    """The condition of every window `(len(tiles), T_cond, h, w, c)` in the denoiser's dtype: the latents of its
+    crop of the context and, with an extrapolator, of its crop of the whole domain's extrapolation, which is
+    returned too (an [`Extrapolation`] with one row per window, else None)."""
+    _, tile_h, tile_w, _ = pipe.context_shape
+    unit = pipe.scale_to_unit(torch.from_numpy(filled).to(pipe._execution_device))
+    extrapolated = None if pipe.extrapolator is None else pipe.extrapolator(unit, pipe.forecast_shape[0])
+    crops = [(b, slice(y, y + tile_h), slice(x, x + tile_w)) for b, y, x in tiles]
+    conditions, offsets = [], []
+    for start in range(0, len(tiles), tile_batch_size):
+        part = crops[start : start + tile_batch_size]
+        conditions.append(pipe.encode_frames(torch.stack([unit[b, :, ys, xs] for b, ys, xs in part])))
+        if extrapolated is not None:
+            frames = torch.stack([extrapolated[b, :, ys, xs] for b, ys, xs in part]).float()
+            latents = pipe.encode_frames(frames)
+            offsets.append(Extrapolation(frames, latents, pipe.decode_unit(latents.to(pipe.vae.dtype))))
+    condition = torch.cat(conditions)
+    extrapolation = Extrapolation(*(torch.cat(fields) for fields in zip(*offsets))) if offsets else None
+    if extrapolation is not None:
+        condition = torch.cat([condition, extrapolation.latents], dim=1)
+    return condition.to(pipe.unet.dtype), extrapolation
 
 
 @contextlib.contextmanager

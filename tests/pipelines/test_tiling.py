@@ -1,5 +1,6 @@
 """Whole-domain forecasts (prediff.pipelines.tiling): frames larger than the tile, blended without visible
-edges, NaN outside the radar domain kept, memory bounded by chunks of tiles."""
+edges, NaN outside the radar domain kept, memory bounded by chunks of tiles; a PreDiff ensemble sampled as one
+latent field per member, with the whole domain's extrapolation."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import pytest
 import torch
 from scipy.ndimage import maximum_filter
 
-from prediff.pipelines import EarthformerPipeline
+from prediff.knowledge import AnticipatedIntensityControl
+from prediff.models import EarthformerUNetModel, MotionExtrapolator
+from prediff.pipelines import EarthformerPipeline, PreDiffPipeline
 from prediff.pipelines.tiling import blend_weights, forecast_tiled, tile_starts
+from prediff.schedulers import prediff_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +26,24 @@ def earthformer():
         dec_depth=(1, 1), initial_downsample_scale=2, initial_downsample_conv_layers=1, final_upsample_conv_layers=1,
     ).eval()  # fmt: skip
     return EarthformerPipeline(model)
+
+
+@pytest.fixture(scope="module")
+def extrapolating_pipe() -> PreDiffPipeline:
+    """The tiny pipeline with a motion extrapolator and the stochastic SDE sampler."""
+    torch.manual_seed(0)
+    base = PreDiffPipeline.from_preset("prediff-tiny")
+    unet = EarthformerUNetModel(
+        input_shape=(5, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
+    )
+    pipe = PreDiffPipeline(
+        vae=base.vae,
+        unet=unet.eval(),
+        scheduler=prediff_scheduler("sde-dpmsolver++"),
+        extrapolator=MotionExtrapolator(num_iterations=10),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def wave_context(height=80, width=112) -> np.ndarray:
@@ -79,16 +101,15 @@ def test_pipelines_accept_larger_frames_and_keep_nan_outside_the_domain(pipe):
     np.testing.assert_array_equal(again.frames, frames)  # the same generator, the same forecast
 
 
-def test_one_tile_is_the_plain_forecast_and_chunks_do_not_change_the_result(pipe):
+@pytest.mark.parametrize("with_extrapolator", [False, True])
+def test_one_tile_is_the_plain_forecast_and_chunks_do_not_change_the_result(pipe, extrapolating_pipe,
+                                                                             with_extrapolator):  # fmt: skip
+    pipe = extrapolating_pipe if with_extrapolator else pipe
     pipe.set_progress_bar_config(disable=True)
-    context = np.random.default_rng(1).uniform(0, 255, (1, 3, 32, 32, 1)).astype(np.float32)
-    tiled = forecast_tiled(pipe, context, num_inference_steps=2, num_ensemble_members=2,
-                           generator=torch.Generator().manual_seed(3), progress=False)  # fmt: skip
-    generator = torch.Generator().manual_seed(3)
-    noise = torch.randn((1, 2, *pipe.unet.target_shape), generator=generator)
-    base_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    members = [torch.Generator().manual_seed((base_seed + m) * 1_000_003 % 2**63) for m in range(2)]
-    plain = pipe(context, num_inference_steps=2, num_ensemble_members=2, latents=noise, generator=members).frames
+    context = np.random.default_rng(1).uniform(0, 255, (2, 3, 32, 32, 1)).astype(np.float32)
+    kwargs = dict(num_inference_steps=2, num_ensemble_members=2)
+    tiled = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(3), progress=False, **kwargs)
+    plain = pipe(context, generator=torch.Generator().manual_seed(3), **kwargs).frames
     np.testing.assert_array_equal(tiled, plain)
 
     large = np.random.default_rng(2).uniform(0, 255, (1, 3, 48, 48, 1)).astype(np.float32)
@@ -168,3 +189,43 @@ def test_the_intensity_cap_is_the_whole_domains_not_each_tiles(pipe, radius_km):
     assert (free[..., 40:, :] > 0).any() and (free > last.max()).any(), "the test needs rain right and above the cap"
     np.testing.assert_array_equal(capped, np.minimum(free, cap[None, None, None, :, :, None]))
     assert np.isnan(capped[0, :, :, 0, 70]).all()
+
+
+def test_the_whole_domain_is_extrapolated_and_sampled_as_one_latent_field(extrapolating_pipe):
+    pipe = extrapolating_pipe
+    context = np.zeros((1, 3, 32, 80, 1), dtype=np.float32)
+    context[0, :, 8:24, 20:28] = 200.0  # rain just left of the first tile border (the tiles start at 0, 24, 48)
+    calls, windows = [], []
+    hooks = [
+        pipe.extrapolator.register_forward_hook(lambda module, args, output: calls.append(tuple(args[0].shape))),
+        pipe.unet.register_forward_hook(lambda module, args, output: windows.append(tuple(args[0].shape))),
+    ]
+    try:
+        frames = forecast_tiled(pipe, context, num_inference_steps=3, num_ensemble_members=2, tile_batch_size=2,
+                                generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # One motion fit and extrapolation of the whole domain, not one a tile: rain crossing a border keeps moving.
+    assert calls == [(1, 3, 32, 80, 1)]
+    # Every step the denoiser sees the 3 windows (chunks of 2 tiles x 2 members) of one latent field.
+    assert windows == [(4, 2, 8, 8, 4), (2, 2, 8, 8, 4)] * 3
+    assert frames.shape == (1, 2, 2, 32, 80, 1) and np.isfinite(frames).all()
+
+
+def test_knowledge_controls_steer_every_window_of_a_whole_domain(extrapolating_pipe):
+    pipe = extrapolating_pipe
+    context = np.random.default_rng(6).uniform(0, 80, (1, 3, 32, 56, 1)).astype(np.float32)
+    kwargs = dict(num_inference_steps=3, num_ensemble_members=2, progress=False)
+    means = {}
+    for target in (20.0, 120.0):
+        control = AnticipatedIntensityControl(target=target, method="analytic")
+        frames = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(0),
+                                knowledge_controls=control, **kwargs)  # fmt: skip
+        means[target] = frames.mean(axis=(0, 1, 2, 3, 5))
+    free = forecast_tiled(pipe, context, generator=torch.Generator().manual_seed(0), **kwargs).mean(
+        axis=(0, 1, 2, 3, 5)
+    )
+    # Both tiles (columns 0-31 and 24-55) are steered: lower than free for 20, higher for 120.
+    for columns in (slice(0, 24), slice(32, 56)):
+        assert means[20.0][columns].mean() < free[columns].mean() < means[120.0][columns].mean()
