@@ -168,6 +168,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-plots", action="store_true", help="do not draw the panel and the GIF")
     parser.add_argument("--plot-sample", type=int, default=0, help="context sample drawn (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: the process's accelerator, else cpu)")
+    parser.add_argument(
+        "--tile-batch-size",
+        type=int,
+        default=4,
+        help="frames larger than the pipeline's tile: tiles the networks see together, times the members (default: "
+        "4; larger is faster on a GPU and needs more memory)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        help="frames larger than the pipeline's tile: pixels shared by neighbouring tiles (default: a quarter of the "
+        "tile)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_knowledge_control_arguments(parser)
@@ -350,6 +364,8 @@ def run_forecast(
     plots: bool = True,
     plot_sample: int = 0,
     device: str | None = None,
+    tile_batch_size: int = 4,
+    tile_overlap: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
     split_across_processes: bool = True,
@@ -369,6 +385,8 @@ def run_forecast(
         out: `.nc` or `.zarr` output.
         knowledge_controls: controls passed to a PreDiff pipeline; `knowledge_control_info` describes them in
             the file's attributes.
+        tile_batch_size, tile_overlap: frames larger than the pipeline's tile, see
+            [`~prediff.pipelines.tiling.forecast_tiled`] (`tile_batch_size`, `overlap`).
         split_across_processes: False to forecast every context here (one file per process, as
             [`run_forecasts`] does).
         Other arguments: as the command's options.
@@ -399,6 +417,7 @@ def run_forecast(
     seed = check_seed(seed)
     if steps is not None:
         steps = check_positive_int("steps", steps)
+    tile_batch_size = check_positive_int("tile_batch_size", tile_batch_size)
     if interval_minutes is not None and not (np.isfinite(interval_minutes) and interval_minutes > 0):
         raise ValueError(f"--interval-minutes must be a finite number of minutes > 0, got {interval_minutes}")
     out = Path(out)
@@ -446,7 +465,8 @@ def run_forecast(
 
         def forecast(contexts: np.ndarray, **kwargs: Any) -> np.ndarray:
             if whole_domain:
-                return forecast_tiled(pipe, contexts, progress=progress and processes.is_main_process, **kwargs)
+                return forecast_tiled(pipe, contexts, overlap=tile_overlap, tile_batch_size=tile_batch_size,
+                                      progress=progress and processes.is_main_process, **kwargs)  # fmt: skip
             return pipe(contexts, **kwargs).frames
 
         contexts = list(range(frames.shape[0]))
@@ -618,6 +638,8 @@ def _forecast_command(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         plot_sample=args.plot_sample,
         device=device,
+        tile_batch_size=args.tile_batch_size,
+        tile_overlap=args.tile_overlap,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )

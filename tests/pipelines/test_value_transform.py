@@ -123,7 +123,16 @@ def test_forecast_command_takes_a_whole_domain_of_rain_rate_and_checks_grid_and_
     assert ensemble.shape == (2, 2, 40, 48)  # pysteps layout (members, time, y, x) of the one context
     assert np.isnan(ensemble[..., :8, :10]).all() and np.isfinite(ensemble[..., 8:, :]).all()
     assert (ensemble[..., 8:, :] >= 0).all()
+    # One tile at a time, with wider overlaps: the same kind of forecast; a bad overlap is refused by name.
+    tiles = ["--tile-batch-size", 1, "--tile-overlap", 16]
+    assert run_cli(["forecast", "--input", tmp_path / "ok.h5", "--out", tmp_path / "one.nc", *options, *tiles]) == 0
+    other = np.load(tmp_path / "one.npy")
+    assert other.shape == ensemble.shape and np.array_equal(np.isnan(other), np.isnan(ensemble))
+    assert not np.allclose(other, ensemble, equal_nan=True)  # other windows, so another sample
     capsys.readouterr()
+    bad = ["--tile-overlap", 6]
+    assert run_cli(["forecast", "--input", tmp_path / "ok.h5", "--out", tmp_path / "bad.nc", *options, *bad]) == 2
+    assert "overlap must be a multiple of 4 in [0, 32), got 6" in capsys.readouterr().err
     assert run_cli(["forecast", "--input", tmp_path / "1km.h5", "--out", tmp_path / "1km.nc", *options]) == 2
     assert "records 1 km pixels, the pipeline was trained on 2 km pixels" in capsys.readouterr().err
     assert run_cli(["forecast", "--input", tmp_path / "5min.h5", "--out", tmp_path / "5min.nc", *options]) == 2
