@@ -122,7 +122,11 @@ def forecast_tiled(
     ]
 
     ensemble = hasattr(pipe, "unet")  # a PreDiff pipeline: members and noise
-    if ensemble:
+    if not tiles:  # every pixel outside the domain: nothing to forecast
+        members = int(call_kwargs.get("num_ensemble_members", 1)) if ensemble else 1
+        total = np.zeros((B, members, pipe.forecast_shape[0], H_pad, W_pad, C), dtype=np.float32)
+        weight = np.zeros((B, H_pad, W_pad), dtype=np.float32)
+    elif ensemble:
         members = int(call_kwargs.get("num_ensemble_members", 1))
         if isinstance(generator, list) and len(generator) != B * members:
             raise ValueError(

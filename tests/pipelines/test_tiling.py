@@ -99,6 +99,8 @@ def test_pipelines_accept_larger_frames_and_keep_nan_outside_the_domain(pipe):
     assert not np.allclose(frames[:, 0], frames[:, 1], equal_nan=True)  # members differ
     again = pipe(context, num_inference_steps=2, num_ensemble_members=2, generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(again.frames, frames)  # the same generator, the same forecast
+    nowhere = pipe(np.full_like(context, np.nan), num_inference_steps=2, num_ensemble_members=2).frames
+    assert nowhere.shape == frames.shape and np.isnan(nowhere).all()  # no pixel inside a domain: nothing forecast
 
 
 @pytest.mark.parametrize("with_extrapolator", [False, True])
