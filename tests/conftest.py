@@ -88,3 +88,27 @@ def pipe(pipe_dir):
     pipe = PreDiffPipeline.from_pretrained(pipe_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def extrapolating_pipe():
+    """The tiny pipeline with a motion extrapolator (the diffusion models a residual, decoding adds it) and the
+    stochastic SDE-DPM-Solver++ sampler."""
+    from prediff.models import EarthformerUNetModel, MotionExtrapolator
+    from prediff.pipelines import PreDiffPipeline
+    from prediff.schedulers import prediff_scheduler
+
+    torch.manual_seed(0)
+    base = PreDiffPipeline.from_preset("prediff-tiny")
+    unet = EarthformerUNetModel(
+        input_shape=(5, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
+    )
+    pipe = PreDiffPipeline(
+        vae=base.vae,
+        unet=unet.eval(),
+        scheduler=prediff_scheduler("sde-dpmsolver++"),
+        knowledge_model=base.knowledge_model,
+        extrapolator=MotionExtrapolator(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from prediff.knowledge import AnticipatedIntensityControl, EnergyConservationControl, FunctionControl
-from prediff.models import EarthformerUNetModel, MotionExtrapolator
 from prediff.pipelines import PreDiffPipeline
-from prediff.schedulers import prediff_scheduler
 
 B, M = 3, 2
 
@@ -19,25 +17,6 @@ B, M = 3, 2
 @pytest.fixture(scope="module")
 def context() -> torch.Tensor:
     return torch.rand(B, 3, 32, 32, 1, generator=torch.Generator().manual_seed(5)) * 120
-
-
-@pytest.fixture(scope="module")
-def extrapolating_pipe() -> PreDiffPipeline:
-    """The tiny pipeline with a motion extrapolator: the diffusion models a residual, decoding adds it."""
-    torch.manual_seed(0)
-    base = PreDiffPipeline.from_preset("prediff-tiny")
-    unet = EarthformerUNetModel(
-        input_shape=(5, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
-    )
-    pipe = PreDiffPipeline(
-        vae=base.vae,
-        unet=unet.eval(),
-        scheduler=prediff_scheduler("sde-dpmsolver++"),
-        knowledge_model=base.knowledge_model,
-        extrapolator=MotionExtrapolator(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _forecast(pipe, context, controls, chunk):

@@ -10,7 +10,6 @@ import torch
 from scipy.ndimage import maximum_filter
 
 from prediff.knowledge import AnticipatedIntensityControl
-from prediff.models import EarthformerUNetModel, MotionExtrapolator
 from prediff.pipelines import EarthformerPipeline, PreDiffPipeline
 from prediff.pipelines.tiling import blend_weights, forecast_tiled, tile_starts
 from prediff.schedulers import prediff_scheduler
@@ -26,24 +25,6 @@ def earthformer():
         dec_depth=(1, 1), initial_downsample_scale=2, initial_downsample_conv_layers=1, final_upsample_conv_layers=1,
     ).eval()  # fmt: skip
     return EarthformerPipeline(model)
-
-
-@pytest.fixture(scope="module")
-def extrapolating_pipe() -> PreDiffPipeline:
-    """The tiny pipeline with a motion extrapolator and the stochastic SDE sampler."""
-    torch.manual_seed(0)
-    base = PreDiffPipeline.from_preset("prediff-tiny")
-    unet = EarthformerUNetModel(
-        input_shape=(5, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
-    )
-    pipe = PreDiffPipeline(
-        vae=base.vae,
-        unet=unet.eval(),
-        scheduler=prediff_scheduler("sde-dpmsolver++"),
-        extrapolator=MotionExtrapolator(num_iterations=10),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def wave_context(height=80, width=112) -> np.ndarray:
