@@ -213,6 +213,11 @@ def _sample_whole_domain(
     members = num_ensemble_members
     steps = pipe.default_num_inference_steps if num_inference_steps is None else num_inference_steps
     controls = [control for control in control_list(knowledge_controls) if control.scale != 0]
+    if any(np.ndim(getattr(control, "target", 0)) > 0 for control in controls):
+        raise ValueError(
+            "a knowledge-control target per context or member cannot steer frames larger than the pipeline's tile "
+            "(each tile's window is steered to the target); give one value"
+        )
     first = filled[:1, :, :tile_h, :tile_w]
     pipe.check_inputs(first, steps, members, None, None, controls, "np", None, None)
 

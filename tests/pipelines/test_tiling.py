@@ -137,6 +137,9 @@ def test_bad_whole_domain_calls_are_refused(pipe):
         pipe(context, output_type="latent")
     with pytest.raises(ValueError, match="one per context and member, 1 \\* 2, got 3"):
         pipe(context, num_ensemble_members=2, generator=[torch.Generator() for _ in range(3)])
+    per_context = AnticipatedIntensityControl(target=[10.0, 20.0], method="analytic")
+    with pytest.raises(ValueError, match="target per context or member cannot steer frames larger"):
+        pipe(np.zeros((2, 3, 40, 40, 1), dtype=np.float32), knowledge_controls=per_context)
     context[0, 0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="infinite values"):
         pipe(context)
