@@ -90,10 +90,9 @@ def pipe(pipe_dir):
     return pipe
 
 
-@pytest.fixture(scope="module")
-def extrapolating_pipe():
-    """The tiny pipeline with a motion extrapolator (the diffusion models a residual, decoding adds it) and the
-    stochastic SDE-DPM-Solver++ sampler."""
+def tiny_extrapolating_pipeline(scheduler: str = "sde-dpmsolver++"):
+    """The tiny pipeline with a motion extrapolator (the diffusion models a residual, decoding adds it), seeded
+    weights and the given sampler."""
     from prediff.models import EarthformerUNetModel, MotionExtrapolator
     from prediff.pipelines import PreDiffPipeline
     from prediff.schedulers import prediff_scheduler
@@ -106,9 +105,15 @@ def extrapolating_pipe():
     pipe = PreDiffPipeline(
         vae=base.vae,
         unet=unet.eval(),
-        scheduler=prediff_scheduler("sde-dpmsolver++"),
+        scheduler=prediff_scheduler(scheduler),
         knowledge_model=base.knowledge_model,
         extrapolator=MotionExtrapolator(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def extrapolating_pipe():
+    """[`tiny_extrapolating_pipeline`] with the stochastic SDE-DPM-Solver++ sampler."""
+    return tiny_extrapolating_pipeline()

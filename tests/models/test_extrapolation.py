@@ -9,7 +9,6 @@ import torch
 from prediff.models import EarthformerUNetModel, MotionExtrapolator
 from prediff.models.extrapolation import advect
 from prediff.pipelines import PreDiffPipeline
-from prediff.schedulers import prediff_scheduler
 
 
 def smooth_field(generator: torch.Generator, size: int = 48, count: int = 2) -> torch.Tensor:
@@ -96,21 +95,12 @@ def test_bad_frames_are_refused(extrapolating_pipeline):
 
 @pytest.fixture(scope="module")
 def extrapolating_pipeline() -> PreDiffPipeline:
-    torch.manual_seed(0)
-    base = PreDiffPipeline.from_preset("prediff-tiny")
-    base.vae.register_to_config(scaling_factor=0.5)
-    unet = EarthformerUNetModel(
-        input_shape=(5, 8, 8, 4), target_shape=(2, 8, 8, 4), base_units=16, depth=(1, 1), num_heads=2
-    )
-    torch.nn.init.normal_(unet.final_proj.weight, std=0.5)
-    pipe = PreDiffPipeline(
-        vae=base.vae,
-        unet=unet.eval(),
-        scheduler=prediff_scheduler("ddim"),
-        knowledge_model=base.knowledge_model,
-        extrapolator=MotionExtrapolator(),
-    )
-    pipe.set_progress_bar_config(disable=True)
+    """The tiny extrapolating pipeline with DDIM, latents scaled by 0.5 and a livelier final projection."""
+    from tests.conftest import tiny_extrapolating_pipeline
+
+    pipe = tiny_extrapolating_pipeline("ddim")
+    pipe.vae.register_to_config(scaling_factor=0.5)
+    torch.nn.init.normal_(pipe.unet.final_proj.weight, std=0.5)
     return pipe
 
 
