@@ -252,14 +252,15 @@ def _sample_whole_domain(
     timesteps = scheduler.timesteps
     extra_step_kwargs = pipe.prepare_extra_step_kwargs(generator)
     parts = [range(i, min(i + tile_batch_size, len(tiles))) for i in range(0, len(tiles), tile_batch_size)]
+    # Every step sees the same windows: their conditions, one row per member, are repeated once.
+    part_conditions = [condition[part.start : part.stop].repeat_interleave(members, dim=0) for part in parts]
     bar = tqdm(total=len(timesteps) * len(parts) + len(parts), desc="whole domain", disable=not progress)
     for i, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
         noise_pred = torch.zeros_like(latents)
         official_grad = torch.zeros_like(latents) if controls else None
-        for part in parts:
+        for part, window_condition in zip(parts, part_conditions):
             window_input = rows_of(part, model_input)
-            window_condition = condition[part.start : part.stop].repeat_interleave(members, dim=0)
             if controls:
                 batch_index = torch.arange(len(part), device=device).repeat_interleave(members)
                 part_extrapolation = window_extrapolation(part)
